@@ -1,0 +1,3 @@
+"""Inferno: a load-balancing proxy and inference backends for language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The inference backend: worker server, registration with the proxy, vitals."""

@@ -1,0 +1,150 @@
+"""BackendServer: engine, data port, ops port and registrar as one component."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import urllib.parse
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from inferno.backend.app import BackendApp
+from inferno.backend.registrar import Registrar
+from inferno.backend.service import BackendCollector, InferenceService
+from inferno.config import BackendConfig
+from inferno.engines.base import Engine
+from inferno.errors import InfernoError, MethodNotAllowed, NotFound
+from inferno.http.responses import JSON_HEADERS, dumps, error_body
+from inferno.http.server import HttpServer, Request, Responder
+from inferno.observability.metrics import new_registry
+from inferno.registry.registry import WILDCARD_HOSTS, RegistrationPayload
+
+logger = logging.getLogger(__name__)
+
+
+def default_advertise_host(listen_host: str) -> str:
+    """An address other nodes can reach: the listen host unless it is a wildcard,
+    else this host's name resolved (a container's network address). If that is
+    loopback, advertise the wildcard and let the proxy use the peer address."""
+    if listen_host not in WILDCARD_HOSTS:
+        return listen_host
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "0.0.0.0"
+    return "0.0.0.0" if address.startswith("127.") else address
+
+
+class BackendServer:
+    def __init__(self, config: BackendConfig, engine: Engine | None = None) -> None:
+        self.config = config
+        self.engine = engine or Engine.create(config.engine, config)
+        self.service = InferenceService(self.engine)
+        self.node_id = config.node_id or f"{socket.gethostname()}-{config.listen_port}"
+        self._data = HttpServer(
+            BackendApp(config, self.service, self.node_id),
+            max_body_bytes=config.max_body_bytes,
+            name="backend",
+        )
+        self._metrics = new_registry(BackendCollector(self.service, self.node_id))
+        self._ops = HttpServer(self._ops_handler, max_body_bytes=64 * 1024, name="backend-ops")
+        self.registrar: Registrar | None = None
+        self.data_address: tuple[str, int] = ("", 0)
+        self.ops_address: tuple[str, int] = ("", 0)
+        self.advertise_addr = ""
+
+    async def start(self) -> None:
+        cfg = self.config
+        await self.engine.start()
+        self.data_address = await self._data.start(cfg.listen_host, cfg.listen_port)
+        self.ops_address = await self._ops.start(cfg.ops_host, cfg.ops_port)
+        self.advertise_addr = cfg.advertise_addr or (
+            f"{default_advertise_host(cfg.listen_host)}:{self.data_address[1]}"
+        )
+        logger.info(
+            "Starting backend server on %s:%d (node %s, engine %s, model %s)",
+            cfg.listen_host,
+            self.data_address[1],
+            self.node_id,
+            self.engine.name,
+            self.engine.model_id,
+        )
+        if cfg.discovery_lb:
+            self.registrar = Registrar(
+                cfg.discovery_lb,
+                self.registration,
+                interval_s=cfg.heartbeat_interval_s,
+                timeout_s=cfg.register_timeout_s,
+            )
+            self.registrar.start()
+
+    def registration(self) -> RegistrationPayload:
+        ops_host = self.advertise_addr.rpartition(":")[0]
+        return RegistrationPayload(
+            address=self.advertise_addr,
+            node_id=self.node_id,
+            models=(self.engine.model_id,),
+            vitals=self.service.vitals(),
+            state="draining" if self.service.draining else "active",
+            ops_address=f"{ops_host}:{self.ops_address[1]}",
+        )
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new work (503, retryable), leave the proxy, finish in-flight work."""
+        self.service.draining = True
+        logger.info("Draining: %d in flight, grace %.0fs", self.service.in_flight, grace_s)
+        if self.registrar is not None:
+            await self.registrar.aclose()
+            await self.registrar.deregister(self.node_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        # Bounded poll: the grace period caps it, and it runs once per process.
+        while (self.service.in_flight or self.service.queued) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    async def aclose(self) -> None:
+        if self.registrar is not None:
+            await self.registrar.aclose()
+        await self._data.aclose()
+        await self._ops.aclose()
+        await self.engine.aclose()
+        logger.info("Backend stopped")
+
+    async def _ops_handler(self, request: Request, responder: Responder) -> None:
+        try:
+            if request.method != "GET":
+                raise MethodNotAllowed("the ops port accepts GET only")
+            if request.path == "/health":
+                draining = self.service.draining
+                body = {
+                    "status": "draining" if draining else "ok",
+                    "node_id": self.node_id,
+                    "model": self.engine.model_id,
+                }
+                responder.send(503 if draining else 200, JSON_HEADERS, dumps(body))
+            elif request.path == "/metrics":
+                if urllib.parse.parse_qs(request.query).get("format") == ["json"]:
+                    vitals = {"node_id": self.node_id, **self.service.vitals().model_dump()}
+                    responder.send(200, JSON_HEADERS, dumps(vitals))
+                else:
+                    payload = generate_latest(self._metrics)
+                    responder.send(200, [(b"Content-Type", CONTENT_TYPE_LATEST.encode())], payload)
+            else:
+                raise NotFound(f"no route for {request.path[:200]}")
+        except InfernoError as exc:
+            status, body_bytes = error_body(exc)
+            responder.send(status, JSON_HEADERS, body_bytes)
+
+
+async def run_backend(config: BackendConfig) -> None:
+    server = BackendServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.drain(config.drain_grace_s)
+    await server.aclose()

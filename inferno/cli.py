@@ -1,0 +1,262 @@
+"""The ``inferno`` command: ``proxy``, ``backend`` and ``up``.
+
+Every flag can be set from the environment as ``INFERNO_<COMMAND>_<FLAG>``
+(click's ``auto_envvar_prefix``), e.g. ``INFERNO_PROXY_POLICY``. Two aliases
+from existing deployment docs are honoured as well: ``INFERNO_LISTEN_ADDR`` for
+the proxy's listen address and ``INFERNO_BACKEND_LISTEN_ADDR`` for the backend's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from inferno.config import (
+    BackendConfig,
+    FakeEngineConfig,
+    HealthCheckConfig,
+    ProxyConfig,
+    RegistryConfig,
+    UpstreamConfig,
+    split_hostport,
+)
+from inferno.engines import available_engines
+from inferno.errors import ConfigError, InfernoError
+from inferno.observability.logging import setup_logging
+from inferno.policies import available_policies
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMATS = click.Choice(["text", "json"])
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(coro)
+    except ImportError:
+        asyncio.run(coro)
+
+
+def _build(factory: Any, **kwargs: Any) -> Any:
+    try:
+        return factory(**kwargs)
+    except (ValidationError, ConfigError) as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _hostport(value: str, flag: str) -> tuple[str, int]:
+    try:
+        return split_hostport(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from exc
+
+
+@click.group(context_settings={"auto_envvar_prefix": "INFERNO", "help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="inferno-serve")
+def main() -> None:
+    """Inferno: a load-balancing proxy and inference backends for language models."""
+
+
+def _logging_options(fn: Any) -> Any:
+    fn = click.option(
+        "--log-prompts", is_flag=True, help="Log full prompt text at DEBUG (off: lengths only)."
+    )(fn)
+    fn = click.option("--log-level", default="INFO", show_default=True)(fn)
+    fn = click.option("--log-format", type=LOG_FORMATS, default="text", show_default=True)(fn)
+    return fn
+
+
+@main.command()
+@click.option(
+    "--listen-addr",
+    default="0.0.0.0:8080",
+    show_default=True,
+    envvar=["INFERNO_PROXY_LISTEN_ADDR", "INFERNO_LISTEN_ADDR"],
+    help="Data port.",
+)
+@click.option(
+    "--ops-addr",
+    default="0.0.0.0:6100",
+    show_default=True,
+    help="Ops port: /health /livez /metrics /workers /registration.",
+)
+@click.option("--backend-servers", default="", help="Static backends: host:port[=weight],...")
+@click.option("--policy", type=click.Choice(available_policies()), default="round_robin", show_default=True)
+@click.option("--health-interval-s", type=float, default=2.0, show_default=True)
+@click.option("--health-timeout-s", type=float, default=1.0, show_default=True)
+@click.option("--unhealthy-threshold", type=int, default=2, show_default=True)
+@click.option("--healthy-threshold", type=int, default=1, show_default=True)
+@click.option("--heartbeat-timeout-s", type=float, default=6.0, show_default=True)
+@click.option(
+    "--ttl-s",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Remove a backend after this long without heartbeats.",
+)
+@click.option("--connect-timeout-s", type=float, default=2.0, show_default=True)
+@click.option("--read-timeout-s", type=float, default=120.0, show_default=True)
+@click.option("--max-attempts", type=int, default=3, show_default=True)
+@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True)
+@click.option("--max-tokens-limit", type=int, default=4096, show_default=True)
+@click.option(
+    "--grace-s",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="On SIGTERM, time to finish in-flight requests.",
+)
+@click.option("--seed", type=int, default=None, help="Seed for randomised policies.")
+@_logging_options
+def proxy(**opts: Any) -> None:
+    """Run the load-balancing proxy."""
+    listen = _hostport(opts["listen_addr"], "--listen-addr")
+    ops = _hostport(opts["ops_addr"], "--ops-addr")
+    config: ProxyConfig = _build(
+        ProxyConfig,
+        listen_host=listen[0],
+        listen_port=listen[1],
+        ops_host=ops[0],
+        ops_port=ops[1],
+        backend_servers=tuple(s for s in opts["backend_servers"].split(",") if s.strip()),
+        policy=opts["policy"],
+        health=_build(
+            HealthCheckConfig,
+            interval_s=opts["health_interval_s"],
+            timeout_s=opts["health_timeout_s"],
+            unhealthy_threshold=opts["unhealthy_threshold"],
+            healthy_threshold=opts["healthy_threshold"],
+        ),
+        registry=_build(RegistryConfig, heartbeat_timeout_s=opts["heartbeat_timeout_s"], ttl_s=opts["ttl_s"]),
+        upstream=_build(
+            UpstreamConfig,
+            connect_timeout_s=opts["connect_timeout_s"],
+            first_byte_timeout_s=opts["read_timeout_s"],
+            read_timeout_s=opts["read_timeout_s"],
+            max_attempts=opts["max_attempts"],
+        ),
+        max_body_bytes=opts["max_body_bytes"],
+        max_tokens_limit=opts["max_tokens_limit"],
+        log_format=opts["log_format"],
+        log_level=opts["log_level"],
+        log_prompts=opts["log_prompts"],
+        seed=opts["seed"],
+    )
+    setup_logging(config.log_level, config.log_format)
+    from inferno.proxy.server import run_proxy
+
+    try:
+        _run(run_proxy(config, grace_s=opts["grace_s"]))
+    except (InfernoError, OSError) as exc:
+        logger.error("Proxy failed to start: %s", exc)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--listen-addr", default="0.0.0.0:3000", show_default=True, help="Data port.")
+@click.option("--ops-addr", default="0.0.0.0:6100", show_default=True, help="Ops port.")
+@click.option("--discovery-lb", default=None, help="Proxy ops address to register with (host:port).")
+@click.option(
+    "--advertise-addr",
+    default=None,
+    help="Address the proxy should use (default: this host's reachable address).",
+)
+@click.option("--node-id", default=None, help="Stable name (default: hostname-port).")
+@click.option(
+    "--engine",
+    type=click.Choice(available_engines()),
+    default="smollm2",
+    show_default=True,
+    help="Model runtime; 'fake' is a deterministic TEST engine.",
+)
+@click.option("--model-path", default=None, help="Any GGUF file for the smollm2 engine.")
+@click.option("--n-parallel", type=int, default=2, show_default=True, help="Concurrent generations.")
+@click.option(
+    "--n-ctx",
+    type=int,
+    default=4096,
+    show_default=True,
+    help="Context tokens, split across the parallel slots.",
+)
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--heartbeat-interval-s", type=float, default=2.0, show_default=True)
+@click.option("--drain-grace-s", type=float, default=30.0, show_default=True)
+@click.option("--max-tokens-limit", type=int, default=4096, show_default=True)
+@click.option("--fake-tokens-per-s", type=float, default=2000.0, show_default=True)
+@click.option("--fake-latency-ms", type=float, default=0.0, show_default=True)
+@_logging_options
+def backend(**opts: Any) -> None:
+    """Run an inference backend."""
+    listen = _hostport(opts["listen_addr"], "--listen-addr")
+    ops = _hostport(opts["ops_addr"], "--ops-addr")
+    for flag in ("discovery_lb", "advertise_addr"):
+        if opts[flag]:
+            _hostport(opts[flag], "--" + flag.replace("_", "-"))
+    config: BackendConfig = _build(
+        BackendConfig,
+        listen_host=listen[0],
+        listen_port=listen[1],
+        ops_host=ops[0],
+        ops_port=ops[1],
+        discovery_lb=opts["discovery_lb"],
+        advertise_addr=opts["advertise_addr"],
+        node_id=opts["node_id"],
+        engine=opts["engine"],
+        model_path=opts["model_path"],
+        n_parallel=opts["n_parallel"],
+        n_ctx=opts["n_ctx"],
+        n_threads=opts["threads"],
+        heartbeat_interval_s=opts["heartbeat_interval_s"],
+        drain_grace_s=opts["drain_grace_s"],
+        max_tokens_limit=opts["max_tokens_limit"],
+        fake=_build(
+            FakeEngineConfig,
+            tokens_per_s=opts["fake_tokens_per_s"],
+            latency_ms=opts["fake_latency_ms"],
+        ),
+        log_format=opts["log_format"],
+        log_level=opts["log_level"],
+        log_prompts=opts["log_prompts"],
+    )
+    setup_logging(config.log_level, config.log_format)
+    from inferno.backend.server import run_backend
+
+    try:
+        _run(run_backend(config))
+    except (InfernoError, OSError) as exc:
+        logger.error("Backend failed to start: %s", exc)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--backends", type=click.IntRange(1, 16), default=2, show_default=True)
+@click.option("--engine", type=click.Choice(available_engines()), default="smollm2", show_default=True)
+@click.option("--policy", type=click.Choice(available_policies()), default="round_robin", show_default=True)
+@click.option("--free-ports", is_flag=True, help="Pick free ports instead of 8080/6100/300N/620N.")
+@click.option("--ready-timeout-s", type=float, default=180.0, show_default=True)
+@click.option("--log-format", type=LOG_FORMATS, default="text", show_default=True)
+def up(**opts: Any) -> None:
+    """Start a local cluster: one proxy and N backends on 127.0.0.1."""
+    from inferno.cluster import make_plan, run_up
+
+    plan = make_plan(
+        opts["backends"],
+        free_ports=opts["free_ports"],
+        engine=opts["engine"],
+        policy=opts["policy"],
+        log_format=opts["log_format"],
+    )
+    sys.exit(run_up(plan, ready_timeout_s=opts["ready_timeout_s"]))
+
+
+if __name__ == "__main__":
+    main()

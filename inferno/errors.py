@@ -1,0 +1,124 @@
+"""Inferno's exception hierarchy, and the one place that maps it to HTTP statuses.
+
+    InfernoError
+    ├── ClientError                  the caller's fault: always a 4xx, never counts against a backend
+    │   ├── BadRequest               400: malformed JSON, wrong types, missing fields, bad values
+    │   ├── NotFound                 404: unknown path
+    │   ├── MethodNotAllowed         405
+    │   ├── ModelNotFound            404: no backend serves the requested model
+    │   └── PayloadTooLarge          413: body over the configured limit
+    ├── NoBackendAvailable           503: nothing healthy to route to
+    ├── UpstreamError                a backend failed us (translated from socket/parser errors)
+    │   ├── UpstreamConnectError     connection refused / unreachable / connect timeout
+    │   ├── UpstreamTimeout          no (complete) answer by the deadline
+    │   ├── UpstreamProtocolError    the connection broke or the backend spoke bad HTTP
+    │   └── UpstreamStatusError      the backend answered with a retryable 5xx
+    ├── EngineError                  the model runtime failed (backend side)
+    │   └── ModelMissing             the model file is not installed
+    └── ConfigError                  invalid configuration at start-up
+
+Library exceptions (OSError, httptools errors, asyncio.TimeoutError) are translated into
+these at one boundary each: ``inferno.http.client`` for upstream calls and
+``inferno.http.server`` for request parsing. ``status_for`` is the only status mapping.
+"""
+
+from __future__ import annotations
+
+
+class InfernoError(Exception):
+    """Base class of every error Inferno raises on purpose."""
+
+    status: int = 500
+    code: str = "internal_error"
+    kind: str = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ClientError(InfernoError):
+    status = 400
+    code = "invalid_request"
+    kind = "invalid_request_error"
+
+
+class BadRequest(ClientError):
+    pass
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class ModelNotFound(ClientError):
+    status = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "payload_too_large"
+
+
+class NoBackendAvailable(InfernoError):
+    status = 503
+    code = "no_backend_available"
+    kind = "service_unavailable"
+
+
+class UpstreamError(InfernoError):
+    status = 502
+    code = "bad_gateway"
+    kind = "upstream_error"
+    #: True when nothing reached the backend, so a retry elsewhere is always safe.
+    before_send: bool = False
+
+
+class UpstreamConnectError(UpstreamError):
+    before_send = True
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    pass
+
+
+class UpstreamStatusError(UpstreamError):
+    def __init__(self, message: str, *, upstream_status: int) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+
+class EngineError(InfernoError):
+    code = "engine_error"
+
+
+class ModelMissing(EngineError):
+    pass
+
+
+class ConfigError(InfernoError):
+    pass
+
+
+def status_for(exc: BaseException) -> int:
+    """HTTP status for any exception: ours carry one, anything else is a 500."""
+    if isinstance(exc, InfernoError):
+        return exc.status
+    return 500

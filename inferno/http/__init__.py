@@ -1,0 +1,1 @@
+"""Raw-protocol HTTP server and pooled upstream client (httptools on asyncio/uvloop)."""

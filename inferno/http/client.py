@@ -1,0 +1,334 @@
+"""Pooled keep-alive HTTP/1.1 client for upstream calls, with deadlines on every step.
+
+This is the one boundary where socket, timeout and parser errors become
+``inferno.errors.Upstream*`` exceptions. Connections are kept per address (LIFO,
+so the warmest socket is reused) and returned to the pool only after a complete,
+keep-alive response. A streamed response that is abandoned closes its socket,
+which is how a client disconnect cancels work on the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+
+from inferno.errors import (
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Deadlines for one upstream call, in seconds (like httpx.Timeout)."""
+
+    connect_s: float = 2.0
+    #: until the response headers arrive
+    first_byte_s: float = 60.0
+    #: between body chunks of a streamed response / until a buffered body completes
+    read_s: float = 60.0
+
+
+class UpstreamResponse:
+    """Status and headers of an upstream response; the body is buffered or streamed."""
+
+    __slots__ = ("_conn", "body", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        conn: UpstreamConnection | None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self._conn = conn
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    async def iter_chunks(self, read_timeout_s: float) -> AsyncIterator[bytes]:
+        """Yield body chunks as they arrive. Closing early closes the socket."""
+        conn = self._conn
+        if conn is None:
+            if self.body:
+                yield self.body
+            return
+        try:
+            while True:
+                chunk = await conn.next_chunk(read_timeout_s)
+                if chunk is None:
+                    break
+                yield chunk
+        finally:
+            self._conn = None
+            conn.finish_stream()
+
+    def close(self) -> None:
+        """Abandon a streamed body (closes the connection)."""
+        if self._conn is not None:
+            self._conn.abort()
+            self._conn = None
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to a backend."""
+
+    def __init__(self, pool: UpstreamPool, address: str) -> None:
+        self._pool = pool
+        self.address = address
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.reused = False
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._got_bytes = False
+        self._complete = False
+        self._streaming = False
+        self._headers_fut: asyncio.Future[None] | None = None
+        self._done_fut: asyncio.Future[None] | None = None
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunk_waiter: asyncio.Future[None] | None = None
+        self._error: Exception | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._pool.forget(self)
+        if not self._complete:
+            self._fail(
+                UpstreamProtocolError(f"connection to {self.address} closed before the response completed")
+            )
+
+    def data_received(self, data: bytes) -> None:
+        self._got_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamProtocolError(f"bad HTTP from {self.address}: {exc}"))
+            self.abort()
+
+    # -- httptools callbacks -------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        fut = self._headers_fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self._streaming:
+            self._chunks.append(body)
+            self._wake()
+        else:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+        fut = self._done_fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        self._wake()
+
+    # -- internals -----------------------------------------------------------------------
+    def _wake(self) -> None:
+        waiter = self._chunk_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, exc: Exception) -> None:
+        self._error = exc
+        for fut in (self._headers_fut, self._done_fut, self._chunk_waiter):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+
+    async def _wait(self, fut: asyncio.Future[None], timeout_s: float, what: str) -> None:
+        if fut.done():
+            fut.result()
+            return
+        handle = self._loop.call_later(timeout_s, self._expire, fut, what, timeout_s)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+
+    def _expire(self, fut: asyncio.Future[None], what: str, timeout_s: float) -> None:
+        if not fut.done():
+            fut.set_exception(UpstreamTimeout(f"{self.address}: no {what} within {timeout_s:.3g}s"))
+
+    # -- API used by the pool ------------------------------------------------------------
+    async def exchange(self, data: bytes, *, stream: bool, timeouts: Timeouts) -> UpstreamResponse:
+        assert self._transport is not None
+        self._reset_state()
+        self._streaming = stream
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers_fut = self._loop.create_future()
+        self._done_fut = self._loop.create_future()
+        self._transport.write(data)
+        try:
+            await self._wait(self._headers_fut, timeouts.first_byte_s, "response headers")
+            status = self._parser.get_status_code()
+            if stream:
+                return UpstreamResponse(status, self._headers, b"", self)
+            await self._wait(self._done_fut, timeouts.read_s, "complete response body")
+        except BaseException:
+            self.abort()
+            raise
+        body = b"".join(self._body)
+        response = UpstreamResponse(status, self._headers, body, None)
+        self._release()
+        return response
+
+    async def next_chunk(self, timeout_s: float) -> bytes | None:
+        while True:
+            if self._chunks:
+                return self._chunks.popleft()
+            if self._complete:
+                return None
+            if self._error is not None:
+                raise self._error
+            self._chunk_waiter = self._loop.create_future()
+            await self._wait(self._chunk_waiter, timeout_s, "stream data")
+
+    def finish_stream(self) -> None:
+        if self._complete and not self._chunks:
+            self._release()
+        else:
+            self.abort()
+
+    def _release(self) -> None:
+        if self._parser.should_keep_alive() and not self.closed:
+            self._pool.release(self)
+        else:
+            self.abort()
+
+    @property
+    def failed_before_response(self) -> bool:
+        return not self._got_bytes
+
+    def abort(self) -> None:
+        self.closed = True
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+
+class UpstreamPool:
+    """Keep-alive connections per backend address."""
+
+    def __init__(self, *, max_idle_per_host: int = 64) -> None:
+        self._idle: dict[str, list[UpstreamConnection]] = {}
+        self._max_idle = max_idle_per_host
+
+    async def request(
+        self,
+        address: str,
+        data: bytes,
+        *,
+        stream: bool = False,
+        timeouts: Timeouts,
+    ) -> UpstreamResponse:
+        """Send raw request bytes to ``address`` and read the response.
+
+        A pooled socket that turns out to have been closed by the peer while idle
+        is retried once on a fresh connection: nothing was processed there.
+        """
+        conn = self._take_idle(address)
+        if conn is not None:
+            try:
+                return await conn.exchange(data, stream=stream, timeouts=timeouts)
+            except UpstreamProtocolError:
+                if not conn.failed_before_response:
+                    raise
+        conn = await self._connect(address, timeouts.connect_s)
+        return await conn.exchange(data, stream=stream, timeouts=timeouts)
+
+    def _take_idle(self, address: str) -> UpstreamConnection | None:
+        idle = self._idle.get(address)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        return None
+
+    async def _connect(self, address: str, timeout_s: float) -> UpstreamConnection:
+        host, _, port = address.rpartition(":")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, proto = await loop.create_connection(
+                    lambda: UpstreamConnection(self, address), host.strip("[]"), int(port)
+                )
+        except TimeoutError as exc:
+            raise UpstreamConnectError(f"connect to {address} timed out after {timeout_s}s") from exc
+        except ConnectionRefusedError as exc:
+            raise UpstreamConnectError(f"connection refused by {address}", refused=True) from exc
+        except OSError as exc:
+            refused = exc.errno in (errno.ECONNREFUSED,)
+            raise UpstreamConnectError(f"cannot connect to {address}: {exc}", refused=refused) from exc
+        return proto
+
+    def release(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.setdefault(conn.address, [])
+        if len(idle) < self._max_idle:
+            idle.append(conn)
+        else:
+            conn.abort()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.get(conn.address)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def drop_address(self, address: str) -> None:
+        """Close idle sockets to a backend that left or died."""
+        for conn in self._idle.pop(address, []):
+            conn.abort()
+
+    async def aclose(self) -> None:
+        for address in list(self._idle):
+            self.drop_address(address)
+        with contextlib.suppress(Exception):
+            await asyncio.sleep(0)
+
+
+def build_request(method: bytes, path: bytes, host: bytes, headers: bytes, body: bytes) -> bytes:
+    """Serialise a request. ``headers`` are pre-encoded ``Name: value\\r\\n`` lines."""
+    return b"".join(
+        (
+            method,
+            b" ",
+            path,
+            b" HTTP/1.1\r\nHost: ",
+            host,
+            b"\r\n",
+            headers,
+            b"Content-Length: ",
+            str(len(body)).encode(),
+            b"\r\n\r\n",
+            body,
+        )
+    )

@@ -1,0 +1,73 @@
+"""The load-balancing policy interface and its registry of named policies.
+
+A policy ranks; it never does I/O, takes no locks and never sleeps. The proxy and
+the registry do the probing, timing and retrying (as in Ray Serve's router).
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from inferno.registry.worker import WorkerInfo
+
+
+class Priority(enum.IntEnum):
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What a policy may know about the request it is routing."""
+
+    request_id: str
+    model: str | None = None
+    #: ``X-Session-ID`` header or the OpenAI ``user`` field
+    session_key: str | None = None
+    #: the first characters of the prompt, for prefix affinity
+    prompt_prefix: str = ""
+    priority: Priority = Priority.NORMAL
+
+
+class LoadBalancingPolicy(ABC):
+    """Pick one backend from a snapshot of routable ones.
+
+    ``candidates`` is never empty, holds only healthy backends that serve the
+    requested model and were not already tried for this request. Each entry
+    exposes ``address``, ``node_id``, ``in_flight`` (at this proxy), ``vitals``
+    and ``weight``.
+    """
+
+    name: ClassVar[str] = ""
+    _registry: ClassVar[dict[str, type[LoadBalancingPolicy]]] = {}
+
+    def __init_subclass__(cls, *, name: str | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name = name
+            LoadBalancingPolicy._registry[name] = cls
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.rng = rng if rng is not None else random.Random()
+
+    @abstractmethod
+    def choose(self, ctx: RequestContext, candidates: Sequence[WorkerInfo]) -> WorkerInfo:
+        """Return one of ``candidates``."""
+
+    @classmethod
+    def create(cls, name: str, rng: random.Random | None = None) -> LoadBalancingPolicy:
+        try:
+            policy_cls = cls._registry[name]
+        except KeyError:
+            raise ValueError(f"unknown policy {name!r}; choose from {sorted(cls._registry)}") from None
+        return policy_cls(rng)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return sorted(cls._registry)

@@ -1,0 +1,1 @@
+"""The load-balancing proxy: HTTP front, forwarding, retries, ops API."""

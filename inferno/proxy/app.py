@@ -1,0 +1,171 @@
+"""The proxy's data port: validate, build a routing context, forward."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from inferno.config import ProxyConfig
+from inferno.errors import BadRequest, InfernoError, MethodNotAllowed, NotFound
+from inferno.http.responses import JSON_HEADERS, dumps, error_body
+from inferno.http.server import Request, Responder
+from inferno.observability.metrics import ProxyStats
+from inferno.policies.base import Priority, RequestContext
+from inferno.proxy.forward import Forwarder
+from inferno.proxy.request_id import RequestIdFactory
+from inferno.registry.registry import WorkerRegistry
+from inferno.schemas import (
+    PRIORITIES,
+    ChatCompletionRequest,
+    CompletionRequest,
+    InferenceRequest,
+    check_max_tokens,
+    parse_body,
+)
+
+logger = logging.getLogger(__name__)
+
+PREFIX_CHARS = 256
+DEFAULT_CHAT_MAX_TOKENS = 256
+
+
+class ProxyApp:
+    """Handler for the data port (8080)."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        registry: WorkerRegistry,
+        forwarder: Forwarder,
+        stats: ProxyStats,
+        *,
+        ids: RequestIdFactory | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._cfg = config
+        self._registry = registry
+        self._forwarder = forwarder
+        self._stats = stats
+        self._ids = ids or RequestIdFactory()
+        self._clock = clock
+        self._routes: dict[str, Callable[[Request, str], tuple[RequestContext, bool]]] = {
+            "/inference": self._inference,
+            "/v1/chat/completions": self._chat,
+            "/v1/completions": self._completions,
+        }
+
+    async def __call__(self, request: Request, responder: Responder) -> None:
+        t0 = self._clock()
+        rid = self._ids.accept_or_new(request.headers.get(b"x-request-id"))
+        self._stats.in_flight += 1
+        try:
+            route = self._routes.get(request.path)
+            if route is not None:
+                if request.method != "POST":
+                    raise MethodNotAllowed(f"{request.path} accepts POST only")
+                ctx, stream = route(request, rid)
+                await self._forwarder.forward(
+                    responder,
+                    ctx,
+                    path=request.path.encode(),
+                    body=request.body,
+                    stream=stream,
+                    t0=t0,
+                    splice_timings=request.path == "/inference",
+                )
+            elif request.path == "/v1/models":
+                if request.method != "GET":
+                    raise MethodNotAllowed("/v1/models accepts GET only")
+                self._send_local(responder, rid, 200, dumps(self._models()))
+            else:
+                raise NotFound(f"no route for {request.path[:200]}")
+        except InfernoError as exc:
+            if responder.started:
+                raise
+            status, body = error_body(exc)
+            self._send_local(responder, rid, status, body)
+        finally:
+            self._stats.in_flight -= 1
+
+    def _send_local(self, responder: Responder, rid: str, status: int, body: bytes) -> None:
+        self._stats.record_local(status)
+        retry = b"Retry-After: 1\r\n" if status == 503 else b""
+        responder.send(status, JSON_HEADERS + b"X-Request-ID: " + rid.encode() + b"\r\n" + retry, body)
+
+    # -- routes: each validates and returns (routing context, stream?) ------------------
+    def _priority(self, request: Request, field: str | None) -> Priority:
+        name = field
+        header = request.headers.get(b"x-priority")
+        if header is not None:
+            name = header.decode("latin-1").lower()
+        if name is None:
+            return Priority.NORMAL
+        if name not in PRIORITIES:
+            raise BadRequest("priority must be one of high, normal, low", param="priority")
+        return PRIORITIES[name]
+
+    def _session(self, request: Request, field: str | None) -> str | None:
+        header = request.headers.get(b"x-session-id")
+        if header is not None:
+            return header.decode("latin-1")[:256]
+        return field
+
+    def _inference(self, request: Request, rid: str) -> tuple[RequestContext, bool]:
+        body = parse_body(InferenceRequest, request.body)
+        check_max_tokens(body.max_tokens, self._cfg.max_tokens_limit)
+        self._log_prompt(rid, body.prompt)
+        return (
+            RequestContext(
+                request_id=rid,
+                model=body.model,
+                session_key=self._session(request, body.session_id),
+                prompt_prefix=body.prompt[:PREFIX_CHARS],
+                priority=self._priority(request, body.priority),
+            ),
+            body.stream,
+        )
+
+    def _chat(self, request: Request, rid: str) -> tuple[RequestContext, bool]:
+        body = parse_body(ChatCompletionRequest, request.body)
+        check_max_tokens(body.effective_max_tokens(DEFAULT_CHAT_MAX_TOKENS), self._cfg.max_tokens_limit)
+        text = body.prompt_text()
+        self._log_prompt(rid, text)
+        return (
+            RequestContext(
+                request_id=rid,
+                model=body.model,
+                session_key=self._session(request, body.user),
+                prompt_prefix=text[:PREFIX_CHARS],
+                priority=self._priority(request, body.priority),
+            ),
+            body.stream,
+        )
+
+    def _completions(self, request: Request, rid: str) -> tuple[RequestContext, bool]:
+        body = parse_body(CompletionRequest, request.body)
+        check_max_tokens(body.max_tokens, self._cfg.max_tokens_limit)
+        self._log_prompt(rid, body.prompt)
+        return (
+            RequestContext(
+                request_id=rid,
+                model=body.model,
+                session_key=self._session(request, body.user),
+                prompt_prefix=body.prompt[:PREFIX_CHARS],
+                priority=self._priority(request, body.priority),
+            ),
+            body.stream,
+        )
+
+    def _log_prompt(self, rid: str, prompt: str) -> None:
+        if self._cfg.log_prompts and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Request %s prompt: %r", rid, prompt)
+
+    def _models(self) -> dict[str, object]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": model, "object": "model", "created": 0, "owned_by": "inferno"}
+                for model in self._registry.models()
+            ],
+        }

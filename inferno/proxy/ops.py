@@ -1,0 +1,113 @@
+"""The proxy's ops port: health, liveness, metrics, workers and registration."""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from inferno.errors import BadRequest, InfernoError, MethodNotAllowed, NotFound
+from inferno.http.responses import JSON_HEADERS, dumps, error_body
+from inferno.http.server import Request, Responder
+from inferno.registry.registry import RegistrationPayload, WorkerRegistry, check_address
+from inferno.schemas import parse_body
+
+logger = logging.getLogger(__name__)
+
+
+class ProxyOps:
+    """Handler for the ops port (6100)."""
+
+    def __init__(self, registry: WorkerRegistry, metrics: CollectorRegistry) -> None:
+        self._registry = registry
+        self._metrics = metrics
+
+    async def __call__(self, request: Request, responder: Responder) -> None:
+        try:
+            self._dispatch(request, responder)
+        except InfernoError as exc:
+            status, body = error_body(exc)
+            responder.send(status, JSON_HEADERS, body)
+
+    def _dispatch(self, request: Request, responder: Responder) -> None:
+        path, method = request.path, request.method
+        if path == "/registration":
+            if method == "POST":
+                self._register(request, responder)
+            elif method == "DELETE":
+                self._deregister(request, responder)
+            else:
+                raise MethodNotAllowed("/registration accepts POST and DELETE")
+            return
+        if method != "GET":
+            raise MethodNotAllowed(f"{path[:200]} accepts GET only")
+        if path == "/health":
+            self._health(responder)
+        elif path == "/livez":
+            responder.send(200, JSON_HEADERS, b'{"status":"alive"}')
+        elif path == "/metrics":
+            query = urllib.parse.parse_qs(request.query)
+            if query.get("format") == ["json"]:
+                self._vitals(responder)
+            else:
+                payload = generate_latest(self._metrics)
+                responder.send(200, [(b"Content-Type", CONTENT_TYPE_LATEST.encode())], payload)
+        elif path == "/vitals":
+            self._vitals(responder)
+        elif path == "/workers":
+            workers = [w.to_json() for w in self._registry.all()]
+            responder.send(200, JSON_HEADERS, dumps({"workers": workers, "count": len(workers)}))
+        else:
+            raise NotFound(f"no route for {path[:200]}")
+
+    def _health(self, responder: Responder) -> None:
+        counts = self._registry.counts()
+        healthy, total = counts["healthy"], counts["total"]
+        if healthy == 0:
+            status, code = "unhealthy", 503
+        elif healthy == total:
+            status, code = "healthy", 200
+        else:
+            status, code = "degraded", 200
+        body = {"status": status, "healthy": healthy, "total": total, "backends": counts}
+        responder.send(code, JSON_HEADERS, dumps(body))
+
+    def _vitals(self, responder: Responder) -> None:
+        nodes = {
+            w.node_id: {"address": w.address, "status": w.status.value, **w.vitals.model_dump()}
+            for w in self._registry.all()
+        }
+        responder.send(200, JSON_HEADERS, dumps({"nodes": nodes}))
+
+    def _register(self, request: Request, responder: Responder) -> None:
+        payload = parse_body(RegistrationPayload, request.body)
+        peer_host = request.peer.rpartition(":")[0] or None
+        worker = self._registry.register(payload, peer_host)
+        responder.send(
+            200,
+            JSON_HEADERS,
+            dumps({"status": "ok", "address": worker.address, "state": worker.status.value}),
+        )
+
+    def _deregister(self, request: Request, responder: Responder) -> None:
+        query = urllib.parse.parse_qs(request.query)
+        addresses = query.get("address") or []
+        node_ids = query.get("node_id") or []
+        if addresses:
+            try:
+                address = check_address(addresses[0])
+            except ValueError as exc:
+                raise BadRequest("address must be host:port", param="address") from exc
+        elif node_ids:
+            worker = self._registry.find_by_node_id(node_ids[0][:128])
+            if worker is None:
+                raise NotFound("no backend with that node_id")
+            address = worker.address
+        else:
+            raise BadRequest("DELETE /registration needs ?address=host:port or ?node_id=")
+        removed = self._registry.deregister(address, "deregistered by backend")
+        if not removed:
+            raise NotFound("no backend with that address")
+        responder.send(200, JSON_HEADERS, dumps({"status": "removed", "address": address}))

@@ -1,0 +1,75 @@
+"""ProxyServer: wires registry, health checks, policy, pool and both HTTP ports."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import time
+
+from inferno.config import ProxyConfig
+from inferno.http.client import UpstreamPool
+from inferno.http.server import HttpServer
+from inferno.observability.metrics import ProxyCollector, ProxyStats, new_registry
+from inferno.policies.base import LoadBalancingPolicy
+from inferno.proxy.app import ProxyApp
+from inferno.proxy.forward import Forwarder
+from inferno.proxy.ops import ProxyOps
+from inferno.registry.health import HealthChecker
+from inferno.registry.registry import WorkerRegistry
+
+logger = logging.getLogger(__name__)
+
+
+class ProxyServer:
+    """The whole proxy process as one component with ``start()`` / ``aclose()``."""
+
+    def __init__(self, config: ProxyConfig, *, clock: object = None) -> None:
+        self.config = config
+        monotonic = clock if callable(clock) else time.monotonic
+        self.registry = WorkerRegistry(config.registry, config.health, clock=monotonic)
+        self.registry.load_static(config.backend_servers)
+        self.pool = UpstreamPool(max_idle_per_host=config.upstream.max_idle_per_backend)
+        self.registry.on_removed(self.pool.drop_address)
+        self.stats = ProxyStats()
+        self.policy = LoadBalancingPolicy.create(config.policy, random.Random(config.seed))
+        self.forwarder = Forwarder(self.registry, self.policy, self.pool, self.stats, config.upstream)
+        self.health = HealthChecker(self.registry, self.pool, config.health, config.registry)
+        metrics = new_registry(ProxyCollector(self.stats, self.registry))
+        self._data = HttpServer(
+            ProxyApp(config, self.registry, self.forwarder, self.stats),
+            max_body_bytes=config.max_body_bytes,
+            name="proxy",
+        )
+        self._ops = HttpServer(ProxyOps(self.registry, metrics), max_body_bytes=64 * 1024, name="ops")
+        self.data_address: tuple[str, int] = ("", 0)
+        self.ops_address: tuple[str, int] = ("", 0)
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.ops_address = await self._ops.start(cfg.ops_host, cfg.ops_port)
+        self.data_address = await self._data.start(cfg.listen_host, cfg.listen_port)
+        self.health.start()
+        logger.info("Starting proxy server on %s:%d", cfg.listen_host, self.data_address[1])
+        logger.info("Ops server on %s:%d (policy %s)", cfg.ops_host, self.ops_address[1], cfg.policy)
+
+    async def aclose(self, grace_s: float = 0.0) -> None:
+        """Stop accepting, finish in-flight requests within ``grace_s``, then stop."""
+        await self._data.aclose(grace_s)
+        await self.health.aclose()
+        await self._ops.aclose()
+        await self.pool.aclose()
+        logger.info("Proxy stopped")
+
+
+async def run_proxy(config: ProxyConfig, grace_s: float = 30.0) -> None:
+    server = ProxyServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("Shutting down proxy (grace %.0fs)", grace_s)
+    await server.aclose(grace_s)

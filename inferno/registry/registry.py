@@ -1,0 +1,257 @@
+"""WorkerRegistry: membership, heartbeats, health state and the routable snapshot.
+
+Every state change goes through this class, so the log lines the harness greps
+(``Backend registered``, ``Health check passed``, ``Backend removed``) are emitted
+in exactly one place. Time comes from an injected clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from inferno.config import HealthCheckConfig, RegistryConfig
+from inferno.errors import BadRequest
+from inferno.registry.worker import NodeVitals, WorkerInfo, WorkerStatus
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+_ADDR_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]{1,253}):(\d{1,5})$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
+
+
+def check_address(value: str) -> str:
+    match = _ADDR_RE.match(value)
+    if match is None or not 0 < int(match.group(2)) <= 65535:
+        raise ValueError("must be host:port")
+    return value
+
+
+class RegistrationPayload(BaseModel):
+    """Body of ``POST /registration`` (register and heartbeat are the same call)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    address: str
+    node_id: str
+    models: tuple[str, ...] = ()
+    vitals: NodeVitals = NodeVitals()
+    weight: int = Field(1, ge=1, le=1000)
+    state: Literal["active", "draining"] = "active"
+    ops_address: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _addr(cls, value: str) -> str:
+        return check_address(value)
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        if not _ID_RE.match(value):
+            raise ValueError("must be 1-128 characters from [A-Za-z0-9_.:@-]")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > 32 or any(not _ID_RE.match(m) for m in value):
+            raise ValueError("at most 32 model ids of [A-Za-z0-9_.:@-]")
+        return value
+
+
+def parse_static_backend(spec: str) -> tuple[str, int]:
+    """``host:port`` or ``host:port=weight``."""
+    address, _, weight = spec.strip().partition("=")
+    try:
+        check_address(address)
+    except ValueError as exc:
+        raise BadRequest(f"bad backend address {spec!r}: expected host:port[=weight]") from exc
+    if weight and (not weight.isdigit() or int(weight) < 1):
+        raise BadRequest(f"bad backend weight in {spec!r}")
+    return address, int(weight or 1)
+
+
+class WorkerRegistry:
+    def __init__(
+        self,
+        registry_config: RegistryConfig,
+        health_config: HealthCheckConfig,
+        *,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        self._cfg = registry_config
+        self._health = health_config
+        self._clock = clock
+        self._wall = wall_clock
+        self._workers: dict[str, WorkerInfo] = {}
+        self._routable: tuple[WorkerInfo, ...] = ()
+        self._removal_listeners: list[Callable[[str], None]] = []
+        #: bumped on every change that affects routing
+        self.version = 0
+
+    # -- queries -------------------------------------------------------------------------
+    def get(self, address: str) -> WorkerInfo | None:
+        return self._workers.get(address)
+
+    def all(self) -> list[WorkerInfo]:
+        return list(self._workers.values())
+
+    def routable(self) -> tuple[WorkerInfo, ...]:
+        """Healthy workers, as a cached tuple rebuilt only when state changes."""
+        return self._routable
+
+    def models(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for worker in self._workers.values():
+            for model in worker.models:
+                seen.setdefault(model, None)
+        return list(seen)
+
+    def counts(self) -> dict[str, int]:
+        counts = {status.value: 0 for status in WorkerStatus}
+        for worker in self._workers.values():
+            counts[worker.status.value] += 1
+        counts["total"] = len(self._workers)
+        return counts
+
+    def on_removed(self, listener: Callable[[str], None]) -> None:
+        self._removal_listeners.append(listener)
+
+    # -- membership ----------------------------------------------------------------------
+    def add_static(self, address: str, weight: int = 1) -> WorkerInfo:
+        worker = WorkerInfo(address, node_id=address, weight=weight, source="static", wall=self._wall())
+        self._workers[address] = worker
+        logger.info("Backend registered: %s", address)
+        self._changed()
+        return worker
+
+    def register(self, payload: RegistrationPayload, peer_host: str | None = None) -> WorkerInfo:
+        """Register or heartbeat. A heartbeat from an unknown backend registers it."""
+        address = payload.address
+        host, _, port = address.rpartition(":")
+        if host in WILDCARD_HOSTS and peer_host:
+            address = f"[{peer_host}]:{port}" if ":" in peer_host else f"{peer_host}:{port}"
+        now, wall = self._clock(), self._wall()
+        worker = self._workers.get(address)
+        if worker is None:
+            worker = WorkerInfo(
+                address,
+                node_id=payload.node_id,
+                models=payload.models,
+                weight=payload.weight,
+                source="registered",
+                now=now,
+                wall=wall,
+            )
+            self._workers[address] = worker
+            logger.info("Backend registered: %s (node %s)", address, payload.node_id)
+            self._changed()
+        worker.node_id = payload.node_id
+        worker.models = payload.models
+        worker.vitals = payload.vitals
+        worker.ops_address = payload.ops_address
+        if worker.weight != payload.weight:
+            worker.weight = payload.weight
+            self._changed()
+        worker.last_heartbeat = now
+        worker.last_heartbeat_wall = wall
+        if payload.state == "draining":
+            self._set_status(worker, WorkerStatus.DRAINING, "draining")
+        elif worker.status is WorkerStatus.DRAINING or (
+            worker.status is WorkerStatus.UNHEALTHY and worker.status_reason == "heartbeat_timeout"
+        ):
+            # Alive again. Failures seen by the data path are cleared only by probes.
+            self._set_status(worker, WorkerStatus.HEALTHY, "heartbeat")
+        return worker
+
+    def deregister(self, address: str, reason: str = "deregistered") -> bool:
+        worker = self._workers.pop(address, None)
+        if worker is None:
+            return False
+        logger.info("Backend removed: %s (%s)", address, reason)
+        self._changed()
+        for listener in self._removal_listeners:
+            listener(address)
+        return True
+
+    def find_by_node_id(self, node_id: str) -> WorkerInfo | None:
+        for worker in self._workers.values():
+            if worker.node_id == node_id:
+                return worker
+        return None
+
+    # -- health signals ------------------------------------------------------------------
+    def report_refused(self, address: str) -> None:
+        """The data path got ECONNREFUSED: out of routing at once, no thresholds."""
+        worker = self._workers.get(address)
+        if worker is None or worker.status is WorkerStatus.UNHEALTHY:
+            return
+        worker.consecutive_successes = 0
+        worker.consecutive_failures = self._health.unhealthy_threshold
+        logger.warning("Backend unhealthy: %s (connection refused)", address)
+        self._set_status(worker, WorkerStatus.UNHEALTHY, "connection_refused")
+
+    def record_probe(self, address: str, ok: bool, *, refused: bool = False, detail: str = "") -> None:
+        """Apply one active health-check result, with K-fail / M-pass thresholds."""
+        worker = self._workers.get(address)
+        if worker is None:
+            return
+        if ok:
+            worker.consecutive_failures = 0
+            worker.consecutive_successes += 1
+            if (
+                worker.status is WorkerStatus.UNHEALTHY
+                and worker.status_reason != "heartbeat_timeout"
+                and worker.consecutive_successes >= self._health.healthy_threshold
+            ):
+                logger.info("Health check passed: %s", address)
+                self._set_status(worker, WorkerStatus.HEALTHY, "probe_ok")
+            return
+        worker.consecutive_successes = 0
+        worker.consecutive_failures += 1
+        if worker.status is WorkerStatus.HEALTHY and (
+            refused or worker.consecutive_failures >= self._health.unhealthy_threshold
+        ):
+            logger.warning("Health check failed: %s (%s)", address, detail or "probe failed")
+            self._set_status(
+                worker, WorkerStatus.UNHEALTHY, "connection_refused" if refused else "probe_failed"
+            )
+
+    def sweep(self) -> None:
+        """Heartbeat expiry: unhealthy after ``heartbeat_timeout_s``, removed after ``ttl_s``."""
+        now = self._clock()
+        for worker in list(self._workers.values()):
+            if worker.last_heartbeat is None:
+                continue
+            silent = now - worker.last_heartbeat
+            if silent >= self._cfg.ttl_s:
+                self.deregister(worker.address, f"no heartbeat for {silent:.1f}s")
+            elif silent >= self._cfg.heartbeat_timeout_s and worker.status is not WorkerStatus.UNHEALTHY:
+                logger.warning("Backend unhealthy: %s (no heartbeat for %.1fs)", worker.address, silent)
+                self._set_status(worker, WorkerStatus.UNHEALTHY, "heartbeat_timeout")
+
+    # -- internals -----------------------------------------------------------------------
+    def _set_status(self, worker: WorkerInfo, status: WorkerStatus, reason: str) -> None:
+        worker.status_reason = reason
+        if worker.status is status:
+            return
+        worker.status = status
+        self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._routable = tuple(w for w in self._workers.values() if w.routable)
+
+    def load_static(self, specs: Iterable[str]) -> None:
+        for spec in specs:
+            address, weight = parse_static_backend(spec)
+            self.add_static(address, weight)

@@ -1,0 +1,102 @@
+"""What the proxy knows about one backend: identity, state, vitals and counters."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class WorkerStatus(enum.StrEnum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    EJECTED = "ejected"
+    DRAINING = "draining"
+
+
+class NodeVitals(BaseModel):
+    """Load figures a backend reports with each heartbeat (all optional)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    in_flight: int = Field(0, ge=0)
+    queued: int = Field(0, ge=0)
+    requests_served: int = Field(0, ge=0)
+    tokens_per_s: float = Field(0.0, ge=0)
+    cpu_percent: float = Field(0.0, ge=0)
+    rss_bytes: int = Field(0, ge=0)
+    slots: int = Field(0, ge=0)
+
+
+class WorkerInfo:
+    """Mutable registry entry. Policies read it; only the registry writes state."""
+
+    __slots__ = (
+        "address",
+        "consecutive_failures",
+        "consecutive_successes",
+        "in_flight",
+        "last_heartbeat",
+        "last_heartbeat_wall",
+        "models",
+        "node_id",
+        "ops_address",
+        "registered_at",
+        "source",
+        "status",
+        "status_reason",
+        "vitals",
+        "weight",
+    )
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        node_id: str,
+        models: tuple[str, ...] = (),
+        weight: int = 1,
+        source: str = "static",
+        now: float = 0.0,
+        wall: float = 0.0,
+        status: WorkerStatus = WorkerStatus.HEALTHY,
+    ) -> None:
+        self.address = address
+        self.node_id = node_id
+        self.models = models
+        self.weight = weight
+        self.source = source
+        self.status = status
+        self.status_reason = "registered" if source == "registered" else "static"
+        self.vitals = NodeVitals()
+        self.in_flight = 0
+        self.consecutive_failures = 0
+        self.consecutive_successes = 0
+        self.last_heartbeat: float | None = now if source == "registered" else None
+        self.last_heartbeat_wall: float | None = wall if source == "registered" else None
+        self.registered_at = wall
+        self.ops_address: str | None = None
+
+    @property
+    def routable(self) -> bool:
+        return self.status is WorkerStatus.HEALTHY
+
+    def serves(self, model: str | None) -> bool:
+        return model is None or not self.models or model in self.models
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``/workers`` entry: a documented, stable interface (docs/api.md)."""
+        return {
+            "node_id": self.node_id,
+            "address": self.address,
+            "status": self.status.value,
+            "status_reason": self.status_reason,
+            "models": list(self.models),
+            "in_flight": self.in_flight,
+            "weight": self.weight,
+            "source": self.source,
+            "last_heartbeat": self.last_heartbeat_wall,
+            "registered_at": self.registered_at,
+            "vitals": self.vitals.model_dump(),
+        }

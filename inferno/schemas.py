@@ -1,0 +1,155 @@
+"""Request schemas of the data API, shared by the proxy and the backend.
+
+``parse_body`` is the one place where JSON and validation errors become a
+``BadRequest`` with a message that names the field, never echoing the input.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from inferno.errors import BadRequest
+from inferno.policies.base import Priority
+
+PriorityName = Literal["high", "normal", "low"]
+PRIORITIES: dict[str, Priority] = {
+    "high": Priority.HIGH,
+    "normal": Priority.NORMAL,
+    "low": Priority.LOW,
+}
+MAX_PROMPT_CHARS = 200_000
+
+
+class InferenceRequest(BaseModel):
+    """``POST /inference``. Unknown fields are rejected so typos do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    max_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    model: str | None = Field(None, max_length=128)
+    stream: bool = False
+    priority: PriorityName | None = None
+    session_id: str | None = Field(None, max_length=256)
+    seed: int | None = None
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts: list[str] = []
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise BadRequest(
+                    f"content part of type {part.type[:32]!r} is not supported by this model",
+                    param="messages",
+                )
+            parts.append(part.text)
+        return "".join(parts)
+
+
+class _OpenAIBase(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    model: str | None = Field(None, max_length=128)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stream: bool = False
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = Field(None, max_length=256)
+    n: int = Field(1, ge=1, le=1)
+    priority: PriorityName | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+    def stop_tuple(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatCompletionRequest(_OpenAIBase):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=512)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+    def effective_max_tokens(self, default: int) -> int:
+        return self.max_completion_tokens or self.max_tokens or default
+
+    def prompt_text(self) -> str:
+        return "\n".join(m.text() for m in self.messages)
+
+
+class CompletionRequest(_OpenAIBase):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    max_tokens: int = Field(16, ge=1)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], body: bytes) -> M:
+    """Validate a JSON body into ``model`` or raise a ``BadRequest`` naming the problem."""
+    if not body:
+        raise BadRequest("request body is empty; expected a JSON object")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise BadRequest(_describe(exc), param=_param(exc)) from None
+
+
+def _param(exc: ValidationError) -> str | None:
+    errors = exc.errors(include_input=False, include_url=False)
+    if errors and errors[0]["loc"]:
+        return str(errors[0]["loc"][0])
+    return None
+
+
+def _describe(exc: ValidationError) -> str:
+    errors: list[Any] = exc.errors(include_input=False, include_url=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return "request body is not valid JSON"
+    if first["type"] == "model_type" or (not first["loc"] and "type" in first["type"]):
+        return "request body must be a JSON object"
+    loc = ".".join(str(p) for p in first["loc"])[:100]
+    if first["type"] == "missing":
+        message = f"missing required field '{loc}'"
+    elif first["type"] == "extra_forbidden":
+        message = f"unknown field '{loc}'"
+    else:
+        message = f"invalid field '{loc}': {first['msg']}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return message
+
+
+def check_max_tokens(value: int, limit: int) -> int:
+    if value > limit:
+        raise BadRequest(f"max_tokens must be at most {limit}, got {value}", param="max_tokens")
+    return value
