@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from inferno.backend.service import InferenceService
@@ -15,6 +15,7 @@ from inferno.errors import (
     EngineError,
     InfernoError,
     MethodNotAllowed,
+    ModelNotFound,
     NoBackendAvailable,
     NotFound,
 )
@@ -129,8 +130,6 @@ class BackendApp:
     ) -> None:
         engine = self._service.engine
         if requested_model is not None and requested_model != engine.model_id:
-            from inferno.errors import ModelNotFound
-
             raise ModelNotFound(
                 f"model {requested_model!r} is not served here; this backend serves {engine.model_id!r}",
                 param="model",
@@ -169,6 +168,13 @@ class BackendApp:
                         inference_ms,
                     )
                     responder.send(200, headers, dumps(body))
+        except asyncio.CancelledError:
+            logger.info(
+                "Inference cancelled after %dms for request %s (client disconnected)",
+                round((time.perf_counter() - started) * 1000),
+                rid,
+            )
+            raise
         except EngineError:
             self._service.requests_failed += 1
             logger.exception("Inference failed for request %s", rid)
@@ -247,7 +253,7 @@ class BackendApp:
         created = int(time.time())
         model = self._service.engine.model_id
         tokens = 0
-        deltas: AsyncIterator[Delta] = self._service.engine.stream(gen)
+        deltas = self._service.engine.stream(gen)
         try:
             first = True
             async for delta in deltas:
@@ -258,7 +264,7 @@ class BackendApp:
                 await responder.write(b"data: " + dumps(event) + b"\n\n")
             await responder.write(b"data: [DONE]\n\n")
         finally:
-            await deltas.aclose()  # type: ignore[attr-defined]
+            await deltas.aclose()
         responder.end_stream()
         return tokens
 

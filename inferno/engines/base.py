@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -72,7 +72,7 @@ class Engine(ABC):
     async def aclose(self) -> None: ...
 
     @abstractmethod
-    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]: ...
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         parts: list[str] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from inferno.config import BackendConfig
 from inferno.engines.base import Delta, Engine, GenerationRequest, GenerationResult
@@ -83,7 +83,7 @@ class FakeEngine(Engine, name="fake"):
             await asyncio.sleep(delay)
         return GenerationResult("".join(tokens), "length", self._prompt_tokens(request), len(tokens))
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         tokens = fake_tokens(request)
         if self._latency_s > 0:
             await asyncio.sleep(self._latency_s)

@@ -15,7 +15,7 @@ import importlib.util
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,8 @@ class SmolLM2Engine(Engine, name="smollm2"):
         # xllamacpp's Server opens its own HTTP listener; keep it on loopback with an
         # ephemeral port (0) so it can never collide with Inferno's fixed ports.
         params.port = 0
+        # llama.cpp logs every slot event at INFO; keep its errors only unless debugging.
+        params.verbosity = 3 if logger.isEnabledFor(logging.DEBUG) else 1
         params.hostnames = ["127.0.0.1"]
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -147,7 +149,7 @@ class SmolLM2Engine(Engine, name="smollm2"):
         body["prompt"] = request.prompt or ""
         return False, body
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
         if self._server is None:
             raise EngineError("engine not started")
         chat, body = self._payload(request)

@@ -253,6 +253,9 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._rejected:
             return
+        if self._parser.should_upgrade():
+            self._reject(BadRequest("protocol upgrades are not supported"))
+            return
         url = self._url
         path, _, query = url.partition(b"?")
         request = Request(

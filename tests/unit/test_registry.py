@@ -1,0 +1,153 @@
+"""WorkerRegistry state machine, driven by an injected clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from inferno.config import HealthCheckConfig, RegistryConfig
+from inferno.errors import BadRequest
+from inferno.registry.registry import RegistrationPayload, WorkerRegistry, parse_static_backend
+from inferno.registry.worker import WorkerStatus
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(clock: FakeClock, **health: int) -> WorkerRegistry:
+    return WorkerRegistry(
+        RegistryConfig(heartbeat_timeout_s=6.0, ttl_s=30.0),
+        HealthCheckConfig(unhealthy_threshold=health.get("k", 2), healthy_threshold=health.get("m", 2)),
+        clock=clock,
+        wall_clock=clock,
+    )
+
+
+def payload(addr: str = "10.0.0.5:3000", node: str = "n1", **kw: object) -> RegistrationPayload:
+    return RegistrationPayload.model_validate({"address": addr, "node_id": node, **kw})
+
+
+def test_heartbeat_from_unknown_backend_registers_it() -> None:
+    reg = make(FakeClock())
+    worker = reg.register(payload(models=["m1"]))
+    assert worker.status is WorkerStatus.HEALTHY
+    assert reg.routable() == (worker,)
+    assert reg.models() == ["m1"]
+    # the same call again is a heartbeat: still one worker
+    reg.register(payload(models=["m1"]))
+    assert len(reg.all()) == 1
+
+
+def test_silent_backend_goes_unhealthy_then_is_removed() -> None:
+    clock = FakeClock()
+    reg = make(clock)
+    removed: list[str] = []
+    reg.on_removed(removed.append)
+    reg.register(payload())
+    clock.now += 5.9
+    reg.sweep()
+    assert reg.get("10.0.0.5:3000").status is WorkerStatus.HEALTHY  # type: ignore[union-attr]
+    clock.now += 0.2
+    reg.sweep()
+    assert reg.get("10.0.0.5:3000").status is WorkerStatus.UNHEALTHY  # type: ignore[union-attr]
+    assert reg.routable() == ()
+    # a heartbeat brings it back at once
+    reg.register(payload())
+    assert reg.get("10.0.0.5:3000").status is WorkerStatus.HEALTHY  # type: ignore[union-attr]
+    clock.now += 29.9
+    reg.sweep()
+    assert reg.get("10.0.0.5:3000") is not None
+    clock.now += 0.2
+    reg.sweep()
+    assert reg.get("10.0.0.5:3000") is None
+    assert removed == ["10.0.0.5:3000"]
+
+
+def test_refused_connection_removes_from_routing_immediately() -> None:
+    reg = make(FakeClock(), k=5)
+    reg.register(payload())
+    reg.report_refused("10.0.0.5:3000")
+    worker = reg.get("10.0.0.5:3000")
+    assert worker is not None and worker.status is WorkerStatus.UNHEALTHY
+    assert worker.status_reason == "connection_refused"
+    assert reg.routable() == ()
+    # heartbeats alone do not undo a data-path failure; probes do (M=2 here)
+    reg.register(payload())
+    assert worker.status is WorkerStatus.UNHEALTHY
+    reg.record_probe(worker.address, True)
+    assert worker.status is WorkerStatus.UNHEALTHY
+    reg.record_probe(worker.address, True)
+    assert reg.routable() == (worker,)
+
+
+def test_probe_thresholds_need_k_consecutive_failures() -> None:
+    reg = make(FakeClock(), k=3, m=1)
+    reg.register(payload())
+    address = "10.0.0.5:3000"
+    reg.record_probe(address, False)
+    reg.record_probe(address, False)
+    reg.record_probe(address, True)  # resets the failure streak
+    reg.record_probe(address, False)
+    reg.record_probe(address, False)
+    assert reg.get(address).status is WorkerStatus.HEALTHY  # type: ignore[union-attr]
+    reg.record_probe(address, False)
+    assert reg.get(address).status is WorkerStatus.UNHEALTHY  # type: ignore[union-attr]
+
+
+def test_refused_probe_marks_unhealthy_without_threshold() -> None:
+    reg = make(FakeClock(), k=5)
+    reg.register(payload())
+    reg.record_probe("10.0.0.5:3000", False, refused=True)
+    assert reg.get("10.0.0.5:3000").status is WorkerStatus.UNHEALTHY  # type: ignore[union-attr]
+
+
+def test_wildcard_advertise_uses_peer_address() -> None:
+    reg = make(FakeClock())
+    worker = reg.register(payload("0.0.0.0:3000"), peer_host="172.20.0.7")
+    assert worker.address == "172.20.0.7:3000"
+
+
+def test_draining_state_leaves_routing_and_deregister_removes() -> None:
+    reg = make(FakeClock())
+    reg.register(payload())
+    reg.register(payload(state="draining"))
+    assert reg.get("10.0.0.5:3000").status is WorkerStatus.DRAINING  # type: ignore[union-attr]
+    assert reg.routable() == ()
+    assert reg.deregister("10.0.0.5:3000")
+    assert not reg.deregister("10.0.0.5:3000")
+    assert reg.counts()["total"] == 0
+
+
+def test_counts_and_static_backends_never_expire() -> None:
+    clock = FakeClock()
+    reg = make(clock)
+    reg.load_static(["a:1", "b:2=3"])
+    assert reg.get("b:2").weight == 3  # type: ignore[union-attr]
+    clock.now += 1000
+    reg.sweep()
+    assert reg.counts() == {"healthy": 2, "unhealthy": 0, "ejected": 0, "draining": 0, "total": 2}
+
+
+@pytest.mark.parametrize("spec", ["nohost", "a:b", "a:1=x", "a:1=0", "a:99999"])
+def test_bad_static_specs_are_rejected(spec: str) -> None:
+    with pytest.raises(BadRequest):
+        parse_static_backend(spec)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"address": "bad", "node_id": "n"},
+        {"address": "h:1", "node_id": "bad id with spaces"},
+        {"address": "h:1", "node_id": "n", "weight": 0},
+        {"address": "h:1", "node_id": "n", "state": "nope"},
+        {"address": "h:1\nforged", "node_id": "n"},
+    ],
+)
+def test_bad_registration_payloads_are_rejected(body: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        RegistrationPayload.model_validate(body)
