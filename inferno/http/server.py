@@ -287,6 +287,9 @@ class HttpProtocol(asyncio.Protocol):
             await self._handler(request, responder)
         except asyncio.CancelledError:
             raise
+        except ConnectionError as exc:
+            # The client went away while we were writing: nothing left to answer.
+            logger.debug("client %s gone during %s %s: %s", self._peer, request.method, request.path, exc)
         except Exception as exc:
             if not isinstance(exc, InfernoError):
                 logger.exception("Unhandled error serving %s %s", request.method, request.path)

@@ -103,7 +103,6 @@ class Forwarder:
             data = build_request(b"POST", path, address.encode(), upstream_headers, body)
             t_send = self._clock()
             worker.in_flight += 1
-            status = 0
             try:
                 try:
                     upstream = await self._pool.request(address, data, stream=stream, timeouts=self._timeouts)
@@ -123,15 +122,17 @@ class Forwarder:
                     self._stats.retries += 1
                     logger.warning("Retrying request %s after %s: %s", ctx.request_id, address, exc.message)
                     continue
-                status = upstream.status
-                if stream and status == 200:
-                    await self._relay_stream(responder, upstream, worker, ctx, t0, t_send)
-                else:
-                    self._send_whole(responder, upstream, worker, ctx, t0, t_send, splice_timings)
+                try:
+                    if stream and upstream.status == 200:
+                        await self._relay_stream(responder, upstream, worker, ctx, t0, t_send)
+                    else:
+                        self._send_whole(responder, upstream, worker, ctx, t0, t_send, splice_timings)
+                finally:
+                    # Counted once per client response; failed attempts are in record_error.
+                    self._stats.record(address, upstream.status, self._clock() - t0)
                 return
             finally:
                 worker.in_flight -= 1
-                self._stats.record(address, status or 502, self._clock() - t0)
 
     @staticmethod
     def _retryable(exc: UpstreamError) -> bool:

@@ -198,3 +198,7 @@ async def test_killed_backend_is_skipped_on_first_refusal(
     worker = cluster.proxy.registry.get(address)
     assert worker.status.value == "unhealthy" and worker.status_reason == "connection_refused"
     assert cluster.proxy.stats.retries == 1
+    # Honest metrics: one count per client response, the failed attempt only as an error.
+    stats = cluster.proxy.stats.backends
+    assert sum(sum(b.requests.values()) for b in stats.values()) == 6
+    assert stats[address].requests == {} and stats[address].errors == {"connection_refused": 1}
