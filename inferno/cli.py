@@ -15,14 +15,18 @@ from collections.abc import Coroutine
 from typing import Any
 
 import click
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from inferno.config import (
+    AdmissionConfig,
     BackendConfig,
+    DeadlineConfig,
     FakeEngineConfig,
     HealthCheckConfig,
+    OutlierConfig,
     ProxyConfig,
     RegistryConfig,
+    RetryConfig,
     UpstreamConfig,
     split_hostport,
 )
@@ -75,6 +79,41 @@ def _logging_options(fn: Any) -> Any:
     return fn
 
 
+# Each proxy setting group becomes flags named --<section>-<field>, with the model's
+# default and description, so the CLI, the env vars and the config never drift apart.
+PROXY_SECTIONS: dict[str, type[BaseModel]] = {
+    "health": HealthCheckConfig,
+    "registry": RegistryConfig,
+    "upstream": UpstreamConfig,
+    "retry": RetryConfig,
+    "deadline": DeadlineConfig,
+    "outlier": OutlierConfig,
+    "admission": AdmissionConfig,
+}
+
+
+def _section_options(fn: Any) -> Any:
+    for section, model in reversed(PROXY_SECTIONS.items()):
+        for name, field in reversed(model.model_fields.items()):
+            fn = click.option(
+                f"--{section}-{name}".replace("_", "-"),
+                f"{section}_{name}",
+                type=type(field.default),
+                default=field.default,
+                show_default=True,
+                help=field.description,
+            )(fn)
+    return fn
+
+
+def _sections(opts: dict[str, Any]) -> dict[str, Any]:
+    built = {}
+    for section, model in PROXY_SECTIONS.items():
+        values = {name: opts.pop(f"{section}_{name}") for name in model.model_fields}
+        built[section] = _build(model, **values)
+    return built
+
+
 @main.command()
 @click.option(
     "--listen-addr",
@@ -87,25 +126,10 @@ def _logging_options(fn: Any) -> Any:
     "--ops-addr",
     default="0.0.0.0:6100",
     show_default=True,
-    help="Ops port: /health /livez /metrics /workers /registration.",
+    help="Ops port: /health /livez /metrics /workers /registration /queue/status.",
 )
 @click.option("--backend-servers", default="", help="Static backends: host:port[=weight],...")
 @click.option("--policy", type=click.Choice(available_policies()), default="round_robin", show_default=True)
-@click.option("--health-interval-s", type=float, default=2.0, show_default=True)
-@click.option("--health-timeout-s", type=float, default=1.0, show_default=True)
-@click.option("--unhealthy-threshold", type=int, default=2, show_default=True)
-@click.option("--healthy-threshold", type=int, default=1, show_default=True)
-@click.option("--heartbeat-timeout-s", type=float, default=6.0, show_default=True)
-@click.option(
-    "--ttl-s",
-    type=float,
-    default=30.0,
-    show_default=True,
-    help="Remove a backend after this long without heartbeats.",
-)
-@click.option("--connect-timeout-s", type=float, default=2.0, show_default=True)
-@click.option("--read-timeout-s", type=float, default=120.0, show_default=True)
-@click.option("--max-attempts", type=int, default=3, show_default=True)
 @click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True)
 @click.option("--max-tokens-limit", type=int, default=4096, show_default=True)
 @click.option(
@@ -116,11 +140,13 @@ def _logging_options(fn: Any) -> Any:
     help="On SIGTERM, time to finish in-flight requests.",
 )
 @click.option("--seed", type=int, default=None, help="Seed for randomised policies.")
+@_section_options
 @_logging_options
 def proxy(**opts: Any) -> None:
     """Run the load-balancing proxy."""
     listen = _hostport(opts["listen_addr"], "--listen-addr")
     ops = _hostport(opts["ops_addr"], "--ops-addr")
+    sections = _sections(opts)
     config: ProxyConfig = _build(
         ProxyConfig,
         listen_host=listen[0],
@@ -129,27 +155,13 @@ def proxy(**opts: Any) -> None:
         ops_port=ops[1],
         backend_servers=tuple(s for s in opts["backend_servers"].split(",") if s.strip()),
         policy=opts["policy"],
-        health=_build(
-            HealthCheckConfig,
-            interval_s=opts["health_interval_s"],
-            timeout_s=opts["health_timeout_s"],
-            unhealthy_threshold=opts["unhealthy_threshold"],
-            healthy_threshold=opts["healthy_threshold"],
-        ),
-        registry=_build(RegistryConfig, heartbeat_timeout_s=opts["heartbeat_timeout_s"], ttl_s=opts["ttl_s"]),
-        upstream=_build(
-            UpstreamConfig,
-            connect_timeout_s=opts["connect_timeout_s"],
-            first_byte_timeout_s=opts["read_timeout_s"],
-            read_timeout_s=opts["read_timeout_s"],
-            max_attempts=opts["max_attempts"],
-        ),
         max_body_bytes=opts["max_body_bytes"],
         max_tokens_limit=opts["max_tokens_limit"],
         log_format=opts["log_format"],
         log_level=opts["log_level"],
         log_prompts=opts["log_prompts"],
         seed=opts["seed"],
+        **sections,
     )
     setup_logging(config.log_level, config.log_format)
     from inferno.proxy.server import run_proxy
@@ -191,6 +203,7 @@ def proxy(**opts: Any) -> None:
 @click.option("--heartbeat-interval-s", type=float, default=2.0, show_default=True)
 @click.option("--drain-grace-s", type=float, default=30.0, show_default=True)
 @click.option("--max-tokens-limit", type=int, default=4096, show_default=True)
+@click.option("--chaos", is_flag=True, help="Enable /simulate/* fault injection (tests only).")
 @click.option("--fake-tokens-per-s", type=float, default=2000.0, show_default=True)
 @click.option("--fake-latency-ms", type=float, default=0.0, show_default=True)
 @_logging_options
@@ -218,6 +231,7 @@ def backend(**opts: Any) -> None:
         heartbeat_interval_s=opts["heartbeat_interval_s"],
         drain_grace_s=opts["drain_grace_s"],
         max_tokens_limit=opts["max_tokens_limit"],
+        chaos=opts["chaos"],
         fake=_build(
             FakeEngineConfig,
             tokens_per_s=opts["fake_tokens_per_s"],

@@ -32,30 +32,92 @@ class HealthCheckConfig(_Frozen):
 
     interval_s: float = Field(2.0, gt=0)
     timeout_s: float = Field(1.0, gt=0)
-    #: consecutive failed probes before a healthy backend is marked unhealthy
-    unhealthy_threshold: int = Field(2, ge=1)
-    #: consecutive good probes before an unhealthy backend is marked healthy
-    healthy_threshold: int = Field(1, ge=1)
+    unhealthy_threshold: int = Field(
+        2, ge=1, description="consecutive failed probes before a healthy backend is marked unhealthy"
+    )
+    healthy_threshold: int = Field(
+        1, ge=1, description="consecutive good probes before an unhealthy backend is marked healthy"
+    )
 
 
 class RegistryConfig(_Frozen):
     """Membership from registrations and heartbeats."""
 
-    #: no heartbeat for this long -> unhealthy
-    heartbeat_timeout_s: float = Field(6.0, gt=0)
-    #: no heartbeat for this long -> removed
-    ttl_s: float = Field(30.0, gt=0)
+    heartbeat_timeout_s: float = Field(6.0, gt=0, description="no heartbeat for this long -> unhealthy")
+    ttl_s: float = Field(30.0, gt=0, description="no heartbeat for this long -> removed")
     sweep_interval_s: float = Field(1.0, gt=0)
 
 
 class UpstreamConfig(_Frozen):
     connect_timeout_s: float = Field(2.0, gt=0)
-    #: headers of a non-streamed generation may take as long as the generation
-    first_byte_timeout_s: float = Field(120.0, gt=0)
-    read_timeout_s: float = Field(120.0, gt=0)
-    #: attempts per request on connection failures (each on a different backend)
-    max_attempts: int = Field(3, ge=1, le=10)
+    stream_first_byte_timeout_s: float = Field(
+        30.0, gt=0, description="a stream's headers come once the backend has a slot; this bounds that wait"
+    )
+    stream_idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="the longest gap allowed between chunks of a stream before it counts as a failure",
+    )
+    slow_chunk_s: float = Field(
+        2.0, gt=0, description="a gap longer than this between chunks marks the backend suspect (no ejection)"
+    )
     max_idle_per_backend: int = Field(64, ge=0)
+
+
+class RetryConfig(_Frozen):
+    """Retries on a different backend before any byte reached the client."""
+
+    max_attempts: int = Field(3, ge=1, le=10, description="attempts per request, each on a different backend")
+    backoff_base_ms: float = Field(
+        20.0,
+        ge=0,
+        description="full-jitter exponential backoff between attempts: U(0, min(max, base * 2**n))",
+    )
+    backoff_max_ms: float = Field(500.0, ge=0)
+
+
+class DeadlineConfig(_Frozen):
+    """Overall request deadline and the per-try first-byte timeout rule (docs/deadlines.md)."""
+
+    default_s: float = Field(120.0, gt=0)
+    max_s: float = Field(600.0, gt=0, description="the cap for a per-request override (X-Inferno-Timeout-Ms)")
+    per_try_base_s: float = Field(
+        2.0, gt=0, description="per try: base_s + safety_factor * max_tokens / tokens_per_s ..."
+    )
+    per_try_safety_factor: float = Field(3.0, ge=1)
+    assumed_tokens_per_s: float = Field(
+        20.0, gt=0, description="... with the backend's measured decode speed, or this when unknown"
+    )
+    per_try_max_fraction: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="... capped at this fraction of the remaining deadline while another try is possible",
+    )
+
+
+class OutlierConfig(_Frozen):
+    """Passive outlier detection and the per-backend circuit breaker."""
+
+    consecutive_failures: int = Field(
+        3, ge=1, description="consecutive failures (connect errors, timeouts, 5xx) that open the breaker"
+    )
+    base_ejection_s: float = Field(5.0, gt=0)
+    max_ejection_s: float = Field(120.0, gt=0)
+
+
+class AdmissionConfig(_Frozen):
+    """The proxy-side priority queue and per-backend concurrency limits."""
+
+    max_queue: int = Field(256, ge=0)
+    queue_timeout_s: float = Field(30.0, gt=0)
+    max_in_flight_per_backend: int = Field(
+        0, ge=0, description="in-flight requests per backend; 0 = auto (2 x the backend's slots, else 8)"
+    )
+    aging_s: float = Field(
+        2.0, gt=0, description="a waiting request moves up one priority class per this many seconds"
+    )
+    max_batch_items: int = Field(64, ge=1)
 
 
 class ProxyConfig(_Frozen):
@@ -69,6 +131,10 @@ class ProxyConfig(_Frozen):
     health: HealthCheckConfig = HealthCheckConfig()
     registry: RegistryConfig = RegistryConfig()
     upstream: UpstreamConfig = UpstreamConfig()
+    retry: RetryConfig = RetryConfig()
+    deadline: DeadlineConfig = DeadlineConfig()
+    outlier: OutlierConfig = OutlierConfig()
+    admission: AdmissionConfig = AdmissionConfig()
     max_body_bytes: int = Field(1 << 20, ge=1024)
     max_tokens_limit: int = Field(4096, ge=1)
     log_format: LogFormat = "text"
@@ -104,8 +170,9 @@ class BackendConfig(_Frozen):
     node_id: str | None = None
     engine: str = "smollm2"
     model_path: str | None = None
-    #: concurrent generations (llama.cpp slots); n_ctx is split across them
-    n_parallel: int = Field(2, ge=1, le=64)
+    n_parallel: int = Field(
+        2, ge=1, le=64, description="concurrent generations (llama.cpp slots); n_ctx is split across them"
+    )
     n_ctx: int = Field(4096, ge=256)
     n_threads: int = Field(2, ge=1)
     system_prompt: str = "You are a helpful assistant. Answer briefly and clearly."
@@ -114,6 +181,8 @@ class BackendConfig(_Frozen):
     max_body_bytes: int = Field(1 << 20, ge=1024)
     max_tokens_limit: int = Field(4096, ge=1)
     drain_grace_s: float = Field(30.0, ge=0)
+    #: enable the /simulate/* fault-injection endpoints (never in production)
+    chaos: bool = False
     fake: FakeEngineConfig = FakeEngineConfig()
     log_format: LogFormat = "text"
     log_level: str = "INFO"

@@ -123,6 +123,14 @@ def parse_body(model: type[M], body: bytes) -> M:
         raise BadRequest(_describe(exc), param=_param(exc)) from None
 
 
+def parse_obj(model: type[M], data: Any) -> M:
+    """Validate an already-decoded JSON value (e.g. one item of a batch)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(_describe(exc), param=_param(exc)) from None
+
+
 def _param(exc: ValidationError) -> str | None:
     errors = exc.errors(include_input=False, include_url=False)
     if errors and errors[0]["loc"]:

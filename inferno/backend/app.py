@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any
 
+from inferno.backend.chaos import Chaos
 from inferno.backend.service import InferenceService
 from inferno.config import BackendConfig
 from inferno.engines.base import Delta, GenerationRequest
@@ -47,6 +48,7 @@ class BackendApp:
         self._service = service
         self._node = node_id
         self._ids = RequestIdFactory()
+        self._chaos = Chaos() if config.chaos else None
 
     async def __call__(self, request: Request, responder: Responder) -> None:
         rid = self._ids.accept_or_new(request.headers.get(b"x-request-id"))
@@ -59,6 +61,10 @@ class BackendApp:
                     raise MethodNotAllowed(f"{path} accepts POST only")
                 gen, stream, kind, model_name = self._parse(path, request.body)
                 await self._generate(responder, headers, rid, gen, stream, kind, model_name)
+            elif path.startswith("/simulate/") and self._chaos is not None:
+                if request.method != "POST":
+                    raise MethodNotAllowed(f"{path[:60]} accepts POST only")
+                self._chaos.handle(request, responder)
             elif path == "/health":
                 status = 503 if self._service.draining else 200
                 body = b'{"status":"draining"}' if self._service.draining else b'{"status":"ok"}'
@@ -149,6 +155,8 @@ class BackendApp:
         started = time.perf_counter()
         tokens = 0
         try:
+            if self._chaos is not None:
+                await self._chaos.before_request()
             async with self._service.slot() as queued_s:
                 t_gen = time.perf_counter()
                 if stream:
@@ -180,7 +188,7 @@ class BackendApp:
             logger.exception("Inference failed for request %s", rid)
             raise
         duration = time.perf_counter() - started
-        self._service.completed(tokens, duration)
+        self._service.completed(tokens, duration, time.perf_counter() - t_gen)
         logger.info(
             "Inference completed in %dms for request %s (%d tokens)",
             round(duration * 1000),

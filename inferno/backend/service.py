@@ -54,6 +54,7 @@ class InferenceService:
         self.requests_failed = 0
         self.tokens_generated = 0
         self.draining = False
+        self.decode_tokens_per_s = 0.0
         self.tokens = RateMeter(clock=clock)
         self.latency = Histogram()
         self._process = psutil.Process()
@@ -75,8 +76,14 @@ class InferenceService:
             self.in_flight -= 1
             self._slots.release()
 
-    def completed(self, tokens: int, duration_s: float) -> None:
+    def completed(self, tokens: int, duration_s: float, generation_s: float) -> None:
         self.requests_served += 1
+        if tokens >= 4 and generation_s > 0:
+            # EWMA of one generation's speed: the proxy sizes per-try timeouts from it.
+            speed = tokens / generation_s
+            self.decode_tokens_per_s = (
+                speed if not self.decode_tokens_per_s else 0.8 * self.decode_tokens_per_s + 0.2 * speed
+            )
         self.tokens_generated += tokens
         self.tokens.add(tokens)
         self.latency.observe(duration_s)
@@ -93,6 +100,7 @@ class InferenceService:
             cpu_percent=cpu,
             rss_bytes=rss,
             slots=self.engine.slots,
+            decode_tokens_per_s=round(self.decode_tokens_per_s, 2),
         )
 
 

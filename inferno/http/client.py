@@ -77,6 +77,25 @@ class UpstreamResponse:
             self._conn = None
             conn.finish_stream()
 
+    async def next_chunk(self, timeout_s: float) -> bytes | None:
+        """The next body chunk of a streamed response, or None at its end.
+
+        Raises ``UpstreamTimeout`` if nothing arrives within ``timeout_s``. At the
+        end the connection goes back to the pool.
+        """
+        conn = self._conn
+        if conn is None:
+            return None
+        try:
+            chunk = await conn.next_chunk(timeout_s)
+        except BaseException:
+            self.close()
+            raise
+        if chunk is None:
+            self._conn = None
+            conn.finish_stream()
+        return chunk
+
     def close(self) -> None:
         """Abandon a streamed body (closes the connection)."""
         if self._conn is not None:

@@ -1,6 +1,14 @@
 """Load-balancing policies, registered by name (``LoadBalancingPolicy.create``)."""
 
-from inferno.policies import random_choice, round_robin  # noqa: F401  (registers policies)
+from inferno.policies import (  # noqa: F401  (importing registers the policies)
+    consistent_hash,
+    least_connections,
+    least_loaded,
+    power_of_two,
+    random_choice,
+    round_robin,
+    weighted,
+)
 from inferno.policies.base import LoadBalancingPolicy, Priority, RequestContext
 
 

@@ -12,7 +12,8 @@ from inferno.http.responses import JSON_HEADERS, dumps, error_body
 from inferno.http.server import Request, Responder
 from inferno.observability.metrics import ProxyStats
 from inferno.policies.base import Priority, RequestContext
-from inferno.proxy.forward import Forwarder
+from inferno.proxy.batch import BatchRunner
+from inferno.proxy.forward import Forwarder, Job
 from inferno.proxy.request_id import RequestIdFactory
 from inferno.registry.registry import WorkerRegistry
 from inferno.schemas import (
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 PREFIX_CHARS = 256
 DEFAULT_CHAT_MAX_TOKENS = 256
+Parsed = tuple[RequestContext, bool, int]
 
 
 class ProxyApp:
@@ -41,7 +43,7 @@ class ProxyApp:
         stats: ProxyStats,
         *,
         ids: RequestIdFactory | None = None,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cfg = config
         self._registry = registry
@@ -49,7 +51,8 @@ class ProxyApp:
         self._stats = stats
         self._ids = ids or RequestIdFactory()
         self._clock = clock
-        self._routes: dict[str, Callable[[Request, str], tuple[RequestContext, bool]]] = {
+        self._batch = BatchRunner(forwarder, config.admission.max_batch_items, self.inference_context)
+        self._routes: dict[str, Callable[[Request, str], Parsed]] = {
             "/inference": self._inference,
             "/v1/chat/completions": self._chat,
             "/v1/completions": self._completions,
@@ -64,16 +67,18 @@ class ProxyApp:
             if route is not None:
                 if request.method != "POST":
                     raise MethodNotAllowed(f"{request.path} accepts POST only")
-                ctx, stream = route(request, rid)
-                await self._forwarder.forward(
-                    responder,
-                    ctx,
-                    path=request.path.encode(),
-                    body=request.body,
-                    stream=stream,
-                    t0=t0,
-                    splice_timings=request.path == "/inference",
+                ctx, stream, max_tokens = route(request, rid)
+                job = Job(
+                    ctx, request.path.encode(), request.body, max_tokens, t0, self._deadline(request, t0)
                 )
+                await self._forwarder.forward(
+                    responder, job, stream=stream, splice_timings=request.path == "/inference"
+                )
+            elif request.path == "/batch_inference":
+                if request.method != "POST":
+                    raise MethodNotAllowed("/batch_inference accepts POST only")
+                body = await self._batch.run(request, rid, t0, self._deadline(request, t0))
+                self._send_local(responder, rid, 200, body)
             elif request.path == "/v1/models":
                 if request.method != "GET":
                     raise MethodNotAllowed("/v1/models accepts GET only")
@@ -88,9 +93,20 @@ class ProxyApp:
         finally:
             self._stats.in_flight -= 1
 
+    def _deadline(self, request: Request, t0: float) -> float:
+        """Overall deadline: the default, or ``X-Inferno-Timeout-Ms`` within the cap."""
+        header = request.headers.get(b"x-inferno-timeout-ms")
+        if header is None:
+            return t0 + self._cfg.deadline.default_s
+        if not header.isdigit() or not 0 < int(header) <= self._cfg.deadline.max_s * 1000:
+            raise BadRequest(
+                f"X-Inferno-Timeout-Ms must be an integer from 1 to {int(self._cfg.deadline.max_s * 1000)}"
+            )
+        return t0 + int(header) / 1000.0
+
     def _send_local(self, responder: Responder, rid: str, status: int, body: bytes) -> None:
         self._stats.record_local(status)
-        retry = b"Retry-After: 1\r\n" if status == 503 else b""
+        retry = b"Retry-After: 1\r\n" if status in (429, 503) else b""
         responder.send(status, JSON_HEADERS + b"X-Request-ID: " + rid.encode() + b"\r\n" + retry, body)
 
     # -- routes: each validates and returns (routing context, stream?) ------------------
@@ -111,8 +127,10 @@ class ProxyApp:
             return header.decode("latin-1")[:256]
         return field
 
-    def _inference(self, request: Request, rid: str) -> tuple[RequestContext, bool]:
-        body = parse_body(InferenceRequest, request.body)
+    def _inference(self, request: Request, rid: str) -> Parsed:
+        return self.inference_context(request, rid, parse_body(InferenceRequest, request.body))
+
+    def inference_context(self, request: Request, rid: str, body: InferenceRequest) -> Parsed:
         check_max_tokens(body.max_tokens, self._cfg.max_tokens_limit)
         self._log_prompt(rid, body.prompt)
         return (
@@ -124,9 +142,10 @@ class ProxyApp:
                 priority=self._priority(request, body.priority),
             ),
             body.stream,
+            body.max_tokens,
         )
 
-    def _chat(self, request: Request, rid: str) -> tuple[RequestContext, bool]:
+    def _chat(self, request: Request, rid: str) -> Parsed:
         body = parse_body(ChatCompletionRequest, request.body)
         check_max_tokens(body.effective_max_tokens(DEFAULT_CHAT_MAX_TOKENS), self._cfg.max_tokens_limit)
         text = body.prompt_text()
@@ -140,9 +159,10 @@ class ProxyApp:
                 priority=self._priority(request, body.priority),
             ),
             body.stream,
+            body.effective_max_tokens(DEFAULT_CHAT_MAX_TOKENS),
         )
 
-    def _completions(self, request: Request, rid: str) -> tuple[RequestContext, bool]:
+    def _completions(self, request: Request, rid: str) -> Parsed:
         body = parse_body(CompletionRequest, request.body)
         check_max_tokens(body.max_tokens, self._cfg.max_tokens_limit)
         self._log_prompt(rid, body.prompt)
@@ -155,6 +175,7 @@ class ProxyApp:
                 priority=self._priority(request, body.priority),
             ),
             body.stream,
+            body.max_tokens,
         )
 
     def _log_prompt(self, rid: str, prompt: str) -> None:

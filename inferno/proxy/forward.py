@@ -1,147 +1,186 @@
-"""Forwarding: pick a backend, send, retry elsewhere on failures, relay the answer.
+"""Forwarding: admit, send, retry elsewhere on failure, relay the answer.
 
-A request is retried on a *different* backend only while nothing has gone back
-to the client: connection refused/reset, connect timeout, or a 502/503 from the
-backend. Once a stream has started, a failure ends it with an SSE error event.
+A request is retried on a *different* backend, after a full-jitter backoff, only
+while nothing has gone back to the client: connection refused/reset, connect
+timeout, a per-try first-byte timeout, or a 5xx from the backend. Once a
+stream has started, a failure ends it with an SSE error event instead. Every
+outcome feeds passive outlier detection; a client's 4xx never counts against
+a backend. See docs/retries.md and docs/deadlines.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from inferno.config import UpstreamConfig
+from inferno.config import DeadlineConfig, RetryConfig, UpstreamConfig
 from inferno.errors import (
-    ModelNotFound,
-    NoBackendAvailable,
+    InfernoError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
+    UpstreamTimeout,
 )
 from inferno.http.client import Timeouts, UpstreamPool, UpstreamResponse, build_request
 from inferno.http.responses import sse_error_event
 from inferno.http.server import Responder
 from inferno.observability.metrics import ProxyStats
-from inferno.policies.base import LoadBalancingPolicy, RequestContext
+from inferno.policies.base import RequestContext
+from inferno.proxy.admission import AdmissionController
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.worker import WorkerInfo
 
 logger = logging.getLogger(__name__)
 
-RETRYABLE_STATUSES = frozenset({502, 503})
+RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
+
+
+class DeadlineExceeded(InfernoError):
+    status = 504
+    code = "deadline_exceeded"
+    kind = "timeout"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A complete answer, ready to send or to embed in a batch result."""
+
+    status: int
+    headers: bytes
+    body: bytes
+    worker: WorkerInfo
+
+
+@dataclass(slots=True)
+class Job:
+    """What the forwarder needs to know about one request."""
+
+    ctx: RequestContext
+    path: bytes
+    body: bytes
+    max_tokens: int
+    t0: float
+    deadline: float
 
 
 class Forwarder:
     def __init__(
         self,
         registry: WorkerRegistry,
-        policy: LoadBalancingPolicy,
+        admission: AdmissionController,
         pool: UpstreamPool,
         stats: ProxyStats,
-        config: UpstreamConfig,
+        upstream: UpstreamConfig,
+        retry: RetryConfig,
+        deadline: DeadlineConfig,
         *,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self._registry = registry
-        self._policy = policy
+        self._admission = admission
         self._pool = pool
         self._stats = stats
-        self._cfg = config
+        self._up = upstream
+        self._retry = retry
+        self._deadline = deadline
         self._clock = clock
-        self._timeouts = Timeouts(
-            connect_s=config.connect_timeout_s,
-            first_byte_s=config.first_byte_timeout_s,
-            read_s=config.read_timeout_s,
+        self._rng = rng or random.Random()
+
+    # -- the per-try timeout rule (docs/deadlines.md) ------------------------------------
+    def per_try_timeout(self, worker: WorkerInfo, job: Job, *, can_retry: bool) -> float:
+        remaining = job.deadline - self._clock()
+        speed = worker.vitals.decode_tokens_per_s or self._deadline.assumed_tokens_per_s
+        budget = self._deadline.per_try_base_s + (
+            self._deadline.per_try_safety_factor * job.max_tokens / speed
         )
+        cap = remaining * self._deadline.per_try_max_fraction if can_retry else remaining
+        return max(0.001, min(budget, cap))
 
-    # -- choosing ------------------------------------------------------------------------
-    def pick(self, ctx: RequestContext, tried: set[str] | None = None) -> WorkerInfo:
-        routable = self._registry.routable()
-        if ctx.model is None and not tried:
-            candidates: tuple[WorkerInfo, ...] | list[WorkerInfo] = routable
-        else:
-            candidates = [
-                w for w in routable if w.serves(ctx.model) and (not tried or w.address not in tried)
-            ]
-        if not candidates:
-            if ctx.model is not None and not any(w.serves(ctx.model) for w in self._registry.all()):
-                raise ModelNotFound(
-                    f"model {ctx.model!r} is not served by any backend; available: {self._registry.models()}",
-                    param="model",
-                )
-            if tried:
-                raise NoBackendAvailable(
-                    f"all backends failed for this request ({len(tried)} tried) and none is left"
-                )
-            raise NoBackendAvailable("no healthy backend is available; retry later")
-        return self._policy.choose(ctx, candidates)
+    def _backoff_s(self, attempt: int) -> float:
+        ceiling = min(self._retry.backoff_max_ms, self._retry.backoff_base_ms * (2 ** (attempt - 1)))
+        return self._rng.uniform(0.0, ceiling) / 1000.0
 
-    # -- forwarding ----------------------------------------------------------------------
-    async def forward(
-        self,
-        responder: Responder,
-        ctx: RequestContext,
-        *,
-        path: bytes,
-        body: bytes,
-        stream: bool,
-        t0: float,
-        splice_timings: bool,
-    ) -> None:
-        rid = ctx.request_id.encode()
-        upstream_headers = b"Content-Type: application/json\r\nX-Request-ID: " + rid + b"\r\n"
-        tried: set[str] | None = None
+    # -- attempts ------------------------------------------------------------------------
+    async def _exchange(self, job: Job, *, stream: bool) -> tuple[WorkerInfo, UpstreamResponse, float]:
+        """Run attempts until one gets a response worth returning. The caller releases."""
+        ctx = job.ctx
+        tried: frozenset[str] = frozenset()
+        headers = b"Content-Type: application/json\r\nX-Request-ID: " + ctx.request_id.encode() + b"\r\n"
+        max_attempts = self._retry.max_attempts
         attempt = 0
         while True:
             attempt += 1
-            worker = self.pick(ctx, tried)
+            remaining = job.deadline - self._clock()
+            if remaining <= 0:
+                raise DeadlineExceeded("the request deadline passed before a backend answered")
+            worker = await self._admission.acquire(ctx, tried, timeout_s=remaining)
             address = worker.address
             logger.info("Routing request %s to %s", ctx.request_id, address)
-            data = build_request(b"POST", path, address.encode(), upstream_headers, body)
+            can_retry = attempt < max_attempts and len(self._registry.routable()) > len(tried) + 1
+            if stream:
+                first_byte = min(self._up.stream_first_byte_timeout_s, remaining)
+                if can_retry:
+                    first_byte = min(first_byte, remaining * self._deadline.per_try_max_fraction)
+            else:
+                first_byte = self.per_try_timeout(worker, job, can_retry=can_retry)
+            timeouts = Timeouts(
+                connect_s=min(self._up.connect_timeout_s, first_byte),
+                first_byte_s=first_byte,
+                read_s=first_byte,
+            )
+            data = build_request(b"POST", job.path, address.encode(), headers, job.body)
             t_send = self._clock()
-            worker.in_flight += 1
+            upstream: UpstreamResponse | None = None
+            failure: UpstreamError | None = None
             try:
-                try:
-                    upstream = await self._pool.request(address, data, stream=stream, timeouts=self._timeouts)
-                    if upstream.status in RETRYABLE_STATUSES and attempt < self._cfg.max_attempts:
-                        upstream.close()
-                        raise UpstreamStatusError(
-                            f"{address} answered {upstream.status}",
-                            upstream_status=upstream.status,
-                        )
-                except UpstreamError as exc:
-                    self._on_failure(worker, exc)
-                    if attempt >= self._cfg.max_attempts or not self._retryable(exc):
-                        raise
-                    if tried is None:
-                        tried = set()
-                    tried.add(address)
-                    self._stats.retries += 1
-                    logger.warning("Retrying request %s after %s: %s", ctx.request_id, address, exc.message)
-                    continue
-                try:
-                    if stream and upstream.status == 200:
-                        await self._relay_stream(responder, upstream, worker, ctx, t0, t_send)
-                    else:
-                        self._send_whole(responder, upstream, worker, ctx, t0, t_send, splice_timings)
-                finally:
-                    # Counted once per client response; failed attempts are in record_error.
-                    self._stats.record(address, upstream.status, self._clock() - t0)
-                return
-            finally:
-                worker.in_flight -= 1
+                upstream = await self._pool.request(address, data, stream=stream, timeouts=timeouts)
+                if upstream.status in RETRYABLE_STATUSES:
+                    failure = UpstreamStatusError(
+                        f"{address} answered {upstream.status}", upstream_status=upstream.status
+                    )
+            except UpstreamError as exc:
+                failure = exc
+            except BaseException:
+                self._admission.release(worker)
+                raise
+            if failure is None:
+                assert upstream is not None
+                return worker, upstream, t_send
+            self._on_failure(worker, failure)
+            deadline_hit = self._clock() >= job.deadline
+            if upstream is not None and (not can_retry or deadline_hit):
+                # Out of tries: the backend's own 5xx answer goes back to the client.
+                return worker, upstream, t_send
+            self._admission.release(worker)
+            if upstream is not None:
+                upstream.close()
+            if deadline_hit:
+                raise DeadlineExceeded(f"deadline exceeded waiting for {address}") from failure
+            if not can_retry or not self._retryable(failure):
+                raise failure
+            tried = tried | {address}
+            self._stats.retries += 1
+            logger.warning("Retrying request %s after %s: %s", ctx.request_id, address, failure.message)
+            delay = min(self._backoff_s(attempt), max(0.0, job.deadline - self._clock()))
+            if delay > 0:
+                await asyncio.sleep(delay)
 
     @staticmethod
     def _retryable(exc: UpstreamError) -> bool:
-        if isinstance(exc, UpstreamConnectError | UpstreamStatusError):
-            return True
-        # A reset before any response byte: the backend never answered.
-        return isinstance(exc, UpstreamProtocolError)
+        # A protocol error here means the connection broke before the response
+        # completed; a non-streamed answer had sent nothing to the client yet.
+        return isinstance(
+            exc, UpstreamConnectError | UpstreamStatusError | UpstreamTimeout | UpstreamProtocolError
+        )
 
     def _on_failure(self, worker: WorkerInfo, exc: UpstreamError) -> None:
+        """Passive outlier detection: count the failure, eject on refusal at once."""
         if isinstance(exc, UpstreamConnectError):
             reason = "connection_refused" if exc.refused else "connect_error"
             if exc.refused:
@@ -149,89 +188,129 @@ class Forwarder:
                 self._registry.report_refused(worker.address)
         elif isinstance(exc, UpstreamStatusError):
             reason = f"status_{exc.upstream_status}"
+        elif isinstance(exc, UpstreamTimeout):
+            reason = "timeout"
         else:
-            reason = type(exc).__name__
+            reason = "connection_broken"
         self._stats.record_error(worker.address, reason)
+        self._registry.record_failure(worker, reason)
 
-    def _headers(self, worker: WorkerInfo, ctx: RequestContext, content_type: bytes, timing: bytes) -> bytes:
-        return b"".join(
-            (
-                b"Content-Type: ",
-                content_type,
-                b"\r\nX-Request-ID: ",
-                ctx.request_id.encode(),
-                b"\r\nX-Inferno-Backend: ",
-                worker.node_id.encode(),
-                b"\r\nX-Inferno-Backend-Addr: ",
-                worker.address.encode(),
-                b"\r\nServer-Timing: ",
-                timing,
-                b"\r\n",
-            )
-        )
-
-    def _send_whole(
-        self,
-        responder: Responder,
-        upstream: UpstreamResponse,
-        worker: WorkerInfo,
-        ctx: RequestContext,
-        t0: float,
-        t_send: float,
-        splice_timings: bool,
-    ) -> None:
-        now = self._clock()
-        queue_ms = (t_send - t0) * 1000.0
-        backend_ms = (now - t_send) * 1000.0
-        total_ms = (now - t0) * 1000.0
-        body = upstream.body
-        if splice_timings and upstream.status == 200 and body.endswith(b"}"):
-            # Splice the proxy's timings into the backend's JSON instead of re-encoding it.
-            body = b'%b,"timings":{"queue_ms":%.3f,"backend_ms":%.3f,"total_ms":%.3f}}' % (
-                body[:-1],
+    # -- non-streamed --------------------------------------------------------------------
+    async def call(self, job: Job, *, splice_timings: bool) -> Outcome:
+        worker, upstream, t_send = await self._exchange(job, stream=False)
+        try:
+            if upstream.status < 500:
+                self._registry.record_success(worker)
+            now = self._clock()
+            queue_ms = (t_send - job.t0) * 1000.0
+            backend_ms = (now - t_send) * 1000.0
+            total_ms = (now - job.t0) * 1000.0
+            body = upstream.body
+            if splice_timings and upstream.status == 200 and body.endswith(b"}"):
+                # Splice the proxy's timings into the backend's JSON instead of re-encoding it.
+                body = b'%b,"timings":{"queue_ms":%.3f,"backend_ms":%.3f,"total_ms":%.3f}}' % (
+                    body[:-1],
+                    queue_ms,
+                    backend_ms,
+                    total_ms,
+                )
+            timing = b"queue;dur=%.3f, backend;dur=%.3f, total;dur=%.3f" % (
                 queue_ms,
                 backend_ms,
                 total_ms,
             )
-        timing = b"queue;dur=%.3f, backend;dur=%.3f, total;dur=%.3f" % (
-            queue_ms,
-            backend_ms,
-            total_ms,
-        )
-        content_type = upstream.header(b"content-type") or b"application/json"
-        responder.send(upstream.status, self._headers(worker, ctx, content_type, timing), body)
+            content_type = upstream.header(b"content-type") or b"application/json"
+            headers = self._headers(worker, job.ctx, content_type, timing)
+            self._stats.record(worker.address, upstream.status, now - job.t0)
+            return Outcome(upstream.status, headers, body, worker)
+        finally:
+            self._admission.release(worker)
+
+    async def forward(self, responder: Responder, job: Job, *, stream: bool, splice_timings: bool) -> None:
+        if not stream:
+            outcome = await self.call(job, splice_timings=splice_timings)
+            responder.send(outcome.status, outcome.headers, outcome.body)
+            return
+        worker, upstream, t_send = await self._exchange(job, stream=True)
+        try:
+            if upstream.status != 200:
+                # An error before the stream began: answer it whole.
+                body = b"".join([c async for c in upstream.iter_chunks(self._up.stream_idle_timeout_s)])
+                content_type = upstream.header(b"content-type") or b"application/json"
+                if upstream.status < 500:
+                    self._registry.record_success(worker)
+                responder.send(upstream.status, self._headers(worker, job.ctx, content_type, b""), body)
+            else:
+                await self._relay_stream(responder, upstream, worker, job, t_send)
+            self._stats.record(worker.address, upstream.status, self._clock() - job.t0)
+        finally:
+            self._admission.release(worker)
+
+    def _headers(self, worker: WorkerInfo, ctx: RequestContext, content_type: bytes, timing: bytes) -> bytes:
+        parts = [
+            b"Content-Type: ",
+            content_type,
+            b"\r\nX-Request-ID: ",
+            ctx.request_id.encode(),
+            b"\r\nX-Inferno-Backend: ",
+            worker.node_id.encode(),
+            b"\r\nX-Inferno-Backend-Addr: ",
+            worker.address.encode(),
+            b"\r\n",
+        ]
+        if timing:
+            parts += [b"Server-Timing: ", timing, b"\r\n"]
+        return b"".join(parts)
 
     async def _relay_stream(
-        self,
-        responder: Responder,
-        upstream: UpstreamResponse,
-        worker: WorkerInfo,
-        ctx: RequestContext,
-        t0: float,
-        t_send: float,
+        self, responder: Responder, upstream: UpstreamResponse, worker: WorkerInfo, job: Job, t_send: float
     ) -> None:
         now = self._clock()
         # For streams the timings are known when the headers go out: ``backend`` is the
         # time to the backend's response headers, ``total`` the time to ours.
         timing = b'queue;dur=%.3f, backend;dur=%.3f;desc="time to headers", total;dur=%.3f' % (
-            (t_send - t0) * 1000.0,
+            (t_send - job.t0) * 1000.0,
             (now - t_send) * 1000.0,
-            (now - t0) * 1000.0,
+            (now - job.t0) * 1000.0,
         )
         content_type = upstream.header(b"content-type") or b"text/event-stream"
         responder.start_stream(
-            200, self._headers(worker, ctx, content_type, timing) + b"Cache-Control: no-cache\r\n"
+            200, self._headers(worker, job.ctx, content_type, timing) + b"Cache-Control: no-cache\r\n"
         )
+        idle = self._up.stream_idle_timeout_s
+        slow = self._up.slow_chunk_s
+        last = now
         try:
-            async for chunk in upstream.iter_chunks(self._timeouts.read_s):
+            while True:
+                remaining = job.deadline - self._clock()
+                if remaining <= 0:
+                    raise DeadlineExceeded("the request deadline passed during the stream")
+                try:
+                    chunk = await upstream.next_chunk(min(idle, remaining))
+                except UpstreamTimeout as exc:
+                    if self._clock() >= job.deadline:
+                        raise DeadlineExceeded("the request deadline passed during the stream") from exc
+                    raise
+                if chunk is None:
+                    break
+                arrived = self._clock()
+                if arrived - last > slow:
+                    # Slow but alive: reported, never ejected for it.
+                    self._registry.mark_suspect(worker, f"{arrived - last:.1f}s between stream chunks")
+                last = arrived
                 await responder.write(chunk)
-        except UpstreamError as exc:
+            self._registry.record_success(worker)
+        except (UpstreamError, DeadlineExceeded) as exc:
             # Never retried: the client already has part of the answer.
-            self._on_failure(worker, exc)
-            logger.warning("Stream %s from %s broke: %s", ctx.request_id, worker.address, exc.message)
+            if isinstance(exc, UpstreamError):
+                self._on_failure(worker, exc)
+            logger.warning(
+                "Stream %s from %s ended early: %s", job.ctx.request_id, worker.address, exc.message
+            )
+            upstream.close()
             if responder.client_connected:
-                await responder.write(sse_error_event(exc.message, "upstream_stream_error"))
-        except (ConnectionError, asyncio.CancelledError):
+                await responder.write(sse_error_event(exc.message, exc.code))
+        except BaseException:
             upstream.close()
             raise
         responder.end_stream()

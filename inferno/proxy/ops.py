@@ -11,6 +11,7 @@ from prometheus_client.registry import CollectorRegistry
 from inferno.errors import BadRequest, InfernoError, MethodNotAllowed, NotFound
 from inferno.http.responses import JSON_HEADERS, dumps, error_body
 from inferno.http.server import Request, Responder
+from inferno.proxy.admission import AdmissionController
 from inferno.registry.registry import RegistrationPayload, WorkerRegistry, check_address
 from inferno.schemas import parse_body
 
@@ -20,9 +21,12 @@ logger = logging.getLogger(__name__)
 class ProxyOps:
     """Handler for the ops port (6100)."""
 
-    def __init__(self, registry: WorkerRegistry, metrics: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: WorkerRegistry, metrics: CollectorRegistry, admission: AdmissionController
+    ) -> None:
         self._registry = registry
         self._metrics = metrics
+        self._admission = admission
 
     async def __call__(self, request: Request, responder: Responder) -> None:
         try:
@@ -54,6 +58,8 @@ class ProxyOps:
             else:
                 payload = generate_latest(self._metrics)
                 responder.send(200, [(b"Content-Type", CONTENT_TYPE_LATEST.encode())], payload)
+        elif path == "/queue/status":
+            responder.send(200, JSON_HEADERS, dumps(self._admission.status()))
         elif path == "/vitals":
             self._vitals(responder)
         elif path == "/workers":

@@ -7,12 +7,14 @@ import logging
 import random
 import signal
 import time
+from collections.abc import Callable
 
 from inferno.config import ProxyConfig
 from inferno.http.client import UpstreamPool
 from inferno.http.server import HttpServer
 from inferno.observability.metrics import ProxyCollector, ProxyStats, new_registry
 from inferno.policies.base import LoadBalancingPolicy
+from inferno.proxy.admission import AdmissionController
 from inferno.proxy.app import ProxyApp
 from inferno.proxy.forward import Forwarder
 from inferno.proxy.ops import ProxyOps
@@ -25,24 +27,39 @@ logger = logging.getLogger(__name__)
 class ProxyServer:
     """The whole proxy process as one component with ``start()`` / ``aclose()``."""
 
-    def __init__(self, config: ProxyConfig, *, clock: object = None) -> None:
+    def __init__(self, config: ProxyConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        monotonic = clock if callable(clock) else time.monotonic
-        self.registry = WorkerRegistry(config.registry, config.health, clock=monotonic)
+        self.registry = WorkerRegistry(
+            config.registry, config.health, clock=clock, outlier_config=config.outlier
+        )
         self.registry.load_static(config.backend_servers)
         self.pool = UpstreamPool(max_idle_per_host=config.upstream.max_idle_per_backend)
         self.registry.on_removed(self.pool.drop_address)
         self.stats = ProxyStats()
-        self.policy = LoadBalancingPolicy.create(config.policy, random.Random(config.seed))
-        self.forwarder = Forwarder(self.registry, self.policy, self.pool, self.stats, config.upstream)
+        rng = random.Random(config.seed)
+        self.policy = LoadBalancingPolicy.create(config.policy, rng)
+        self.admission = AdmissionController(config.admission, self.registry, self.policy, clock=clock)
+        self.forwarder = Forwarder(
+            self.registry,
+            self.admission,
+            self.pool,
+            self.stats,
+            config.upstream,
+            config.retry,
+            config.deadline,
+            clock=clock,
+            rng=rng,
+        )
         self.health = HealthChecker(self.registry, self.pool, config.health, config.registry)
         metrics = new_registry(ProxyCollector(self.stats, self.registry))
         self._data = HttpServer(
-            ProxyApp(config, self.registry, self.forwarder, self.stats),
+            ProxyApp(config, self.registry, self.forwarder, self.stats, clock=clock),
             max_body_bytes=config.max_body_bytes,
             name="proxy",
         )
-        self._ops = HttpServer(ProxyOps(self.registry, metrics), max_body_bytes=64 * 1024, name="ops")
+        self._ops = HttpServer(
+            ProxyOps(self.registry, metrics, self.admission), max_body_bytes=64 * 1024, name="ops"
+        )
         self.data_address: tuple[str, int] = ("", 0)
         self.ops_address: tuple[str, int] = ("", 0)
 

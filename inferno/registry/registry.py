@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from inferno.config import HealthCheckConfig, RegistryConfig
+from inferno.config import HealthCheckConfig, OutlierConfig, RegistryConfig
 from inferno.errors import BadRequest
 from inferno.registry.worker import NodeVitals, WorkerInfo, WorkerStatus
 
@@ -87,9 +87,12 @@ class WorkerRegistry:
         *,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
+        outlier_config: OutlierConfig | None = None,
     ) -> None:
         self._cfg = registry_config
         self._health = health_config
+        self._outlier = outlier_config or OutlierConfig()
+        self._change_listeners: list[Callable[[], None]] = []
         self._clock = clock
         self._wall = wall_clock
         self._workers: dict[str, WorkerInfo] = {}
@@ -126,6 +129,10 @@ class WorkerRegistry:
     def on_removed(self, listener: Callable[[str], None]) -> None:
         self._removal_listeners.append(listener)
 
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Called after any change to the routable set (the admission queue listens)."""
+        self._change_listeners.append(listener)
+
     # -- membership ----------------------------------------------------------------------
     def add_static(self, address: str, weight: int = 1) -> WorkerInfo:
         worker = WorkerInfo(address, node_id=address, weight=weight, source="static", wall=self._wall())
@@ -151,6 +158,7 @@ class WorkerRegistry:
                 source="registered",
                 now=now,
                 wall=wall,
+                outlier=self._outlier,
             )
             self._workers[address] = worker
             logger.info("Backend registered: %s (node %s)", address, payload.node_id)
@@ -226,10 +234,44 @@ class WorkerRegistry:
                 worker, WorkerStatus.UNHEALTHY, "connection_refused" if refused else "probe_failed"
             )
 
+    def record_success(self, worker: WorkerInfo) -> None:
+        """A request the backend answered properly (a client's 4xx counts as success)."""
+        worker.suspect = False
+        if worker.breaker.on_success():
+            logger.info("Circuit closed: %s (trial request succeeded)", worker.address)
+
+    def record_failure(self, worker: WorkerInfo, reason: str) -> None:
+        """A connection error, timeout or 5xx: counts towards ejection."""
+        if worker.address not in self._workers:
+            return
+        if worker.breaker.on_failure(self._clock()):
+            logger.warning(
+                "Backend ejected: %s (%s; circuit open for %.1fs, ejection %d)",
+                worker.address,
+                reason,
+                worker.breaker.ejection_s(),
+                worker.breaker.ejections,
+            )
+            if worker.status is WorkerStatus.HEALTHY:
+                self._set_status(worker, WorkerStatus.EJECTED, "outlier")
+            else:
+                self._changed()
+
+    def mark_suspect(self, worker: WorkerInfo, detail: str) -> None:
+        if not worker.suspect:
+            logger.warning("Backend suspect: %s (%s)", worker.address, detail)
+        worker.suspect = True
+
     def sweep(self) -> None:
         """Heartbeat expiry: unhealthy after ``heartbeat_timeout_s``, removed after ``ttl_s``."""
         now = self._clock()
         for worker in list(self._workers.values()):
+            if worker.breaker.poll(now):
+                logger.info("Ejection ended: %s (circuit half-open, one trial request)", worker.address)
+                if worker.status is WorkerStatus.EJECTED:
+                    self._set_status(worker, WorkerStatus.HEALTHY, "half_open")
+                else:
+                    self._changed()
             if worker.last_heartbeat is None:
                 continue
             silent = now - worker.last_heartbeat
@@ -250,6 +292,8 @@ class WorkerRegistry:
     def _changed(self) -> None:
         self.version += 1
         self._routable = tuple(w for w in self._workers.values() if w.routable)
+        for listener in self._change_listeners:
+            listener()
 
     def load_static(self, specs: Iterable[str]) -> None:
         for spec in specs:

@@ -7,6 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from inferno.config import OutlierConfig
+from inferno.registry.breaker import BreakerState, CircuitBreaker
+
 
 class WorkerStatus(enum.StrEnum):
     HEALTHY = "healthy"
@@ -27,6 +30,8 @@ class NodeVitals(BaseModel):
     cpu_percent: float = Field(0.0, ge=0)
     rss_bytes: int = Field(0, ge=0)
     slots: int = Field(0, ge=0)
+    #: recent per-request generation speed (tokens/s of one generation), 0 if unknown
+    decode_tokens_per_s: float = Field(0.0, ge=0)
 
 
 class WorkerInfo:
@@ -34,6 +39,7 @@ class WorkerInfo:
 
     __slots__ = (
         "address",
+        "breaker",
         "consecutive_failures",
         "consecutive_successes",
         "in_flight",
@@ -46,6 +52,7 @@ class WorkerInfo:
         "source",
         "status",
         "status_reason",
+        "suspect",
         "vitals",
         "weight",
     )
@@ -61,6 +68,7 @@ class WorkerInfo:
         now: float = 0.0,
         wall: float = 0.0,
         status: WorkerStatus = WorkerStatus.HEALTHY,
+        outlier: OutlierConfig | None = None,
     ) -> None:
         self.address = address
         self.node_id = node_id
@@ -77,10 +85,19 @@ class WorkerInfo:
         self.last_heartbeat_wall: float | None = wall if source == "registered" else None
         self.registered_at = wall
         self.ops_address: str | None = None
+        self.breaker = CircuitBreaker(outlier or OutlierConfig())
+        #: slow but alive (e.g. long gaps in a stream): reported, never ejected for it
+        self.suspect = False
 
     @property
     def routable(self) -> bool:
         return self.status is WorkerStatus.HEALTHY
+
+    def has_capacity(self, limit: int) -> bool:
+        """Below the per-backend limit, and admitted by its circuit breaker."""
+        if self.in_flight >= limit:
+            return False
+        return self.breaker.state is BreakerState.CLOSED or self.breaker.allows(self.in_flight)
 
     def serves(self, model: str | None) -> bool:
         return model is None or not self.models or model in self.models
@@ -94,6 +111,9 @@ class WorkerInfo:
             "status_reason": self.status_reason,
             "models": list(self.models),
             "in_flight": self.in_flight,
+            "circuit": self.breaker.state.value,
+            "ejections": self.breaker.ejections,
+            "suspect": self.suspect,
             "weight": self.weight,
             "source": self.source,
             "last_heartbeat": self.last_heartbeat_wall,

@@ -1,0 +1,181 @@
+"""Admission control: per-backend concurrency limits and a bounded priority queue.
+
+A request takes a backend at once when one has spare capacity and nobody is
+waiting. Otherwise it waits in a queue of three classes (high, normal, low).
+When capacity frees up the best waiter is served: lowest effective class, then
+earliest arrival. A waiter's effective class improves by one for every
+``aging_s`` seconds it has waited, so ``low`` waits at most ``2 * aging_s``
+before it competes as ``high``, and then wins against every ``high`` request
+that arrived after it: starvation is bounded.
+
+The controller hands a waiter its backend with the in-flight count already
+taken, so capacity cannot be stolen between wake-up and dispatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from inferno.config import AdmissionConfig
+from inferno.errors import InfernoError, ModelNotFound, NoBackendAvailable
+from inferno.policies.base import LoadBalancingPolicy, Priority, RequestContext
+from inferno.registry.registry import WorkerRegistry
+from inferno.registry.worker import WorkerInfo
+
+logger = logging.getLogger(__name__)
+DEFAULT_LIMIT = 8
+
+
+class Overloaded(InfernoError):
+    """The queue is full or the wait in it ran out: back off and retry."""
+
+    status = 429
+    code = "overloaded"
+    kind = "rate_limit_exceeded"
+
+
+@dataclass(eq=False)
+class Waiter:
+    ctx: RequestContext
+    tried: frozenset[str]
+    arrival: float
+    future: asyncio.Future[WorkerInfo] = field(repr=False)
+
+
+class AdmissionController:
+    def __init__(
+        self,
+        config: AdmissionConfig,
+        registry: WorkerRegistry,
+        policy: LoadBalancingPolicy,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cfg = config
+        self._registry = registry
+        self._policy = policy
+        self._clock = clock
+        self._waiters: list[Waiter] = []
+        self.served_from_queue = {p: 0 for p in Priority}
+        registry.on_change(self.dispatch)
+
+    # -- limits --------------------------------------------------------------------------
+    def limit(self, worker: WorkerInfo) -> int:
+        if self._cfg.max_in_flight_per_backend:
+            return self._cfg.max_in_flight_per_backend
+        return 2 * worker.vitals.slots if worker.vitals.slots else DEFAULT_LIMIT
+
+    def _eligible(self, ctx: RequestContext, tried: frozenset[str]) -> Sequence[WorkerInfo]:
+        routable = self._registry.routable()
+        if ctx.model is None and not tried:
+            return routable
+        return [w for w in routable if w.serves(ctx.model) and w.address not in tried]
+
+    def _with_capacity(self, workers: Sequence[WorkerInfo]) -> Sequence[WorkerInfo]:
+        for worker in workers:
+            if not worker.has_capacity(self.limit(worker)):
+                return [w for w in workers if w.has_capacity(self.limit(w))]
+        return workers  # the common case: no copy
+
+    # -- acquire / release ---------------------------------------------------------------
+    async def acquire(
+        self, ctx: RequestContext, tried: frozenset[str] = frozenset(), *, timeout_s: float
+    ) -> WorkerInfo:
+        """A backend for ``ctx`` with its in-flight count taken; ``release`` gives it back."""
+        eligible = self._eligible(ctx, tried)
+        if not eligible:
+            self._raise_unavailable(ctx, tried)
+        if not self._waiters:
+            free = self._with_capacity(eligible)
+            if free:
+                worker = self._policy.choose(ctx, free)
+                worker.in_flight += 1
+                return worker
+        if len(self._waiters) >= self._cfg.max_queue:
+            raise Overloaded(f"the request queue is full ({self._cfg.max_queue}); retry later")
+        loop = asyncio.get_running_loop()
+        waiter = Waiter(ctx, tried, self._clock(), loop.create_future())
+        self._waiters.append(waiter)
+        timeout = min(timeout_s, self._cfg.queue_timeout_s)
+        handle = loop.call_later(timeout, self._expire, waiter, timeout)
+        try:
+            return await waiter.future
+        except BaseException:
+            if waiter.future.done() and not waiter.future.cancelled() and not waiter.future.exception():
+                # Cancelled after being handed a backend: give it back.
+                self.release(waiter.future.result())
+            raise
+        finally:
+            handle.cancel()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def release(self, worker: WorkerInfo) -> None:
+        worker.in_flight -= 1
+        if self._waiters:
+            self.dispatch()
+
+    def _expire(self, waiter: Waiter, timeout: float) -> None:
+        if not waiter.future.done():
+            waiter.future.set_exception(
+                Overloaded(f"no backend capacity within {timeout:.3g}s of queueing; retry later")
+            )
+
+    def _raise_unavailable(self, ctx: RequestContext, tried: frozenset[str]) -> None:
+        if ctx.model is not None and not any(w.serves(ctx.model) for w in self._registry.all()):
+            raise ModelNotFound(
+                f"model {ctx.model!r} is not served by any backend; available: {self._registry.models()}",
+                param="model",
+            )
+        if tried:
+            raise NoBackendAvailable(
+                f"all backends failed for this request ({len(tried)} tried) and none is left"
+            )
+        raise NoBackendAvailable("no healthy backend is available; retry later")
+
+    # -- the queue -----------------------------------------------------------------------
+    def rank(self, waiter: Waiter, now: float) -> tuple[int, float]:
+        waited = max(0.0, now - waiter.arrival)
+        return int(waiter.ctx.priority) - math.floor(waited / self._cfg.aging_s), waiter.arrival
+
+    def dispatch(self) -> None:
+        """Hand free capacity to waiters, best rank first."""
+        if not self._waiters:
+            return
+        now = self._clock()
+        for waiter in sorted(self._waiters, key=lambda w: self.rank(w, now)):
+            if waiter.future.done():
+                continue
+            eligible = self._eligible(waiter.ctx, waiter.tried)
+            if not eligible:
+                try:
+                    self._raise_unavailable(waiter.ctx, waiter.tried)
+                except InfernoError as exc:
+                    waiter.future.set_exception(exc)
+                continue
+            free = self._with_capacity(eligible)
+            if not free:
+                continue
+            worker = self._policy.choose(waiter.ctx, free)
+            worker.in_flight += 1
+            self.served_from_queue[waiter.ctx.priority] += 1
+            waiter.future.set_result(worker)
+
+    def status(self) -> dict[str, object]:
+        sizes = {p.name.lower(): 0 for p in Priority}
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                sizes[waiter.ctx.priority.name.lower()] += 1
+        return {
+            "size": sum(sizes.values()),
+            "max": self._cfg.max_queue,
+            "by_priority": sizes,
+            "queue_timeout_s": self._cfg.queue_timeout_s,
+            "aging_s": self._cfg.aging_s,
+            "served_from_queue": {p.name.lower(): n for p, n in self.served_from_queue.items()},
+        }

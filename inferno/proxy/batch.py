@@ -1,0 +1,82 @@
+"""``POST /batch_inference``: fan a list of /inference requests out, answer in order.
+
+Each item is validated and routed on its own (request id ``<id>.<index>``), so
+one bad or failed item never fails the batch: it gets its own status and error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from inferno.errors import BadRequest, InfernoError
+from inferno.http.server import Request
+from inferno.policies.base import RequestContext
+from inferno.proxy.forward import Forwarder, Job
+from inferno.schemas import InferenceRequest, parse_obj
+
+Contextualize = Callable[[Request, str, InferenceRequest], tuple[RequestContext, bool, int]]
+
+
+class BatchRunner:
+    def __init__(self, forwarder: Forwarder, max_items: int, contextualize: Contextualize) -> None:
+        self._forwarder = forwarder
+        self._max = max_items
+        self._contextualize = contextualize
+
+    async def run(self, request: Request, rid: str, t0: float, deadline: float) -> bytes:
+        try:
+            data = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            raise BadRequest("request body is not valid JSON") from None
+        items = data.get("requests") if isinstance(data, dict) else None
+        if not isinstance(items, list) or not 1 <= len(items) <= self._max:
+            raise BadRequest(
+                f'body must be {{"requests": [...]}} with 1 to {self._max} /inference requests',
+                param="requests",
+            )
+        results = await asyncio.gather(
+            *(self._one(request, f"{rid}.{i}", i, item, t0, deadline) for i, item in enumerate(items))
+        )
+        ok = sum(1 for r in results if r["status"] == 200)
+        return orjson.dumps(
+            {
+                "object": "batch",
+                "request_id": rid,
+                "results": results,
+                "succeeded": ok,
+                "failed": len(results) - ok,
+            }
+        )
+
+    async def _one(
+        self, request: Request, rid: str, index: int, item: Any, t0: float, deadline: float
+    ) -> dict[str, Any]:
+        try:
+            body = parse_obj(InferenceRequest, item)
+            if body.stream:
+                raise BadRequest("stream is not supported inside a batch", param="stream")
+            ctx, _, max_tokens = self._contextualize(request, rid, body)
+            job = Job(ctx, b"/inference", orjson.dumps(item), max_tokens, t0, deadline)
+            outcome = await self._forwarder.call(job, splice_timings=True)
+        except InfernoError as exc:
+            return {
+                "index": index,
+                "status": exc.status,
+                "request_id": rid,
+                "error": {"message": exc.message, "type": exc.kind, "code": exc.code, "param": exc.param},
+            }
+        result: dict[str, Any] = {
+            "index": index,
+            "status": outcome.status,
+            "request_id": rid,
+            "backend": outcome.worker.node_id,
+        }
+        try:
+            result["response" if outcome.status == 200 else "error"] = orjson.loads(outcome.body)
+        except orjson.JSONDecodeError:
+            result["error"] = {"message": "backend returned a non-JSON body", "code": "bad_gateway"}
+        return result
