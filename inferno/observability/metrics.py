@@ -20,6 +20,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from inferno.registry.breaker import BreakerState
+
 if TYPE_CHECKING:
     from inferno.registry.registry import WorkerRegistry
 
@@ -159,13 +161,26 @@ class ProxyCollector(Collector):
             "1 if the backend is routable, else 0",
             labels=["backend", "node_id", "status"],
         )
+        circuit = GaugeMetricFamily(
+            "inferno_backend_circuit_state",
+            "Circuit breaker state per backend (1 for the current state)",
+            labels=["backend", "state"],
+        )
+        suspect = GaugeMetricFamily(
+            "inferno_backend_suspect", "1 if the backend is slow but alive", labels=["backend"]
+        )
         for worker in self._registry.all():
             per_backend.add_metric([worker.address], worker.in_flight)
             healthy.add_metric(
                 [worker.address, worker.node_id, worker.status.value], 1 if worker.routable else 0
             )
+            for state in BreakerState:
+                circuit.add_metric([worker.address, state.value], 1 if worker.breaker.state is state else 0)
+            suspect.add_metric([worker.address], 1 if worker.suspect else 0)
         yield per_backend
         yield healthy
+        yield circuit
+        yield suspect
         by_status = GaugeMetricFamily("inferno_backends", "Known backends by status", labels=["status"])
         for status, count in self._registry.counts().items():
             if status != "total":

@@ -280,6 +280,7 @@ class Forwarder:
         idle = self._up.stream_idle_timeout_s
         slow = self._up.slow_chunk_s
         last = now
+        was_slow = False
         try:
             while True:
                 remaining = job.deadline - self._clock()
@@ -297,9 +298,10 @@ class Forwarder:
                 if arrived - last > slow:
                     # Slow but alive: reported, never ejected for it.
                     self._registry.mark_suspect(worker, f"{arrived - last:.1f}s between stream chunks")
+                    was_slow = True
                 last = arrived
                 await responder.write(chunk)
-            self._registry.record_success(worker)
+            self._registry.record_success(worker, slow=was_slow)
         except (UpstreamError, DeadlineExceeded) as exc:
             # Never retried: the client already has part of the answer.
             if isinstance(exc, UpstreamError):

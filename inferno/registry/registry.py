@@ -234,9 +234,13 @@ class WorkerRegistry:
                 worker, WorkerStatus.UNHEALTHY, "connection_refused" if refused else "probe_failed"
             )
 
-    def record_success(self, worker: WorkerInfo) -> None:
-        """A request the backend answered properly (a client's 4xx counts as success)."""
-        worker.suspect = False
+    def record_success(self, worker: WorkerInfo, *, slow: bool = False) -> None:
+        """A request the backend answered properly (a client's 4xx counts as success).
+
+        A slow success keeps the backend suspect; a normal one clears that.
+        """
+        if not slow:
+            worker.suspect = False
         if worker.breaker.on_success():
             logger.info("Circuit closed: %s (trial request succeeded)", worker.address)
 
