@@ -200,3 +200,70 @@ def wait_http(url: str, timeout_s: float = 20.0, status: int | None = 200) -> ht
             last = exc
         time.sleep(0.1)
     raise AssertionError(f"{url} not ready within {timeout_s}s (last error: {last})")
+
+
+class ProcessCluster:
+    """A proxy and fake backends as real ``inferno`` processes on free ports."""
+
+    def __init__(self, url: str, ops: str, proxy: Proc, backends: dict[str, Proc]) -> None:
+        self.url, self.ops, self.proxy, self.backends = url, ops, proxy, backends
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        body = httpx.get(f"{self.ops}/workers", timeout=2).json()
+        return {w["node_id"]: w for w in body["workers"]}
+
+
+def start_process_cluster(
+    spawn: Callable[..., Proc],
+    n: int,
+    *,
+    proxy_args: tuple[str, ...] = (),
+    backend_args: tuple[str, ...] = (),
+    env_aliases: bool = False,
+    ready_timeout_s: float = 30.0,
+) -> ProcessCluster:
+    """Start it and wait (bounded) until all ``n`` backends are healthy.
+
+    With ``env_aliases`` the listen addresses come from ``INFERNO_LISTEN_ADDR`` and
+    ``INFERNO_BACKEND_LISTEN_ADDR`` instead of flags.
+    """
+    port, ops_port = free_port(), free_port()
+    ops = f"http://{HOST}:{ops_port}"
+    listen = f"{HOST}:{port}"
+    proxy = spawn(
+        ["proxy", "--ops-addr", f"{HOST}:{ops_port}", *proxy_args]
+        + ([] if env_aliases else ["--listen-addr", listen]),
+        "proxy",
+        env={"INFERNO_LISTEN_ADDR": listen} if env_aliases else None,
+    )
+    wait_http(f"{ops}/livez")
+    backends = {}
+    for i in range(1, n + 1):
+        data = f"{HOST}:{free_port()}"
+        args = [
+            "backend",
+            "--ops-addr",
+            f"{HOST}:{free_port()}",
+            "--engine",
+            "fake",
+            "--discovery-lb",
+            f"{HOST}:{ops_port}",
+            "--node-id",
+            f"b{i}",
+            "--advertise-addr",
+            data,
+            *backend_args,
+        ]
+        if not env_aliases:
+            args += ["--listen-addr", data]
+        backends[f"b{i}"] = spawn(
+            args, f"b{i}", env={"INFERNO_BACKEND_LISTEN_ADDR": data} if env_aliases else None
+        )
+    cluster = ProcessCluster(f"http://{listen}", ops, proxy, backends)
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{ops}/health", timeout=2).json().get("healthy") == n:
+                return cluster
+        time.sleep(0.1)
+    raise AssertionError(f"{n} backends not healthy within {ready_timeout_s}s")

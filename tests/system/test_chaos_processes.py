@@ -11,60 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import HOST, free_port, wait_http
+from tests.conftest import start_process_cluster
 
 pytestmark = pytest.mark.slow
 HEALTH_INTERVAL_S = 1.0
-
-
-def start_cluster(spawn: Any, n: int) -> tuple[str, str, dict[str, Any]]:
-    port, ops_port = free_port(), free_port()
-    ops = f"http://{HOST}:{ops_port}"
-    spawn(
-        [
-            "proxy",
-            "--listen-addr",
-            f"{HOST}:{port}",
-            "--ops-addr",
-            f"{HOST}:{ops_port}",
-            "--health-interval-s",
-            str(HEALTH_INTERVAL_S),
-        ],
-        "proxy",
-    )
-    wait_http(f"{ops}/livez")
-    backends = {}
-    for i in range(1, n + 1):
-        backends[f"b{i}"] = spawn(
-            [
-                "backend",
-                "--listen-addr",
-                f"{HOST}:{free_port()}",
-                "--ops-addr",
-                f"{HOST}:{free_port()}",
-                "--engine",
-                "fake",
-                "--fake-tokens-per-s",
-                "400",
-                "--n-parallel",
-                "8",
-                "--discovery-lb",
-                f"{HOST}:{ops_port}",
-                "--node-id",
-                f"b{i}",
-                "--heartbeat-interval-s",
-                "0.5",
-            ],
-            f"b{i}",
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if httpx.get(f"{ops}/health", timeout=2).json().get("healthy") == n:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("cluster not healthy")
-    return f"http://{HOST}:{port}", ops, backends
+PROXY_ARGS = ("--health-interval-s", str(HEALTH_INTERVAL_S))
+BACKEND_ARGS = ("--fake-tokens-per-s", "400", "--n-parallel", "8", "--heartbeat-interval-s", "0.5")
 
 
 async def load(
@@ -102,8 +54,8 @@ async def load(
 
 
 def test_sigkill_one_of_three_under_load_loses_no_request(spawn: Any) -> None:
-    url, ops, backends = start_cluster(spawn, 3)
-    victim = backends["b1"]
+    cluster = start_process_cluster(spawn, 3, proxy_args=PROXY_ARGS, backend_args=BACKEND_ARGS)
+    url, victim = cluster.url, cluster.backends["b1"]
     seen_down: list[float] = []
 
     def kill() -> None:
@@ -111,8 +63,7 @@ def test_sigkill_one_of_three_under_load_loses_no_request(spawn: Any) -> None:
         killed = time.monotonic()
         deadline = killed + 5
         while time.monotonic() < deadline:
-            workers = {w["node_id"]: w for w in httpx.get(f"{ops}/workers", timeout=2).json()["workers"]}
-            if workers["b1"]["status"] != "healthy":
+            if cluster.workers()["b1"]["status"] != "healthy":
                 seen_down.append(time.monotonic() - killed)
                 return
             time.sleep(0.02)
@@ -125,13 +76,13 @@ def test_sigkill_one_of_three_under_load_loses_no_request(spawn: Any) -> None:
     assert sum(codes.values()) > 200
     assert set(served) == {"b1", "b2", "b3"}
     assert seen_down and seen_down[0] <= HEALTH_INTERVAL_S, seen_down
-    health = httpx.get(f"{ops}/health", timeout=2).json()
+    health = httpx.get(f"{cluster.ops}/health", timeout=2).json()
     assert health["status"] == "degraded" and health["healthy"] == 2
 
 
 def test_sigterm_drains_under_load_and_loses_nothing(spawn: Any) -> None:
-    url, ops, backends = start_cluster(spawn, 3)
-    victim = backends["b1"]
+    cluster = start_process_cluster(spawn, 3, proxy_args=PROXY_ARGS, backend_args=BACKEND_ARGS)
+    url, victim = cluster.url, cluster.backends["b1"]
 
     def terminate() -> None:
         victim.popen.send_signal(signal.SIGTERM)
@@ -147,5 +98,4 @@ def test_sigterm_drains_under_load_and_loses_nothing(spawn: Any) -> None:
     # every request it accepted, it finished
     accepted = log.count("Processing inference request")
     assert accepted == log.count("Inference completed in") and accepted > 0
-    workers = {w["node_id"] for w in httpx.get(f"{ops}/workers", timeout=2).json()["workers"]}
-    assert workers == {"b2", "b3"}
+    assert set(cluster.workers()) == {"b2", "b3"}
