@@ -48,7 +48,7 @@ class BackendApp:
         self._service = service
         self._node = node_id
         self._ids = RequestIdFactory()
-        self._chaos = Chaos() if config.chaos else None
+        self.chaos = Chaos() if config.chaos else None
 
     async def __call__(self, request: Request, responder: Responder) -> None:
         rid = self._ids.accept_or_new(request.headers.get(b"x-request-id"))
@@ -61,14 +61,18 @@ class BackendApp:
                     raise MethodNotAllowed(f"{path} accepts POST only")
                 gen, stream, kind, model_name = self._parse(path, request.body)
                 await self._generate(responder, headers, rid, gen, stream, kind, model_name)
-            elif path.startswith("/simulate/") and self._chaos is not None:
+            elif path.startswith("/simulate/") and self.chaos is not None:
                 if request.method != "POST":
                     raise MethodNotAllowed(f"{path[:60]} accepts POST only")
-                self._chaos.handle(request, responder)
+                self.chaos.handle(request, responder)
             elif path == "/health":
-                status = 503 if self._service.draining else 200
-                body = b'{"status":"draining"}' if self._service.draining else b'{"status":"ok"}'
-                responder.send(status, headers, body)
+                scripted = self.chaos.health_ok() if self.chaos is not None else None
+                if self._service.draining:
+                    responder.send(503, headers, b'{"status":"draining"}')
+                elif scripted is False:
+                    responder.send(503, headers, b'{"status":"unavailable"}')
+                else:
+                    responder.send(200, headers, b'{"status":"ok"}')
             elif path == "/v1/models":
                 model = {
                     "id": self._service.engine.model_id,
@@ -155,8 +159,8 @@ class BackendApp:
         started = time.perf_counter()
         tokens = 0
         try:
-            if self._chaos is not None:
-                await self._chaos.before_request()
+            if self.chaos is not None:
+                await self.chaos.before_request()
             async with self._service.slot() as queued_s:
                 t_gen = time.perf_counter()
                 if stream:

@@ -5,6 +5,8 @@
 - ``POST /simulate/error`` ``{"duration_s": 10, "status": 500}``: answer 5xx for a while.
 - ``POST /simulate/hang`` ``{"duration_s": 3600}``: accept requests and never answer
   (until the period ends). ``/health`` keeps answering: a hung worker looks alive.
+- ``POST /simulate/health`` ``{"pattern": "UDUD"}``: the next ``/health`` answers on the
+  data port follow the pattern (U = 200, D = 503), one character each, then normal.
 - ``POST /simulate/reset``: clear every fault.
 """
 
@@ -51,6 +53,11 @@ class _Hang(BaseModel):
     duration_s: float = Field(3600.0, gt=0, le=86_400)
 
 
+class _Health(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    pattern: str = Field(pattern=r"^[UD]{1,10000}$")
+
+
 class Chaos:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -59,6 +66,7 @@ class Chaos:
         self.error_until = 0.0
         self.error_status = 500
         self.hang_until = 0.0
+        self.health_pattern: list[bool] = []
 
     async def before_request(self) -> None:
         """Apply the active faults to one inference request."""
@@ -69,6 +77,12 @@ class Chaos:
             await asyncio.sleep(self.hang_until - now)
         if now < self.slow_until:
             await asyncio.sleep(self.slow_s)
+
+    def health_ok(self) -> bool | None:
+        """The scripted answer for the next /health, or None when none is scripted."""
+        if self.health_pattern:
+            return self.health_pattern.pop(0)
+        return None
 
     def handle(self, request: Request, responder: Responder) -> None:
         action = request.path.removeprefix("/simulate/")
@@ -86,8 +100,11 @@ class Chaos:
             self.error_status, self.error_until = error.status, now + error.duration_s
         elif action == "hang":
             self.hang_until = now + parse_body(_Hang, body).duration_s
+        elif action == "health":
+            self.health_pattern = [c == "U" for c in parse_body(_Health, body).pattern]
         elif action == "reset":
             self.slow_until = self.error_until = self.hang_until = 0.0
+            self.health_pattern = []
         else:
             raise NotFound(f"no chaos action {action[:40]!r}")
         logger.warning("Chaos: %s enabled", action)

@@ -43,8 +43,9 @@ class BackendServer:
         self.engine = engine or Engine.create(config.engine, config)
         self.service = InferenceService(self.engine)
         self.node_id = config.node_id or f"{socket.gethostname()}-{config.listen_port}"
+        self.app = BackendApp(config, self.service, self.node_id)
         self._data = HttpServer(
-            BackendApp(config, self.service, self.node_id),
+            self.app,
             max_body_bytes=config.max_body_bytes,
             name="backend",
         )

@@ -285,3 +285,36 @@ async def test_consistent_hash_sessions_stick_and_few_move_on_join(
     moved = [s for s in many if before[s] != after[s]]
     assert 0.08 < len(moved) / len(many) < 0.45, len(moved)
     assert {after[s] for s in moved} == {"node-4"}
+
+
+async def test_flapping_backend_follows_the_probe_thresholds_exactly(
+    make_cluster: Any, client: httpx.AsyncClient
+) -> None:
+    from inferno.config import HealthCheckConfig
+
+    health = HealthCheckConfig(interval_s=0.05, timeout_s=0.5, unhealthy_threshold=2, healthy_threshold=2)
+    cluster = await make_cluster(1, proxy_overrides={"health": health}, chaos=True)
+    backend = cluster.backends[0]
+    worker = cluster.proxy.registry.get(backend.advertise_addr)
+    transitions: list[str] = []
+    last = worker.status.value
+
+    def watch() -> bool:
+        nonlocal last
+        if worker.status.value != last:
+            transitions.append(worker.status.value)
+            last = worker.status.value
+        return not chaos.health_pattern
+
+    chaos = backend.app.chaos
+    assert chaos is not None
+    # up/down every probe, then down twice, up/down again, then up twice
+    pattern = "UD" * 10 + "DD" + "UD" * 5 + "UU"
+    r = await client.post(
+        f"http://{HOST}:{backend.data_address[1]}/simulate/health", json={"pattern": pattern}
+    )
+    assert r.status_code == 200
+    await wait_for(watch, timeout_s=10.0, step_s=0.005)
+    await asyncio.sleep(0.2)
+    watch()
+    assert transitions == ["unhealthy", "healthy"], transitions

@@ -83,3 +83,29 @@ def test_up_stops_every_child_on_sigterm(spawn: Any) -> None:
     output = up.output()
     assert "Starting proxy server on" in output and output.count("Backend registered:") == 2
     assert "inferno up: stopped" in output
+
+
+def test_proxy_sigterm_finishes_in_flight_then_exits(spawn: Any) -> None:
+    cluster = start_process_cluster(
+        spawn, 1, proxy_args=("--grace-s", "10"), backend_args=("--fake-tokens-per-s", "4")
+    )
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(
+            httpx.post, f"{cluster.url}/inference", json={"prompt": "x", "max_tokens": 6}, timeout=20
+        )
+        deadline = time.monotonic() + 5
+        while cluster.workers()["b1"]["in_flight"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        cluster.proxy.popen.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        # no longer accepting...
+        with pytest.raises(httpx.ConnectError):
+            httpx.post(f"{cluster.url}/inference", json={"prompt": "y"}, timeout=2)
+        # ...but the request in flight completes
+        response = slow.result(timeout=20)
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 6
+    assert cluster.proxy.popen.wait(timeout=15) == 0
+    assert "Proxy stopped" in cluster.proxy.output()

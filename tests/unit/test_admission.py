@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -119,3 +120,53 @@ async def test_no_backend_at_all_is_503_not_a_queue() -> None:
     reg.deregister("h:1")
     with pytest.raises(NoBackendAvailable):
         await adm.acquire(rc("a", Priority.NORMAL), timeout_s=5)
+
+
+def make_forwarder(clock: FakeClock, retry: object = None, rng: object = None) -> object:
+    import random
+
+    from inferno.config import DeadlineConfig, RetryConfig, UpstreamConfig
+    from inferno.http.client import UpstreamPool
+    from inferno.observability.metrics import ProxyStats
+    from inferno.proxy.forward import Forwarder
+
+    adm, reg = setup(clock)
+    return Forwarder(
+        reg,
+        adm,
+        UpstreamPool(),
+        ProxyStats(),
+        UpstreamConfig(),
+        retry if isinstance(retry, RetryConfig) else RetryConfig(),
+        DeadlineConfig(),
+        clock=clock,
+        rng=rng if isinstance(rng, random.Random) else random.Random(5),
+    )
+
+
+def test_retry_backoff_is_full_jitter_capped() -> None:
+    from inferno.config import RetryConfig
+
+    fwd: Any = make_forwarder(FakeClock(), RetryConfig(backoff_base_ms=20, backoff_max_ms=100))
+    for attempt, ceiling in [(1, 0.02), (2, 0.04), (3, 0.08), (4, 0.1), (9, 0.1)]:
+        samples = [fwd._backoff_s(attempt) for _ in range(500)]
+        assert min(samples) >= 0 and max(samples) <= ceiling
+        assert max(samples) > 0.9 * ceiling and min(samples) < 0.1 * ceiling  # spread: jitter
+
+
+def test_per_try_timeout_rule() -> None:
+    from inferno.proxy.forward import Job
+    from inferno.registry.worker import NodeVitals, WorkerInfo
+
+    clock = FakeClock()
+    fwd: Any = make_forwarder(clock)
+    worker = WorkerInfo("h:1", node_id="n")
+    job = Job(RequestContext("r"), b"/inference", b"{}", 256, clock.now, clock.now + 120)
+    # unknown speed: 2 + 3 * 256 / 20
+    assert fwd.per_try_timeout(worker, job, can_retry=True) == pytest.approx(2 + 3 * 256 / 20)
+    worker.vitals = NodeVitals(decode_tokens_per_s=64.0)
+    assert fwd.per_try_timeout(worker, job, can_retry=True) == pytest.approx(2 + 3 * 256 / 64)
+    # capped below the deadline while a retry is possible, at the deadline otherwise
+    short = Job(RequestContext("r"), b"/inference", b"{}", 256, clock.now, clock.now + 5)
+    assert fwd.per_try_timeout(worker, short, can_retry=True) == pytest.approx(4.0)
+    assert fwd.per_try_timeout(worker, short, can_retry=False) == pytest.approx(5.0)
