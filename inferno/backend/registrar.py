@@ -13,6 +13,8 @@ import logging
 import urllib.parse
 from collections.abc import Callable
 
+import orjson
+
 from inferno.errors import UpstreamError
 from inferno.http.client import Timeouts, UpstreamPool, build_request
 from inferno.http.responses import dumps
@@ -41,6 +43,7 @@ class Registrar:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.registered = False
+        self.registered_address: str | None = None
 
     def start(self) -> None:
         logger.info("Registering with proxy: %s", self._proxy)
@@ -83,6 +86,11 @@ class Registrar:
             body,
         )
         response = await self._pool.request(self._proxy, request, timeouts=self._timeouts)
+        if response.status == 200:
+            # The address the proxy registered us under (it replaces a wildcard host
+            # with our peer address); deregistration uses it.
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                self.registered_address = str(orjson.loads(response.body)["address"])
         if response.status != 200:
             raise UpstreamError(f"proxy rejected registration: {response.status} {response.body[:200]!r}")
         if not self.registered:
@@ -90,8 +98,12 @@ class Registrar:
         self.registered = True
 
     async def deregister(self, node_id: str) -> None:
-        """Best effort, bounded by the registration timeout."""
-        query = urllib.parse.urlencode({"node_id": node_id}).encode()
+        """Best effort, bounded by the registration timeout. By address when known:
+        node ids need not be unique across restarts."""
+        if self.registered_address:
+            query = urllib.parse.urlencode({"address": self.registered_address}).encode()
+        else:
+            query = urllib.parse.urlencode({"node_id": node_id}).encode()
         request = build_request(b"DELETE", b"/registration?" + query, self._proxy.encode(), b"", b"")
         try:
             response = await self._pool.request(self._proxy, request, timeouts=self._timeouts)

@@ -117,7 +117,9 @@ class BackendServer:
         try:
             if request.method != "GET":
                 raise MethodNotAllowed("the ops port accepts GET only")
-            if request.path == "/health":
+            if request.path == "/livez":
+                responder.send(200, JSON_HEADERS, b'{"status":"alive"}')
+            elif request.path == "/health":
                 draining = self.service.draining
                 body = {
                     "status": "draining" if draining else "ok",
