@@ -5,52 +5,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections import Counter
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import start_process_cluster
+from tests.loadgen import load
 
 pytestmark = pytest.mark.slow
 HEALTH_INTERVAL_S = 1.0
 PROXY_ARGS = ("--health-interval-s", str(HEALTH_INTERVAL_S))
 BACKEND_ARGS = ("--fake-tokens-per-s", "400", "--n-parallel", "8", "--heartbeat-interval-s", "0.5")
-
-
-async def load(
-    url: str, *, concurrency: int, duration_s: float, action: Any, at_s: float, max_requests: int = 20000
-) -> tuple[Counter[int], Counter[str], float]:
-    """Closed-loop load, bounded by time and count; runs ``action`` once at ``at_s``."""
-    codes: Counter[int] = Counter()
-    served: Counter[str] = Counter()
-    sent = 0
-    started = time.monotonic()
-    acted_at = 0.0
-
-    async def worker(http: httpx.AsyncClient) -> None:
-        nonlocal sent
-        while time.monotonic() - started < duration_s and sent < max_requests:
-            sent += 1
-            try:
-                r = await http.post(url, json={"prompt": "load", "max_tokens": 8})
-                codes[r.status_code] += 1
-                served[r.headers.get("x-inferno-backend", "-")] += 1
-            except httpx.HTTPError as exc:
-                codes[-1] += 1
-                served[type(exc).__name__] += 1
-
-    async def trigger() -> None:
-        nonlocal acted_at
-        await asyncio.sleep(at_s)
-        acted_at = time.monotonic()
-        await asyncio.to_thread(action)
-
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
-        await asyncio.gather(trigger(), *(worker(http) for _ in range(concurrency)))
-    return codes, served, acted_at
 
 
 def test_sigkill_one_of_three_under_load_loses_no_request(spawn: Any) -> None:
@@ -68,9 +34,12 @@ def test_sigkill_one_of_three_under_load_loses_no_request(spawn: Any) -> None:
                 return
             time.sleep(0.02)
 
-    codes, served, _ = asyncio.run(
-        load(f"{url}/inference", concurrency=16, duration_s=4.0, action=kill, at_s=1.5)
+    result = asyncio.run(
+        load(
+            f"{url}/inference", concurrency=16, action=kill, at_s=1.5, min_duration_s=4.0, max_duration_s=10.0
+        )
     )
+    codes, served = result.codes, result.served
     print(f"codes={dict(codes)} served={dict(served)} down_after={seen_down}")
     assert set(codes) == {200}, codes
     assert sum(codes.values()) > 200
@@ -87,9 +56,17 @@ def test_sigterm_drains_under_load_and_loses_nothing(spawn: Any) -> None:
     def terminate() -> None:
         victim.popen.send_signal(signal.SIGTERM)
 
-    codes, served, _ = asyncio.run(
-        load(f"{url}/inference", concurrency=16, duration_s=4.0, action=terminate, at_s=1.5)
+    result = asyncio.run(
+        load(
+            f"{url}/inference",
+            concurrency=16,
+            action=terminate,
+            at_s=1.5,
+            min_duration_s=4.0,
+            max_duration_s=10.0,
+        )
     )
+    codes, served = result.codes, result.served
     print(f"codes={dict(codes)} served={dict(served)}")
     assert set(codes) == {200}, codes
     assert victim.popen.wait(timeout=30) == 0

@@ -1,0 +1,251 @@
+"""Docker helpers and the report for the end-to-end harness.
+
+Every command has a timeout, every wait is bounded polling, and everything the
+harness creates carries the ``com.inferno.stack=<label>`` label so teardown
+can find and remove it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("INFERNO_E2E_ARTIFACTS", ROOT / "artifacts" / "e2e"))
+IMAGE = os.environ.get("INFERNO_IMAGE", "inferno:latest")
+BASE_IMAGE = os.environ.get("INFERNO_BASE_IMAGE", "inferno-base:bookworm")
+LABEL_KEY = "com.inferno.stack"
+PROXY = "http://127.0.0.1:8080"
+OPS = "http://127.0.0.1:6100"
+
+
+class CommandError(RuntimeError):
+    pass
+
+
+def run(
+    cmd: list[str], timeout_s: float = 120.0, check: bool = True, env: dict[str, str] | None = None
+) -> str:
+    """Run a command with a deadline; returns stdout (stderr folded in on failure)."""
+    try:
+        proc = subprocess.run(
+            cmd,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env={**os.environ, **(env or {})},
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(f"{' '.join(cmd)} timed out after {timeout_s}s") from exc
+    if check and proc.returncode != 0:
+        raise CommandError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc.stdout
+
+
+def wait_until(
+    what: str, predicate: Callable[[], Any], timeout_s: float, step_s: float = 0.25
+) -> tuple[Any, float]:
+    """Bounded polling; returns (value, seconds waited)."""
+    started = time.monotonic()
+    last_error: Exception | None = None
+    while time.monotonic() - started < timeout_s:
+        try:
+            value = predicate()
+            if value:
+                return value, time.monotonic() - started
+        except (httpx.HTTPError, CommandError, ValueError, KeyError) as exc:
+            last_error = exc
+        time.sleep(step_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last error: {last_error})")
+
+
+# -- images ---------------------------------------------------------------------------------
+def image_exists(name: str) -> bool:
+    return (
+        subprocess.run(
+            ["docker", "image", "inspect", name], check=False, capture_output=True, timeout=30
+        ).returncode
+        == 0
+    )
+
+
+def ensure_images(fresh: bool) -> dict[str, Any]:
+    """Build the base image and the Inferno image when missing (all of them when fresh)."""
+    info: dict[str, Any] = {"fresh": fresh}
+    if fresh:
+        for name in (IMAGE, BASE_IMAGE):
+            run(["docker", "image", "rm", "-f", name], check=False)
+    started = time.monotonic()
+    if not image_exists(BASE_IMAGE):
+        run(["bash", "deploy/build-base-image.sh"], timeout_s=900, env={"INFERNO_BASE_IMAGE": BASE_IMAGE})
+        info["base_built_s"] = round(time.monotonic() - started, 1)
+    if fresh or not image_exists(IMAGE):
+        started = time.monotonic()
+        run(["bash", "deploy/build-wheelhouse.sh", sys.executable], timeout_s=600)
+        run(
+            [
+                "docker",
+                "build",
+                "-q",
+                "-f",
+                "deploy/Dockerfile",
+                "--build-arg",
+                f"BASE_IMAGE={BASE_IMAGE}",
+                "--label",
+                f"{LABEL_KEY}=image",
+                "-t",
+                IMAGE,
+                ".",
+            ],
+            timeout_s=900,
+        )
+        info["image_built_s"] = round(time.monotonic() - started, 1)
+    size = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", IMAGE]).strip())
+    info["image_size_mib"] = round(size / 2**20, 1)
+    return info
+
+
+def compose_command() -> list[str]:
+    if (
+        subprocess.run(
+            ["docker", "compose", "version"], check=False, capture_output=True, timeout=30
+        ).returncode
+        == 0
+    ):
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise CommandError("neither `docker compose` nor `docker-compose` is installed")
+
+
+def ports_free(*ports: int) -> list[int]:
+    import socket
+
+    busy = []
+    for port in ports:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
+# -- the proxy's view -----------------------------------------------------------------------
+def workers() -> list[dict[str, Any]]:
+    return list(httpx.get(f"{OPS}/workers", timeout=3).json()["workers"])
+
+
+def healthy_workers() -> list[dict[str, Any]]:
+    return [w for w in workers() if w["status"] == "healthy"]
+
+
+# -- logs -----------------------------------------------------------------------------------
+LOG_PREFIX = re.compile(r"^(?P<task>[\w.-]+)@(?P<node>[\w.-]+)\s*\|\s?(?P<line>.*)$")
+
+
+def service_logs(service: str, timeout_s: float = 60) -> list[tuple[str, str]]:
+    """(task name, line) pairs from ``docker service logs``."""
+    out = run(
+        ["docker", "service", "logs", "--no-trunc", "--no-task-ids=false", service], timeout_s=timeout_s
+    )
+    pairs = []
+    for raw in out.splitlines():
+        match = LOG_PREFIX.match(raw)
+        if match:
+            pairs.append((match.group("task"), match.group("line")))
+    return pairs
+
+
+def task_containers(service: str) -> dict[str, str]:
+    """Task name (``svc.slot.taskid``) -> container id, for every task of a service."""
+    ids = run(["docker", "service", "ps", "-q", "--no-trunc", service]).split()
+    mapping = {}
+    for task_id in ids:
+        fmt = "{{.Slot}} {{.Status.ContainerStatus.ContainerID}}"
+        slot, _, container = run(["docker", "inspect", "-f", fmt, task_id]).strip().partition(" ")
+        mapping[f"{service}.{slot}.{task_id}"] = container
+    return mapping
+
+
+# -- report ---------------------------------------------------------------------------------
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+    evidence: list[str] = field(default_factory=list)
+
+
+class Report:
+    def __init__(self, title: str, path: Path = ARTIFACTS) -> None:
+        self.title = title
+        self.path = path
+        self.checks: list[Check] = []
+        self.facts: dict[str, Any] = {}
+        self.started = time.time()
+
+    def add(self, check: Check) -> None:
+        self.checks.append(check)
+        self.write()
+
+    def write(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        slug = re.sub(r"\W+", "-", self.title.lower()).strip("-")
+        data = {
+            "title": self.title,
+            "started": self.started,
+            "ok": all(c.ok for c in self.checks) and bool(self.checks),
+            "facts": self.facts,
+            "checks": [asdict(c) for c in self.checks],
+        }
+        (self.path / f"{slug}.json").write_text(json.dumps(data, indent=2))
+        lines = [f"# {self.title}: {'PASS' if data['ok'] else 'FAIL'}", ""]
+        for key, value in self.facts.items():
+            lines.append(f"- {key}: {value}")
+        lines.append("")
+        for c in self.checks:
+            lines.append(f"[{'PASS' if c.ok else 'FAIL'}] {c.name} ({c.seconds:.1f}s)")
+            for key, value in c.details.items():
+                lines.append(f"    {key}: {value}")
+            for line in c.evidence[:8]:
+                lines.append(f"    > {line[:220]}")
+        (self.path / f"{slug}.txt").write_text("\n".join(lines) + "\n")
+
+
+class Step:
+    """Context manager that times a check and records it, failed or not."""
+
+    def __init__(self, report: Report, name: str) -> None:
+        self.report = report
+        self.check = Check(name, False, 0.0)
+        self._started = 0.0
+
+    def __enter__(self) -> Check:
+        self._started = time.monotonic()
+        return self.check
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.check.seconds = time.monotonic() - self._started
+        self.check.ok = exc_type is None
+        if exc is not None:
+            self.check.details["error"] = str(exc)[:2000]
+        self.report.add(self.check)

@@ -1,0 +1,308 @@
+"""End to end on Docker Swarm: deploy, infer, read the logs, kill, scale, roll.
+
+The steps run in order and share state; each writes its check, timing and log
+evidence into the report (artifacts/e2e/swarm-e2e.{json,txt}).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import service_ps, wait_converged
+from tests.e2e.harness import (
+    OPS,
+    PROXY,
+    Report,
+    Step,
+    healthy_workers,
+    run,
+    service_logs,
+    task_containers,
+    wait_until,
+    workers,
+)
+from tests.loadgen import LoadResult, load
+
+pytestmark = pytest.mark.e2e
+MODEL = "smollm2-135m-instruct"
+LOAD_BODY = {"prompt": "Say hello.", "max_tokens": 8}
+
+
+def _node_prefix(node_id: str) -> str:
+    """Backends' default node id is ``<container hostname>-<port>``; the hostname is
+    the container id's first 12 characters."""
+    return node_id.rsplit("-", 1)[0]
+
+
+def test_01_services_running_and_healthy(stack: str, report: Report) -> None:
+    with Step(report, "services running and healthy") as check:
+        waited = wait_converged(stack, {"proxy-lb": 1, "backend": 2}, timeout_s=180)
+        check.details["seconds_to_healthy"] = round(waited, 1)
+        check.evidence = service_ps(stack).splitlines()[:6]
+        addresses = [w["address"] for w in workers()]
+        check.details["backend_addresses"] = addresses
+        # each replica registered its own task address (dnsrr: there is no VIP)
+        assert len(set(addresses)) == 2
+
+
+def test_02_inference_through_published_port(stack: str, report: Report, state: dict[str, Any]) -> None:
+    with Step(report, "inference: /inference, chat, chat stream") as check:
+        answered: list[dict[str, str]] = []
+        with httpx.Client(timeout=60) as http:
+            for i in range(6):
+                r = http.post(
+                    f"{PROXY}/inference",
+                    json={"prompt": f"Name a fruit ({i}).", "max_tokens": 24},
+                    headers={"X-Request-ID": f"e2e-inf-{i}"},
+                )
+                assert r.status_code == 200, r.text
+                body = r.json()
+                assert {"id", "request_id", "model", "backend", "text", "usage", "timings"} <= set(body)
+                assert body["request_id"] == f"e2e-inf-{i}" and body["model"] == MODEL
+                assert body["text"].strip(), body
+                assert set(body["timings"]) == {"queue_ms", "backend_ms", "total_ms"}
+                answered.append(
+                    {
+                        "id": body["request_id"],
+                        "node": r.headers["x-inferno-backend"],
+                        "addr": r.headers["x-inferno-backend-addr"],
+                    }
+                )
+            chat = {
+                "model": MODEL,
+                "max_tokens": 24,
+                "messages": [{"role": "user", "content": "Name a color."}],
+            }
+            r = http.post(f"{PROXY}/v1/chat/completions", json=chat, headers={"X-Request-ID": "e2e-chat"})
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["message"]["content"].strip()
+            answered.append(
+                {
+                    "id": "e2e-chat",
+                    "node": r.headers["x-inferno-backend"],
+                    "addr": r.headers["x-inferno-backend-addr"],
+                }
+            )
+            pieces: list[str] = []
+            with http.stream(
+                "POST",
+                f"{PROXY}/v1/chat/completions",
+                json={**chat, "stream": True},
+                headers={"X-Request-ID": "e2e-stream"},
+            ) as s:
+                assert s.status_code == 200 and s.headers["content-type"].startswith("text/event-stream")
+                node, addr = s.headers["x-inferno-backend"], s.headers["x-inferno-backend-addr"]
+                events = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
+            assert events[-1] == "[DONE]"
+            for event in events[:-1]:
+                chunk = json.loads(event)
+                assert chunk["object"] == "chat.completion.chunk"
+                pieces.append(chunk["choices"][0]["delta"].get("content") or "")
+            assert "".join(pieces).strip() and len(events) > 3
+            answered.append({"id": "e2e-stream", "node": node, "addr": addr})
+        state["answered"] = answered
+        check.details["requests"] = len(answered)
+        check.evidence = [f"{a['id']} -> {a['node']} ({a['addr']})" for a in answered]
+
+
+def test_03_both_replicas_served(stack: str, report: Report, state: dict[str, Any]) -> None:
+    with Step(report, "both replicas served requests") as check:
+        nodes = {a["node"] for a in state["answered"]}
+        check.details["served_by"] = sorted(nodes)
+        assert len(nodes) == 2, nodes
+
+
+def test_04_logs_correlate_request_ids(stack: str, report: Report, state: dict[str, Any]) -> None:
+    with Step(report, "docker service logs: start, registration, routing, execution") as check:
+        proxy_lines = [line for _, line in service_logs(f"{stack}_proxy-lb")]
+        backend_lines = service_logs(f"{stack}_backend")
+        containers = task_containers(f"{stack}_backend")
+        evidence = [next(line for line in proxy_lines if "Starting proxy server on 0.0.0.0:8080" in line)]
+        for worker in workers():
+            registered = [line for line in proxy_lines if f"Backend registered: {worker['address']}" in line]
+            assert registered, f"no registration line for {worker['address']}"
+            evidence.append(registered[0])
+        for answer in state["answered"]:
+            rid, addr, node = answer["id"], answer["addr"], answer["node"]
+            routing = [line for line in proxy_lines if f"Routing request {rid} to {addr}" in line]
+            assert routing, f"no routing line for {rid}"
+            tasks = [task for task, cid in containers.items() if cid.startswith(_node_prefix(node))]
+            assert len(tasks) == 1, (node, containers)
+            own = [line for task, line in backend_lines if task == tasks[0]]
+            processing = [line for line in own if f"Processing inference request {rid} " in line]
+            completed = [
+                line
+                for line in own
+                if re.search(rf"Inference completed in \d+ms for request {re.escape(rid)} ", line)
+            ]
+            assert processing and completed, f"{rid}: missing backend lines in {tasks[0]}"
+            evidence += [routing[0], processing[0], completed[0]]
+        check.details["correlated_request_ids"] = len(state["answered"])
+        check.evidence = evidence
+
+
+def test_05_kill_a_backend_under_load(stack: str, report: Report, state: dict[str, Any]) -> None:
+    with Step(report, "docker kill a backend task under load") as check:
+        before = {w["address"]: w["node_id"] for w in healthy_workers()}
+        victim_addr, victim_node = next(iter(before.items()))
+        containers = task_containers(f"{stack}_backend")
+        victim = next(cid for cid in containers.values() if cid.startswith(_node_prefix(victim_node)))
+        timings: dict[str, float] = {}
+        shared = LoadResult()
+
+        def kill_and_watch() -> dict[str, float]:
+            killed = time.monotonic()
+            run(["docker", "kill", victim])
+
+            def new_worker() -> dict[str, Any] | None:
+                fresh = [w for w in healthy_workers() if w["address"] not in before]
+                return fresh[0] if fresh else None
+
+            worker, _ = wait_until("a replacement backend to register", new_worker, timeout_s=60, step_s=0.1)
+            timings["registered_s"] = time.monotonic() - killed
+            served = shared.served
+
+            def serving() -> bool:
+                return served.get(worker["node_id"], 0) > 0
+
+            wait_until("the replacement to serve traffic", serving, timeout_s=30, step_s=0.05)
+            timings["serving_s"] = time.monotonic() - killed
+            return timings
+
+        result = asyncio.run(
+            load(
+                f"{PROXY}/inference",
+                concurrency=4,
+                action=kill_and_watch,
+                at_s=3.0,
+                min_duration_s=8.0,
+                max_duration_s=120.0,
+                body=LOAD_BODY,
+                result=shared,
+            )
+        )
+        check.details.update(
+            {
+                "requests": sum(result.codes.values()),
+                "failed": result.failures,
+                "codes": dict(result.codes),
+                "served": dict(result.served),
+                "killed": f"{victim_node} ({victim_addr})",
+                "reregistration_s": round(timings.get("registered_s", -1), 2),
+                "replacement_serving_s": round(timings.get("serving_s", -1), 2),
+            }
+        )
+        report.facts["reregistration_s"] = check.details["reregistration_s"]
+        report.facts["replacement_serving_s"] = check.details["replacement_serving_s"]
+        report.facts["kill_failed_requests"] = result.failures
+        assert result.failures == 0, result.errors[:5]
+        assert timings["registered_s"] < 10.0, timings
+        # the proxy logged the failure and, where a request was retried, every try
+        proxy_lines = [line for _, line in service_logs(f"{stack}_proxy-lb")]
+        health = [
+            line
+            for line in proxy_lines
+            if victim_addr in line
+            and ("Backend unhealthy" in line or "Health check failed" in line or "Backend ejected" in line)
+        ]
+        assert health, "no health event logged for the killed backend"
+        retried = [
+            m.group(1) for line in proxy_lines if (m := re.search(r"Retrying request (\S+) after", line))
+        ]
+        for rid in retried:
+            routes = [line for line in proxy_lines if f"Routing request {rid} to " in line]
+            assert len(routes) >= 2, rid
+        check.details["retried_requests"] = len(retried)
+        check.evidence = health[:3] + [line for line in proxy_lines if "Retrying request" in line][:3]
+
+
+def test_06_scale_out_and_in(stack: str, report: Report) -> None:
+    service = f"{stack}_backend"
+    with Step(report, "scale backend 2 -> 4 -> 1") as check:
+        started = time.monotonic()
+        run(["docker", "service", "scale", "--detach", f"{service}=4"])
+        wait_until("4 healthy backends in /workers", lambda: len(healthy_workers()) == 4, timeout_s=120)
+        out_s = time.monotonic() - started
+        live = {w["address"] for w in healthy_workers()}
+        started = time.monotonic()
+        run(["docker", "service", "scale", "--detach", f"{service}=1"])
+
+        def one_left() -> bool:
+            # the three removed replicas deregistered (drain); one healthy remains
+            present = {w["address"] for w in workers()} & live
+            return len(present) == 1 and len(healthy_workers()) == 1
+
+        wait_until("the scaled-in backends to leave /workers", one_left, timeout_s=90)
+        in_s = time.monotonic() - started
+        check.details.update({"scale_out_s": round(out_s, 2), "scale_in_s": round(in_s, 2)})
+        report.facts["scale_out_s"] = round(out_s, 2)
+        report.facts["scale_in_s"] = round(in_s, 2)
+        run(["docker", "service", "scale", "--detach", f"{service}=2"])
+        wait_converged(stack, {"proxy-lb": 1, "backend": 2}, timeout_s=120)
+
+
+def test_07_rolling_update_under_load(stack: str, report: Report) -> None:
+    service = f"{stack}_backend"
+    with Step(report, "rolling update (--force, start-first) under load") as check:
+        before = {w["address"] for w in healthy_workers()}
+
+        def update() -> str:
+            run(["docker", "service", "update", "--force", "--detach", service], timeout_s=60)
+
+            def finished() -> str | None:
+                status = run(
+                    ["docker", "service", "inspect", "-f", "{{.UpdateStatus.State}}", service]
+                ).strip()
+                if status in ("paused", "rollback_started", "rollback_completed", "rollback_paused"):
+                    raise AssertionError(f"update went wrong: {status}")
+                return status if status == "completed" else None
+
+            return str(wait_until("the rolling update to complete", finished, timeout_s=300, step_s=0.5)[0])
+
+        result = asyncio.run(
+            load(
+                f"{PROXY}/inference",
+                concurrency=4,
+                action=update,
+                at_s=2.0,
+                min_duration_s=5.0,
+                max_duration_s=330.0,
+                body=LOAD_BODY,
+            )
+        )
+        state = str(result.action_result)
+        check.details.update(
+            {
+                "requests": sum(result.codes.values()),
+                "failed": result.failures,
+                "codes": dict(result.codes),
+                "served": dict(result.served),
+                "update_state": state,
+                "seconds": round(result.elapsed_s, 1),
+            }
+        )
+        report.facts["rolling_update_failed_requests"] = result.failures
+        assert result.failures == 0, result.errors[:5]
+        assert state == "completed", state
+        after = wait_until(
+            "2 healthy backends after the update",
+            lambda: [ws for ws in [healthy_workers()] if len(ws) == 2],
+            timeout_s=60,
+        )[0][0]
+        assert not ({w["address"] for w in after} & before), "old tasks still registered"
+
+
+def test_08_proxy_health_summary(stack: str, report: Report) -> None:
+    with Step(report, "proxy /health and /metrics after the run") as check:
+        health = httpx.get(f"{OPS}/health", timeout=3).json()
+        metrics = httpx.get(f"{OPS}/metrics", timeout=3).text
+        check.details["health"] = health
+        assert health["status"] == "healthy" and health["healthy"] == 2
+        assert "inferno_requests_total" in metrics
