@@ -146,7 +146,9 @@ def test_04_logs_correlate_request_ids(stack: str, report: Report, state: dict[s
             evidence += [routing[0], processing[0], completed[0]]
         check.details["correlated_request_ids"] = len(state["answered"])
         # the standalone checker agrees
-        out = run(["bash", "scripts/validate-logs.sh", "--stack", stack, *[a["id"] for a in state["answered"]]])
+        out = run(
+            ["bash", "scripts/validate-logs.sh", "--stack", stack, *[a["id"] for a in state["answered"]]]
+        )
         assert "all checks passed" in out, out
         check.evidence = evidence + out.splitlines()[-3:]
 
