@@ -57,13 +57,16 @@ image: install
 		--label com.inferno.stack=image -t inferno:latest .
 
 e2e: install-dev
-	$(BIN)/python -m pytest tests/e2e/test_swarm.py -v $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/e2e/test_swarm.py -v $(PYTEST_ARGS); status=$$?; \
+		cat artifacts/e2e/swarm-e2e.txt 2>/dev/null; exit $$status
 
 e2e-fresh: install-dev
-	INFERNO_E2E_FRESH=1 $(BIN)/python -m pytest tests/e2e/test_swarm.py -v $(PYTEST_ARGS)
+	INFERNO_E2E_FRESH=1 $(BIN)/python -m pytest tests/e2e/test_swarm.py -v $(PYTEST_ARGS); status=$$?; \
+		cat artifacts/e2e/swarm-e2e.txt 2>/dev/null; exit $$status
 
 e2e-compose: install-dev
-	$(BIN)/python -m pytest tests/e2e/test_compose.py -v $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/e2e/test_compose.py -v $(PYTEST_ARGS); status=$$?; \
+		cat artifacts/e2e/compose-e2e.txt 2>/dev/null; exit $$status
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

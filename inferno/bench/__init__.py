@@ -1,0 +1,1 @@
+"""``inferno bench``: the load tester (closed/open/burst/ramp, reports, control API)."""
