@@ -19,6 +19,7 @@ from tests.e2e.conftest import service_ps, wait_converged
 from tests.e2e.harness import (
     OPS,
     PROXY,
+    ROOT,
     Report,
     Step,
     healthy_workers,
@@ -304,7 +305,42 @@ def test_07_rolling_update_under_load(stack: str, report: Report) -> None:
         assert not ({w["address"] for w in after} & before), "old tasks still registered"
 
 
-def test_08_proxy_health_summary(stack: str, report: Report) -> None:
+def test_08_inferno_bench_against_the_stack(stack: str, report: Report) -> None:
+    import sys
+
+    with Step(report, "inferno bench against the stack (text, json, html)") as check:
+        base = [
+            sys.executable,
+            "-m",
+            "inferno",
+            "bench",
+            PROXY,
+            "-n",
+            "24",
+            "-c",
+            "4",
+            "--max-tokens",
+            "8",
+            "--quiet",
+        ]
+        out = json.loads(run([*base, "--output", "json"], timeout_s=180))
+        text = run(base, timeout_s=180)
+        html_path = "artifacts/e2e/bench.html"
+        run([*base, "--output", "html", "--output-file", html_path], timeout_s=180)
+        summary = out["summary"]
+        check.details.update(
+            {
+                "throughput_rps": round(summary["throughput_rps"], 1),
+                "p50_ms": round(summary["latency_s"]["p50"] * 1000, 1),
+                "backends": {k: v["count"] for k, v in summary["backends"].items()},
+            }
+        )
+        assert summary["succeeded"] == 24 and len(summary["backends"]) == 2
+        assert "requests 24  ok 24  failed 0" in text
+        assert "<svg" in (ROOT / html_path).read_text()
+
+
+def test_09_proxy_health_summary(stack: str, report: Report) -> None:
     with Step(report, "proxy /health and /metrics after the run") as check:
         health = httpx.get(f"{OPS}/health", timeout=3).json()
         metrics = httpx.get(f"{OPS}/metrics", timeout=3).text
