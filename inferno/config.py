@@ -171,7 +171,7 @@ class BackendConfig(_Frozen):
     engine: str = "smollm2"
     model_path: str | None = None
     n_parallel: int = Field(
-        2, ge=1, le=64, description="concurrent generations (llama.cpp slots); n_ctx is split across them"
+        2, ge=1, le=1024, description="concurrent generations (llama.cpp slots); n_ctx is split across them"
     )
     n_ctx: int = Field(4096, ge=256)
     n_threads: int = Field(2, ge=1)

@@ -44,7 +44,7 @@ class BackendServer:
         self.service = InferenceService(self.engine)
         self.node_id = config.node_id or f"{socket.gethostname()}-{config.listen_port}"
         self.app = BackendApp(config, self.service, self.node_id)
-        self._data = HttpServer(
+        self.data_server = HttpServer(
             self.app,
             max_body_bytes=config.max_body_bytes,
             name="backend",
@@ -59,7 +59,7 @@ class BackendServer:
     async def start(self) -> None:
         cfg = self.config
         await self.engine.start()
-        self.data_address = await self._data.start(cfg.listen_host, cfg.listen_port)
+        self.data_address = await self.data_server.start(cfg.listen_host, cfg.listen_port)
         self.ops_address = await self._ops.start(cfg.ops_host, cfg.ops_port)
         self.advertise_addr = cfg.advertise_addr or (
             f"{default_advertise_host(cfg.listen_host)}:{self.data_address[1]}"
@@ -108,7 +108,7 @@ class BackendServer:
     async def aclose(self) -> None:
         if self.registrar is not None:
             await self.registrar.aclose()
-        await self._data.aclose()
+        await self.data_server.aclose()
         await self._ops.aclose()
         await self.engine.aclose()
         logger.info("Backend stopped")

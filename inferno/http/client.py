@@ -31,7 +31,7 @@ class Timeouts:
     """Deadlines for one upstream call, in seconds (like httpx.Timeout)."""
 
     connect_s: float = 2.0
-    #: until the response headers arrive
+    #: until the response headers arrive (a stream), or the whole response (buffered)
     first_byte_s: float = 60.0
     #: between body chunks of a streamed response / until a buffered body completes
     read_s: float = 60.0
@@ -127,6 +127,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunks: collections.deque[bytes] = collections.deque()
         self._chunk_waiter: asyncio.Future[None] | None = None
         self._error: Exception | None = None
+        self._keep_alive = False
+        self._status = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -154,6 +156,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        # llhttp answers should_keep_alive() correctly only until the message ends.
+        self._keep_alive = self._parser.should_keep_alive()
+        self._status = self._parser.get_status_code()
         fut = self._headers_fut
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -203,21 +208,23 @@ class UpstreamConnection(asyncio.Protocol):
         assert self._transport is not None
         self._reset_state()
         self._streaming = stream
-        self._parser = httptools.HttpResponseParser(self)
-        self._headers_fut = self._loop.create_future()
-        self._done_fut = self._loop.create_future()
+        # One future per exchange: the headers for a stream, the whole message otherwise
+        # (a buffered answer is bounded as a whole by first_byte_s). The parser is reused:
+        # llhttp resets itself between messages on a keep-alive connection.
+        if stream:
+            waiter = self._headers_fut = self._loop.create_future()
+        else:
+            waiter = self._done_fut = self._loop.create_future()
         self._transport.write(data)
         try:
-            await self._wait(self._headers_fut, timeouts.first_byte_s, "response headers")
-            status = self._parser.get_status_code()
+            await self._wait(waiter, timeouts.first_byte_s, "response headers" if stream else "response")
             if stream:
-                return UpstreamResponse(status, self._headers, b"", self)
-            await self._wait(self._done_fut, timeouts.read_s, "complete response body")
+                return UpstreamResponse(self._status, self._headers, b"", self)
         except BaseException:
             self.abort()
             raise
-        body = b"".join(self._body)
-        response = UpstreamResponse(status, self._headers, body, None)
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        response = UpstreamResponse(self._status, self._headers, body, None)
         self._release()
         return response
 
@@ -239,7 +246,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
 
     def _release(self) -> None:
-        if self._parser.should_keep_alive() and not self.closed:
+        if self._keep_alive and not self.closed:
             self._pool.release(self)
         else:
             self.abort()

@@ -143,6 +143,7 @@ class ServerState:
     def __init__(self) -> None:
         self.connections: set[HttpProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.accepted = 0
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -171,6 +172,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._rejected = False
+        self._keep_alive = True
         # Serial processing of (possibly pipelined) requests.
         self._pending: collections.deque[tuple[Request, bool]] = collections.deque()
         self._task: asyncio.Task[None] | None = None
@@ -186,6 +188,7 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self._peer = f"{peer[0]}:{peer[1]}"
         self._state.connections.add(self)
+        self._state.accepted += 1
         self._arm_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -239,6 +242,8 @@ class HttpProtocol(asyncio.Protocol):
         self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        # llhttp answers should_keep_alive() correctly only until the message ends.
+        self._keep_alive = self._parser.should_keep_alive()
         length = self._headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
             self._reject(PayloadTooLarge(f"request body exceeds {self._max_body} bytes"))
@@ -266,7 +271,7 @@ class HttpProtocol(asyncio.Protocol):
             b"".join(self._body) if len(self._body) != 1 else self._body[0],
             self._peer,
         )
-        keep_alive = self._parser.should_keep_alive()
+        keep_alive = self._keep_alive
         if self._task is None:
             self._start(request, keep_alive)
         else:
@@ -402,6 +407,10 @@ class HttpServer:
     @property
     def in_flight(self) -> int:
         return len(self._state.tasks)
+
+    @property
+    def connections_accepted(self) -> int:
+        return self._state.accepted
 
     def stop_accepting(self) -> None:
         if self._server is not None:

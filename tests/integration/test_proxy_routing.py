@@ -202,3 +202,16 @@ async def test_killed_backend_is_skipped_on_first_refusal(
     stats = cluster.proxy.stats.backends
     assert sum(sum(b.requests.values()) for b in stats.values()) == 6
     assert stats[address].requests == {} and stats[address].errors == {"connection_refused": 1}
+
+
+async def test_upstream_connections_are_kept_alive_and_reused(
+    make_cluster: Any, client: httpx.AsyncClient
+) -> None:
+    cluster = await make_cluster(1)
+    backend = cluster.backends[0]
+    before = backend.data_server.connections_accepted
+    for _ in range(30):
+        r = await client.post(f"{cluster.url}/inference", json={"prompt": "x", "max_tokens": 1})
+        assert r.status_code == 200
+    # 30 sequential requests (plus health probes) over one pooled connection, not 30
+    assert backend.data_server.connections_accepted - before <= 2
