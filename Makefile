@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps install install-dev run test test-fast lint image e2e e2e-fresh e2e-compose clean
+.PHONY: help system-deps install install-dev run test test-fast lint image e2e e2e-fresh e2e-compose \
+	bench bench-deps bench-quick clean
 
 help:
 	@echo "make run        install and start a local cluster (proxy + 2 backends, real model)"
@@ -16,6 +17,7 @@ help:
 	@echo "make e2e        deploy the Swarm stack and run the end-to-end harness"
 	@echo "make e2e-fresh  the same, after removing Inferno's images (proves the build from nothing)"
 	@echo "make e2e-compose  the harness against the Docker Compose layout"
+	@echo "make bench      lb_overhead, model_throughput and a 10-minute soak; updates benchmarks/README.md"
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -67,6 +69,24 @@ e2e-fresh: install-dev
 e2e-compose: install-dev
 	$(BIN)/python -m pytest tests/e2e/test_compose.py -v $(PYTEST_ARGS); status=$$?; \
 		cat artifacts/e2e/compose-e2e.txt 2>/dev/null; exit $$status
+
+SOAK_S ?= 600
+
+bench-deps:
+	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx haproxy)
+
+bench: install-dev bench-deps
+	$(BIN)/python benchmarks/lb_overhead.py
+	$(BIN)/python benchmarks/model_throughput.py
+	$(BIN)/python benchmarks/soak.py --duration $(SOAK_S)
+	$(BIN)/python benchmarks/render_readme.py
+
+bench-quick: install-dev bench-deps
+	$(BIN)/python benchmarks/lb_overhead.py --quick
+	$(BIN)/python benchmarks/model_throughput.py --duration 4 --levels 1,4
+	$(BIN)/python benchmarks/soak.py --duration 60
+	$(BIN)/python benchmarks/render_readme.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

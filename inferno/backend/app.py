@@ -146,14 +146,15 @@ class BackendApp:
             )
         if self._service.draining:
             raise Draining("backend is draining; retry on another backend")
-        prompt_chars = sum(len(c) for _, c in gen.messages or ()) + len(gen.prompt or "")
-        logger.info(
-            "Processing inference request %s (%s, prompt %d chars, max_tokens %d)",
-            rid,
-            kind,
-            prompt_chars,
-            gen.max_tokens,
-        )
+        if logger.isEnabledFor(logging.INFO):
+            prompt_chars = sum(len(c) for _, c in gen.messages or ()) + len(gen.prompt or "")
+            logger.info(
+                "Processing inference request %s (%s, prompt %d chars, max_tokens %d)",
+                rid,
+                kind,
+                prompt_chars,
+                gen.max_tokens,
+            )
         if self._cfg.log_prompts and logger.isEnabledFor(logging.DEBUG):
             logger.debug("Request %s input: %r", rid, gen.messages or gen.prompt)
         started = time.perf_counter()

@@ -2,14 +2,20 @@
 
 Anything a client controls that reaches a log line is either validated (request
 ids) or escaped here, so a request can never forge a log line.
+
+The proxy logs a line per routed request, so logging is on its hot path: lines
+are written in batches from the event loop (at most ``flush_interval_s`` late,
+immediately for warnings and errors), the caller's file/line lookup is off, and
+timestamps are formatted once per second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -19,10 +25,68 @@ _ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\x1b": "\\x1b", "\x00": "\\
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._stamp},{int(record.msecs):03d}"
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = record.message.translate(_ESCAPES)
         return super().formatMessage(record)
+
+
+class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes lines in batches scheduled on the running event loop.
+
+    Off the loop (start-up, shutdown, other threads) and for WARNING and above it
+    writes at once, so nothing important waits and nothing is lost at exit
+    (``logging.shutdown`` flushes).
+    """
+
+    def __init__(self, stream: TextIO, flush_interval_s: float = 0.05, max_lines: int = 512) -> None:
+        super().__init__(stream)
+        self._interval = flush_interval_s
+        self._max = max_lines
+        self._pending: list[str] = []
+        self._scheduled = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._pending.append(line)
+        if record.levelno >= logging.WARNING or len(self._pending) >= self._max:
+            self.flush()
+            return
+        if not self._scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._scheduled = True
+            loop.call_later(self._interval, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._scheduled = False
+        self.acquire()
+        try:
+            self.flush()
+        finally:
+            self.release()
+
+    def flush(self) -> None:
+        if self._pending:
+            self.stream.write("\n".join(self._pending) + "\n")
+            self._pending.clear()
+        super().flush()
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,7 +106,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stdout)
+    # Inferno's lines never show the caller's file, thread or process: skip the lookups.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    handler = BatchingStreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):

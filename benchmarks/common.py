@@ -1,0 +1,168 @@
+"""Shared plumbing for the benchmarks: processes, CPU time, machine description."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+HOST = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROXY_CORE = "0"
+LOAD_CORE = "1" if (os.cpu_count() or 1) > 1 else "0"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the processes (and their reaped children)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def wait_port(port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {HOST}:{port} after {timeout_s}s")
+
+
+class Procs:
+    """Processes started by a benchmark; all stopped by PID on exit."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, cmd: list[str], core: str | None = None) -> subprocess.Popen[bytes]:
+        if core is not None and shutil.which("taskset"):
+            cmd = ["taskset", "-c", core, *cmd]
+        log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.started.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+    def close(self) -> None:
+        for proc in reversed(self.started):
+            self.stop(proc)
+
+
+@contextlib.contextmanager
+def procs(logdir: Path) -> Iterator[Procs]:
+    logdir.mkdir(parents=True, exist_ok=True)
+    p = Procs(logdir)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def inferno(*args: str) -> list[str]:
+    return [sys.executable, "-m", "inferno", *args]
+
+
+def fake_backend(port: int, ops_port: int, latency_ms: float, node: str) -> list[str]:
+    return inferno(
+        "backend",
+        "--listen-addr",
+        f"{HOST}:{port}",
+        "--ops-addr",
+        f"{HOST}:{ops_port}",
+        "--engine",
+        "fake",
+        "--fake-tokens-per-s",
+        "1e9",
+        "--fake-latency-ms",
+        str(latency_ms),
+        "--n-parallel",
+        "1024",
+        "--node-id",
+        node,
+        "--log-level",
+        "WARNING",
+    )
+
+
+def version(cmd: list[str]) -> str:
+    if not shutil.which(cmd[0]):
+        return "not installed"
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError):
+        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "inferno": version(inferno("--version")),
+        "nginx": version(["nginx", "-v"]),
+        "haproxy": version(["haproxy", "-v"]),
+        "wrk": version(["wrk", "-v"]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def write_result(name: str, data: dict[str, Any], markdown: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
+    (RESULTS / f"{name}.md").write_text(markdown)
+    print(markdown)
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
