@@ -179,6 +179,7 @@ class HttpProtocol(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._idle_handle: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
 
     # -- transport callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -231,9 +232,7 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = {}
         self._body = []
         self._body_size = 0
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
+        self._last_activity = self._loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -354,14 +353,22 @@ class HttpProtocol(asyncio.Protocol):
         self.closed = True
 
     def _arm_idle_timer(self) -> None:
-        if self._idle_timeout_s > 0:
-            if self._idle_handle is not None:
-                self._idle_handle.cancel()
+        # One timer per connection, re-armed lazily when it fires: resetting it on
+        # every request would cost a timer allocation per request.
+        self._last_activity = self._loop.time()
+        if self._idle_timeout_s > 0 and self._idle_handle is None:
             self._idle_handle = self._loop.call_later(self._idle_timeout_s, self._on_idle)
 
     def _on_idle(self) -> None:
-        if self._task is None:
+        self._idle_handle = None
+        if self.closed:
+            return
+        idle_for = self._loop.time() - self._last_activity
+        if self._task is None and idle_for >= self._idle_timeout_s:
             self.close()
+        else:
+            remaining = max(0.05, self._idle_timeout_s - idle_for)
+            self._idle_handle = self._loop.call_later(remaining, self._on_idle)
 
     @property
     def busy(self) -> bool:

@@ -39,6 +39,14 @@ class TextFormatter(logging.Formatter):
         record.message = record.message.translate(_ESCAPES)
         return super().formatMessage(record)
 
+    def fast_line(self, created: float, level: str, name: str, message: str) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        millis = int((created - second) * 1000)
+        return f"{self._stamp},{millis:03d} {level} {name}: {message.translate(_ESCAPES)}"
+
 
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes lines in batches scheduled on the running event loop.
@@ -74,6 +82,30 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._scheduled = True
             loop.call_later(self._interval, self._flush_later)
 
+    def append_fast(self, created: float, name: str, message: str) -> None:
+        """Queue an INFO line formatted like ``format()`` would, minus the LogRecord."""
+        formatter = self.formatter
+        if isinstance(formatter, TextFormatter | JsonFormatter):
+            line = formatter.fast_line(created, "INFO", name, message)
+        else:
+            logging.getLogger(name).info("%s", message)
+            return
+        self.acquire()
+        try:
+            self._pending.append(line)
+            if len(self._pending) >= self._max:
+                self.flush()
+            elif not self._scheduled:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    self.flush()
+                    return
+                self._scheduled = True
+                loop.call_later(self._interval, self._flush_later)
+        finally:
+            self.release()
+
     def _flush_later(self) -> None:
         self._scheduled = False
         self.acquire()
@@ -104,6 +136,36 @@ class JsonFormatter(logging.Formatter):
             payload["exc_info"] = self.formatException(record.exc_info)
         return orjson.dumps(payload).decode()
 
+    def fast_line(self, created: float, level: str, name: str, message: str) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        millis = int((created - int(created)) * 1000)
+        payload = {"ts": f"{stamp}.{millis:03d}Z", "level": level, "logger": name, "message": message}
+        return orjson.dumps(payload).decode()
+
+
+_FAST_HANDLER: BatchingStreamHandler | None = None
+
+
+def fast_info(log: logging.Logger, msg: str, *args: object) -> None:
+    """``log.info(msg, *args)`` for per-request lines, without building a LogRecord.
+
+    When logging was set up by ``setup_logging`` and nothing else listens, the line
+    is formatted exactly as the configured formatter would and queued directly;
+    otherwise this is plain ``log.info``.
+    """
+    handler = _FAST_HANDLER
+    if (
+        handler is None
+        or not log.isEnabledFor(logging.INFO)
+        or log.handlers
+        or log.filters
+        or logging.root.handlers != [handler]
+    ):
+        log.info(msg, *args)
+        return
+    message = (msg % args) if args else msg
+    handler.append_fast(time.time(), log.name, message)
+
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     # Inferno's lines never show the caller's file, thread or process: skip the lookups.
@@ -111,7 +173,9 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    global _FAST_HANDLER
     handler = BatchingStreamHandler(sys.stdout)
+    _FAST_HANDLER = handler
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):

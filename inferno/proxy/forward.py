@@ -29,6 +29,7 @@ from inferno.errors import (
 from inferno.http.client import Timeouts, UpstreamPool, UpstreamResponse, build_request
 from inferno.http.responses import sse_error_event
 from inferno.http.server import Responder
+from inferno.observability.logging import fast_info
 from inferno.observability.metrics import ProxyStats
 from inferno.policies.base import RequestContext
 from inferno.proxy.admission import AdmissionController
@@ -121,7 +122,7 @@ class Forwarder:
                 raise DeadlineExceeded("the request deadline passed before a backend answered")
             worker = await self._admission.acquire(ctx, tried, timeout_s=remaining)
             address = worker.address
-            logger.info("Routing request %s to %s", ctx.request_id, address)
+            fast_info(logger, "Routing request %s to %s", ctx.request_id, address)
             can_retry = attempt < max_attempts and len(self._registry.routable()) > len(tried) + 1
             if stream:
                 first_byte = min(self._up.stream_first_byte_timeout_s, remaining)

@@ -31,3 +31,36 @@ def test_json_formatter_emits_one_object_per_line() -> None:
     assert "\n" not in line
     data = json.loads(line)
     assert data["message"] == "Backend registered: h:1" and data["level"] == "INFO"
+
+
+def test_fast_info_matches_the_configured_format(capsys: object) -> None:
+    import logging as std_logging
+
+    from inferno.observability import logging as ilog
+
+    root = std_logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        for fmt in ("text", "json"):
+            ilog.setup_logging("INFO", fmt)
+            log = std_logging.getLogger("inferno.test.fast")
+            ilog.fast_info(log, "Routing request %s to %s", "r-1\nforged", "h:1")
+            log.info("Routing request %s to %s", "r-2", "h:2")
+            out = capsys.readouterr().out.splitlines()  # type: ignore[attr-defined]
+            assert len(out) == 2, out
+            if fmt == "json":
+                first, second = (json.loads(line) for line in out)
+                assert first["message"] == "Routing request r-1\nforged to h:1"
+                assert set(first) == set(second) and first["logger"] == second["logger"]
+            else:
+                assert out[0].endswith("INFO inferno.test.fast: Routing request r-1\\nforged to h:1")
+                assert out[1].endswith("INFO inferno.test.fast: Routing request r-2 to h:2")
+                assert out[0][:19] == out[1][:19]  # same timestamp format
+        # below INFO nothing is written
+        root.setLevel(std_logging.WARNING)
+        ilog.fast_info(std_logging.getLogger("inferno.test.fast"), "quiet %s", 1)
+        assert capsys.readouterr().out == ""  # type: ignore[attr-defined]
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        ilog._FAST_HANDLER = None
