@@ -88,6 +88,8 @@ class Procs:
 
 @contextlib.contextmanager
 def procs(logdir: Path) -> Iterator[Procs]:
+    # SIGTERM (e.g. from `timeout`) must still run the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logdir.mkdir(parents=True, exist_ok=True)
     p = Procs(logdir)
     try:

@@ -58,7 +58,7 @@ def run_cell(port: int, concurrency: int, duration: float, max_tokens: int) -> d
         "p99_s": s["latency_s"]["p99"],
         "ttft_p50_s": s.get("stream", {}).get("ttft_s", {}).get("p50", float("nan")),
         "failed": s["failed"],
-        "backends": {k: v["count"] for k, v in s["backends"].items()},
+        "served": {k: v["count"] for k, v in s["backends"].items()},
     }
 
 

@@ -64,13 +64,31 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._scheduled = False
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Called by Handler.handle with the handler lock held.
         try:
             line = self.format(record)
         except Exception:
             self.handleError(record)
             return
+        self._queue(line, urgent=record.levelno >= logging.WARNING)
+
+    def append_fast(self, created: float, name: str, message: str) -> None:
+        """Queue an INFO line formatted like ``format()`` would, minus the LogRecord."""
+        formatter = self.formatter
+        if not isinstance(formatter, TextFormatter | JsonFormatter):
+            logging.getLogger(name).info("%s", message)
+            return
+        line = formatter.fast_line(created, "INFO", name, message)
+        self.acquire()
+        try:
+            self._queue(line, urgent=False)
+        finally:
+            self.release()
+
+    def _queue(self, line: str, *, urgent: bool) -> None:
+        """Add a line; write now if urgent, full or off the event loop, else soon."""
         self._pending.append(line)
-        if record.levelno >= logging.WARNING or len(self._pending) >= self._max:
+        if urgent or len(self._pending) >= self._max:
             self.flush()
             return
         if not self._scheduled:
@@ -81,30 +99,6 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 return
             self._scheduled = True
             loop.call_later(self._interval, self._flush_later)
-
-    def append_fast(self, created: float, name: str, message: str) -> None:
-        """Queue an INFO line formatted like ``format()`` would, minus the LogRecord."""
-        formatter = self.formatter
-        if isinstance(formatter, TextFormatter | JsonFormatter):
-            line = formatter.fast_line(created, "INFO", name, message)
-        else:
-            logging.getLogger(name).info("%s", message)
-            return
-        self.acquire()
-        try:
-            self._pending.append(line)
-            if len(self._pending) >= self._max:
-                self.flush()
-            elif not self._scheduled:
-                try:
-                    loop = asyncio.get_running_loop()
-                except RuntimeError:
-                    self.flush()
-                    return
-                self._scheduled = True
-                loop.call_later(self._interval, self._flush_later)
-        finally:
-            self.release()
 
     def _flush_later(self) -> None:
         self._scheduled = False
