@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import HOST, free_port, start_process_cluster
+from tests.conftest import HOST, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -30,29 +30,34 @@ def bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`inferno up` with the fake engine, as a user would start it."""
     from tests.conftest import Proc
 
-    procs: list[Proc] = []
-    logs = tmp_path_factory.mktemp("bench")
-
-    def spawn(args: list[str], name: str, env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(args, str(logs / f"{name}.log"), env)
-        procs.append(proc)
-        return proc
-
-    cluster = start_process_cluster(
-        spawn, 2, backend_args=("--fake-tokens-per-s", "5000", "--n-parallel", "8")
+    up = Proc(
+        ["up", "--engine", "fake", "--free-ports", "--backends", "2"],
+        str(tmp_path_factory.mktemp("bench") / "up.log"),
     )
-    yield cluster.url
-    for proc in procs:
-        proc.stop()
+    deadline = time.monotonic() + 30
+    while "INFERNO_READY" not in up.output():
+        if time.monotonic() > deadline or up.popen.poll() is not None:
+            up.stop()
+            pytest.fail(up.output()[-2000:])
+        time.sleep(0.1)
+    match = re.search(r"INFERNO_READY proxy=(\S+)", up.output())
+    assert match
+    yield match.group(1)
+    up.stop()
 
 
 def test_text_json_and_html_outputs(cluster_url: str, tmp_path: Path) -> None:
     text = bench(cluster_url, "-n", "300", "-c", "8", "--max-tokens", "4")
     assert text.returncode == 0, text.stderr
     assert "requests 300  ok 300  failed 0" in text.stdout
-    assert re.search(r"backend\s+count", text.stdout) and "b1" in text.stdout and "b2" in text.stdout
+    assert (
+        re.search(r"backend\s+count", text.stdout)
+        and "backend-1" in text.stdout
+        and "backend-2" in text.stdout
+    )
     out = bench(
         cluster_url, "-n", "200", "-c", "4", "--output", "json", "--kind", "chat-stream", "--max-tokens", "5"
     )
@@ -60,7 +65,7 @@ def test_text_json_and_html_outputs(cluster_url: str, tmp_path: Path) -> None:
     summary = data["summary"]
     assert summary["succeeded"] == 200 and summary["stream"]["tokens"] == 1000
     assert {"p50", "p90", "p99", "p99.9", "max"} <= set(summary["latency_s"])
-    assert set(summary["backends"]) == {"b1", "b2"}
+    assert set(summary["backends"]) == {"backend-1", "backend-2"}
     assert "queue" in summary["split_ms"]
     page = tmp_path / "report.html"
     html = bench(
@@ -146,7 +151,7 @@ def test_control_endpoint_steers_a_running_bench(cluster_url: str) -> None:
         }
         assert httpx.post(f"{base}/parallelism", params={"value": "zero"}, timeout=2).status_code == 400
         assert httpx.get(f"{base}/stats", timeout=2).json()["parallelism"] == 6
-        assert set(httpx.get(f"{base}/nodes", timeout=2).json()) <= {"b1", "b2"}
+        assert set(httpx.get(f"{base}/nodes", timeout=2).json()) <= {"backend-1", "backend-2"}
         assert httpx.get(f"{base}/fails", timeout=2).json()["errors"] == {}
         assert "latency" in httpx.get(f"{base}/stats", params={"format": "text"}, timeout=2).text
         assert httpx.post(f"{base}/reset", timeout=2).json() == {"status": "reset"}
