@@ -102,6 +102,14 @@ def inferno(*args: str) -> list[str]:
     return [sys.executable, "-m", "inferno", *args]
 
 
+def proxy_cmd(port: int, ops_port: int, backends: list[int] | None = None, *extra: str) -> list[str]:
+    """``inferno proxy`` on loopback, with static backends when given."""
+    cmd = inferno("proxy", "--listen-addr", f"{HOST}:{port}", "--ops-addr", f"{HOST}:{ops_port}", *extra)
+    if backends:
+        cmd += ["--backend-servers", ",".join(f"{HOST}:{b}" for b in backends)]
+    return cmd
+
+
 def fake_backend(port: int, ops_port: int, latency_ms: float, node: str) -> list[str]:
     return inferno(
         "backend",

@@ -37,6 +37,7 @@ from benchmarks.common import (
     machine,
     median,
     procs,
+    proxy_cmd,
     wait_port,
     write_result,
 )
@@ -103,22 +104,8 @@ def start_target(name: str, p: Procs, tmp: Path, backends: list[int]) -> tuple[i
         return backends[0], []
     port = free_port()
     if name == "inferno":
-        spec = ",".join(f"{HOST}:{b}" for b in backends)
-        proc = p.start(
-            "inferno-proxy",
-            inferno(
-                "proxy",
-                "--listen-addr",
-                f"{HOST}:{port}",
-                "--ops-addr",
-                f"{HOST}:{free_port()}",
-                "--backend-servers",
-                spec,
-                "--admission-max-in-flight-per-backend",
-                "4096",
-            ),
-            core=PROXY_CORE,
-        )
+        cmd = proxy_cmd(port, free_port(), backends, "--admission-max-in-flight-per-backend", "4096")
+        proc = p.start("inferno-proxy", cmd, core=PROXY_CORE)
     elif name == "nginx":
         proc = p.start(
             "nginx", ["nginx", "-c", str(nginx_conf(tmp, port, backends)), "-p", str(tmp)], core=PROXY_CORE

@@ -25,7 +25,17 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import HOST, RESULTS, free_port, inferno, machine, procs, wait_port, write_result
+from benchmarks.common import (
+    HOST,
+    RESULTS,
+    free_port,
+    inferno,
+    machine,
+    procs,
+    proxy_cmd,
+    wait_port,
+    write_result,
+)
 
 
 def run_cell(port: int, concurrency: int, duration: float, max_tokens: int) -> dict[str, Any]:
@@ -76,18 +86,7 @@ def main() -> None:
         for n_backends in (1, 2):
             with procs(Path(tmp) / f"b{n_backends}") as p:
                 port, ops = free_port(), free_port()
-                p.start(
-                    "proxy",
-                    inferno(
-                        "proxy",
-                        "--listen-addr",
-                        f"{HOST}:{port}",
-                        "--ops-addr",
-                        f"{HOST}:{ops}",
-                        "--log-level",
-                        "WARNING",
-                    ),
-                )
+                p.start("proxy", proxy_cmd(port, ops, None, "--log-level", "WARNING"))
                 wait_port(ops)
                 for i in range(n_backends):
                     p.start(

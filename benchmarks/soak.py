@@ -28,6 +28,7 @@ from benchmarks.common import (
     inferno,
     machine,
     procs,
+    proxy_cmd,
     rss_bytes,
     wait_port,
     write_result,
@@ -64,19 +65,7 @@ def main() -> None:
             ).pid
             wait_port(port)
         port = free_port()
-        spec = ",".join(f"{HOST}:{b}" for b in backends)
-        watched["proxy"] = p.start(
-            "proxy",
-            inferno(
-                "proxy",
-                "--listen-addr",
-                f"{HOST}:{port}",
-                "--ops-addr",
-                f"{HOST}:{free_port()}",
-                "--backend-servers",
-                spec,
-            ),
-        ).pid
+        watched["proxy"] = p.start("proxy", proxy_cmd(port, free_port(), backends)).pid
         wait_port(port)
         load = subprocess.Popen(
             inferno(
