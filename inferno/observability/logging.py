@@ -29,11 +29,14 @@ class TextFormatter(logging.Formatter):
         self._stamp = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
+        return f"{self._stamp_of(int(record.created))},{int(record.msecs):03d}"
+
+    def _stamp_of(self, second: int) -> str:
+        """The local-time stamp of a second, formatted once per second."""
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return f"{self._stamp},{int(record.msecs):03d}"
+        return self._stamp
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = record.message.translate(_ESCAPES)
@@ -41,11 +44,8 @@ class TextFormatter(logging.Formatter):
 
     def fast_line(self, created: float, level: str, name: str, message: str) -> str:
         second = int(created)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         millis = int((created - second) * 1000)
-        return f"{self._stamp},{millis:03d} {level} {name}: {message.translate(_ESCAPES)}"
+        return f"{self._stamp_of(second)},{millis:03d} {level} {name}: {message.translate(_ESCAPES)}"
 
 
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -127,6 +127,23 @@ class ProxyApp:
             return header.decode("latin-1")[:256]
         return field
 
+    def _context(
+        self,
+        request: Request,
+        rid: str,
+        model: str | None,
+        session_field: str | None,
+        prompt: str,
+        priority_field: str | None,
+    ) -> RequestContext:
+        return RequestContext(
+            request_id=rid,
+            model=model,
+            session_key=self._session(request, session_field),
+            prompt_prefix=prompt[:PREFIX_CHARS],
+            priority=self._priority(request, priority_field),
+        )
+
     def _inference(self, request: Request, rid: str) -> Parsed:
         return self.inference_context(request, rid, parse_body(InferenceRequest, request.body))
 
@@ -134,13 +151,7 @@ class ProxyApp:
         check_max_tokens(body.max_tokens, self._cfg.max_tokens_limit)
         self._log_prompt(rid, body.prompt)
         return (
-            RequestContext(
-                request_id=rid,
-                model=body.model,
-                session_key=self._session(request, body.session_id),
-                prompt_prefix=body.prompt[:PREFIX_CHARS],
-                priority=self._priority(request, body.priority),
-            ),
+            self._context(request, rid, body.model, body.session_id, body.prompt, body.priority),
             body.stream,
             body.max_tokens,
         )
@@ -151,13 +162,7 @@ class ProxyApp:
         text = body.prompt_text()
         self._log_prompt(rid, text)
         return (
-            RequestContext(
-                request_id=rid,
-                model=body.model,
-                session_key=self._session(request, body.user),
-                prompt_prefix=text[:PREFIX_CHARS],
-                priority=self._priority(request, body.priority),
-            ),
+            self._context(request, rid, body.model, body.user, text, body.priority),
             body.stream,
             body.effective_max_tokens(DEFAULT_CHAT_MAX_TOKENS),
         )
@@ -167,13 +172,7 @@ class ProxyApp:
         check_max_tokens(body.max_tokens, self._cfg.max_tokens_limit)
         self._log_prompt(rid, body.prompt)
         return (
-            RequestContext(
-                request_id=rid,
-                model=body.model,
-                session_key=self._session(request, body.user),
-                prompt_prefix=body.prompt[:PREFIX_CHARS],
-                priority=self._priority(request, body.priority),
-            ),
+            self._context(request, rid, body.model, body.user, body.prompt, body.priority),
             body.stream,
             body.max_tokens,
         )

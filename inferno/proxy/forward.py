@@ -22,7 +22,6 @@ from inferno.errors import (
     InfernoError,
     UpstreamConnectError,
     UpstreamError,
-    UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
 )
@@ -163,7 +162,7 @@ class Forwarder:
                 upstream.close()
             if deadline_hit:
                 raise DeadlineExceeded(f"deadline exceeded waiting for {address}") from failure
-            if not can_retry or not self._retryable(failure):
+            if not can_retry:
                 raise failure
             tried = tried | {address}
             self._stats.retries += 1
@@ -171,14 +170,6 @@ class Forwarder:
             delay = min(self._backoff_s(attempt), max(0.0, job.deadline - self._clock()))
             if delay > 0:
                 await asyncio.sleep(delay)
-
-    @staticmethod
-    def _retryable(exc: UpstreamError) -> bool:
-        # A protocol error here means the connection broke before the response
-        # completed; a non-streamed answer had sent nothing to the client yet.
-        return isinstance(
-            exc, UpstreamConnectError | UpstreamStatusError | UpstreamTimeout | UpstreamProtocolError
-        )
 
     def _on_failure(self, worker: WorkerInfo, exc: UpstreamError) -> None:
         """Passive outlier detection: count the failure, eject on refusal at once."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from inferno.config import HealthCheckConfig, RegistryConfig
 from inferno.errors import UpstreamConnectError, UpstreamError
@@ -48,8 +49,7 @@ class HealthChecker:
                 await task
         self._tasks = []
 
-    async def _loop(self, interval_s: float, step: object) -> None:
-        assert callable(step)
+    async def _loop(self, interval_s: float, step: Callable[[], Awaitable[None]]) -> None:
         while True:
             try:
                 await step()

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from inferno.config import OutlierConfig
-from inferno.registry.breaker import BreakerState, CircuitBreaker
+from inferno.registry.breaker import CircuitBreaker
 
 
 class WorkerStatus(enum.StrEnum):
@@ -97,7 +97,7 @@ class WorkerInfo:
         """Below the per-backend limit, and admitted by its circuit breaker."""
         if self.in_flight >= limit:
             return False
-        return self.breaker.state is BreakerState.CLOSED or self.breaker.allows(self.in_flight)
+        return self.breaker.allows(self.in_flight)
 
     def serves(self, model: str | None) -> bool:
         return model is None or not self.models or model in self.models
