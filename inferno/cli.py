@@ -12,18 +12,20 @@ import asyncio
 import gc
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import click
 from pydantic import BaseModel, ValidationError
 
 from inferno.config import (
+    BACKEND_OPS_PORT,
     AdmissionConfig,
     BackendConfig,
     DeadlineConfig,
     FakeEngineConfig,
     HealthCheckConfig,
+    HttpConfig,
     OutlierConfig,
     ProxyConfig,
     RegistryConfig,
@@ -94,26 +96,31 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
     "deadline": DeadlineConfig,
     "outlier": OutlierConfig,
     "admission": AdmissionConfig,
+    "http": HttpConfig,
 }
+BACKEND_SECTIONS: dict[str, type[BaseModel]] = {"http": HttpConfig}
 
 
-def _section_options(fn: Any) -> Any:
-    for section, model in reversed(PROXY_SECTIONS.items()):
-        for name, field in reversed(model.model_fields.items()):
-            fn = click.option(
-                f"--{section}-{name}".replace("_", "-"),
-                f"{section}_{name}",
-                type=type(field.default),
-                default=field.default,
-                show_default=True,
-                help=field.description,
-            )(fn)
-    return fn
+def _section_options(sections: dict[str, type[BaseModel]]) -> Callable[[Any], Any]:
+    def decorate(fn: Any) -> Any:
+        for section, model in reversed(sections.items()):
+            for name, field in reversed(model.model_fields.items()):
+                fn = click.option(
+                    f"--{section}-{name}".replace("_", "-"),
+                    f"{section}_{name}",
+                    type=type(field.default),
+                    default=field.default,
+                    show_default=True,
+                    help=field.description,
+                )(fn)
+        return fn
+
+    return decorate
 
 
-def _sections(opts: dict[str, Any]) -> dict[str, Any]:
+def _sections(opts: dict[str, Any], sections: dict[str, type[BaseModel]]) -> dict[str, Any]:
     built = {}
-    for section, model in PROXY_SECTIONS.items():
+    for section, model in sections.items():
         values = {name: opts.pop(f"{section}_{name}") for name in model.model_fields}
         built[section] = _build(model, **values)
     return built
@@ -145,13 +152,13 @@ def _sections(opts: dict[str, Any]) -> dict[str, Any]:
     help="On SIGTERM, time to finish in-flight requests.",
 )
 @click.option("--seed", type=int, default=None, help="Seed for randomised policies.")
-@_section_options
+@_section_options(PROXY_SECTIONS)
 @_logging_options
 def proxy(**opts: Any) -> None:
     """Run the load-balancing proxy."""
     listen = _hostport(opts["listen_addr"], "--listen-addr")
     ops = _hostport(opts["ops_addr"], "--ops-addr")
-    sections = _sections(opts)
+    sections = _sections(opts, PROXY_SECTIONS)
     config: ProxyConfig = _build(
         ProxyConfig,
         listen_host=listen[0],
@@ -180,8 +187,17 @@ def proxy(**opts: Any) -> None:
 
 @main.command()
 @click.option("--listen-addr", default="0.0.0.0:3000", show_default=True, help="Data port.")
-@click.option("--ops-addr", default="0.0.0.0:6100", show_default=True, help="Ops port.")
-@click.option("--discovery-lb", default=None, help="Proxy ops address to register with (host:port).")
+@click.option(
+    "--ops-addr",
+    default=f"0.0.0.0:{BACKEND_OPS_PORT}",
+    show_default=True,
+    help="Ops port (/health /livez /metrics); not the proxy's 6100, so both fit on one host.",
+)
+@click.option(
+    "--discovery-lb",
+    default=None,
+    help="Proxy ops address to register with (host:port); without it the backend registers nowhere.",
+)
 @click.option(
     "--advertise-addr",
     default=None,
@@ -211,6 +227,7 @@ def proxy(**opts: Any) -> None:
 @click.option("--chaos", is_flag=True, help="Enable /simulate/* fault injection (tests only).")
 @click.option("--fake-tokens-per-s", type=float, default=2000.0, show_default=True)
 @click.option("--fake-latency-ms", type=float, default=0.0, show_default=True)
+@_section_options(BACKEND_SECTIONS)
 @_logging_options
 def backend(**opts: Any) -> None:
     """Run an inference backend."""
@@ -219,6 +236,9 @@ def backend(**opts: Any) -> None:
     for flag in ("discovery_lb", "advertise_addr"):
         if opts[flag]:
             _hostport(opts[flag], "--" + flag.replace("_", "-"))
+    if listen[1] and listen[1] == ops[1] and listen[0] == ops[0]:
+        raise click.BadParameter("the data and ops ports must differ", param_hint="--ops-addr")
+    sections = _sections(opts, BACKEND_SECTIONS)
     config: BackendConfig = _build(
         BackendConfig,
         listen_host=listen[0],
@@ -245,6 +265,7 @@ def backend(**opts: Any) -> None:
         log_format=opts["log_format"],
         log_level=opts["log_level"],
         log_prompts=opts["log_prompts"],
+        **sections,
     )
     setup_logging(config.log_level, config.log_format)
     from inferno.backend.server import run_backend
@@ -405,6 +426,13 @@ def bench(**opts: Any) -> None:
     else:
         click.echo(out)
     sys.exit(0 if report["summary"]["succeeded"] else 1)
+
+
+# Every option's help shows the environment variable that sets it.
+for _command in main.commands.values():
+    for _param in _command.params:
+        if isinstance(_param, click.Option):
+            _param.show_envvar = True
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """``inferno up``: a proxy and N backends as local processes on 127.0.0.1.
 
 The supervisor starts the children, waits (bounded) until every backend is
-registered and healthy, prints the URLs and a ready-to-paste curl example, and on
-Ctrl-C / SIGTERM stops the backends (they drain), then the proxy, escalating to
-SIGKILL after a bounded wait. Children get PR_SET_PDEATHSIG so that even a
+registered and healthy, prints the URLs and a ready-to-paste curl example, and
+then keeps them running: a child that dies is logged and restarted after a
+backoff (0.5 s doubling to 10 s), at most 5 times a minute, after which the
+supervisor gives up on that child and says so; the others keep serving. On
+Ctrl-C / SIGTERM it stops the backends (they drain), then the proxy, escalating
+to SIGKILL after a bounded wait. Children get PR_SET_PDEATHSIG so that even a
 SIGKILLed supervisor leaves no orphans behind.
 """
 
@@ -20,6 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -94,6 +98,69 @@ def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
     )
 
 
+class RestartPolicy:
+    """Backoff and a restart budget for one supervised child, on an injected clock.
+
+    After the n-th consecutive quick death the child waits ``base_s * 2**(n-1)``
+    (capped at ``max_backoff_s``); a child that ran ``stable_s`` resets the backoff.
+    More than ``max_restarts`` restarts within ``window_s`` and the policy gives up.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_s: float = 0.5,
+        max_backoff_s: float = 10.0,
+        max_restarts: int = 5,
+        window_s: float = 60.0,
+        stable_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._base = base_s
+        self._max_backoff = max_backoff_s
+        self._max_restarts = max_restarts
+        self._window = window_s
+        self._stable = stable_s
+        self._clock = clock
+        self._restarts: list[float] = []
+        self._streak = 0
+        self._started = clock()
+
+    def started(self) -> None:
+        self._started = self._clock()
+
+    def on_exit(self) -> float | None:
+        """Seconds to wait before the restart, or None to give up on this child."""
+        now = self._clock()
+        self._restarts = [t for t in self._restarts if now - t < self._window]
+        if len(self._restarts) >= self._max_restarts:
+            return None
+        self._restarts.append(now)
+        self._streak = 1 if now - self._started >= self._stable else self._streak + 1
+        return float(min(self._max_backoff, self._base * 2 ** (self._streak - 1)))
+
+    @property
+    def restarts_in_window(self) -> int:
+        return len(self._restarts)
+
+
+@dataclass(slots=True)
+class Child:
+    """One supervised process: how to start it again, and its restart policy."""
+
+    name: str
+    args: list[str]
+    policy: RestartPolicy
+    popen: subprocess.Popen[bytes] | None = None
+    restart_at: float | None = None
+    given_up: bool = False
+
+    def spawn(self) -> None:
+        self.popen = _spawn(self.args)
+        self.policy.started()
+        self.restart_at = None
+
+
 def _get_json(url: str, timeout_s: float = 1.0) -> tuple[int, dict[str, object]]:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
@@ -103,10 +170,11 @@ def _get_json(url: str, timeout_s: float = 1.0) -> tuple[int, dict[str, object]]
 
 
 class Cluster:
-    def __init__(self, plan: ClusterPlan) -> None:
+    def __init__(self, plan: ClusterPlan, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.plan = plan
-        self.proxy: subprocess.Popen[bytes] | None = None
-        self.backends: list[subprocess.Popen[bytes]] = []
+        self._clock = clock
+        self.proxy: Child | None = None
+        self.backends: list[Child] = []
         self._stop = False
 
     @property
@@ -119,7 +187,8 @@ class Cluster:
 
     def start(self) -> None:
         p = self.plan
-        self.proxy = _spawn(
+        self.proxy = self._child(
+            "proxy",
             [
                 "proxy",
                 "--listen-addr",
@@ -130,11 +199,12 @@ class Cluster:
                 p.policy,
                 "--log-format",
                 p.log_format,
-            ]
+            ],
         )
         for i, (data_port, ops_port) in enumerate(p.backend_ports, start=1):
             self.backends.append(
-                _spawn(
+                self._child(
+                    f"backend-{i}",
                     [
                         "backend",
                         "--listen-addr",
@@ -154,12 +224,17 @@ class Cluster:
                         "--log-format",
                         p.log_format,
                         *p.extra_backend_args,
-                    ]
+                    ],
                 )
             )
 
+    def _child(self, name: str, args: list[str]) -> Child:
+        child = Child(name, args, RestartPolicy(clock=self._clock))
+        child.spawn()
+        return child
+
     def children(self) -> list[subprocess.Popen[bytes]]:
-        return [c for c in (self.proxy, *self.backends) if c is not None]
+        return [c.popen for c in (self.proxy, *self.backends) if c is not None and c.popen is not None]
 
     def wait_ready(self, timeout_s: float) -> None:
         """Bounded wait until every backend is registered and healthy."""
@@ -179,22 +254,58 @@ class Cluster:
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self._stop = True
 
+    def check(self) -> bool:
+        """One supervision step: restart what died, when its backoff is over.
+
+        Returns False when nothing can serve any more (the proxy was given up on).
+        """
+        now = self._clock()
+        for child in (self.proxy, *self.backends):
+            if child is None or child.given_up:
+                continue
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.spawn()
+                    assert child.popen is not None
+                    print(f"inferno up: {child.name} restarted (pid {child.popen.pid})", flush=True)
+                continue
+            if child.popen is None or child.popen.poll() is None:
+                continue
+            code = child.popen.returncode
+            delay = child.policy.on_exit()
+            if delay is None:
+                child.given_up = True
+                print(
+                    f"inferno up: {child.name} (pid {child.popen.pid}) exited with {code}; giving up on it "
+                    f"after {child.policy.restarts_in_window} restarts within a minute",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                continue
+            child.restart_at = now + delay
+            print(
+                f"inferno up: {child.name} (pid {child.popen.pid}) exited with {code}; restarting in "
+                f"{delay:.1f}s ({child.policy.restarts_in_window} restarts within a minute); "
+                "the others keep serving",
+                file=sys.stderr,
+                flush=True,
+            )
+        return not (self.proxy is not None and self.proxy.given_up)
+
     def supervise(self) -> int:
-        """Block until a signal or a child's death; returns the exit code."""
+        """Keep the children running until a signal; returns the exit code."""
         while not self._stop:
-            for child in self.children():
-                if child.poll() is not None:
-                    print(
-                        f"inferno up: child pid {child.pid} exited with {child.returncode}",
-                        file=sys.stderr,
-                    )
-                    return 1
+            if not self.check():
+                print("inferno up: the proxy cannot be kept running; stopping", file=sys.stderr)
+                return 1
             time.sleep(0.2)
         return 0
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Backends first (they drain and deregister), then the proxy."""
-        for group in (self.backends, [self.proxy] if self.proxy else []):
+        backends = [c.popen for c in self.backends if c.popen is not None]
+        proxy = [self.proxy.popen] if self.proxy is not None and self.proxy.popen is not None else []
+        for group in (backends, proxy):
             for child in group:
                 if child.poll() is None:
                     child.send_signal(signal.SIGTERM)

@@ -40,12 +40,51 @@ class HealthCheckConfig(_Frozen):
     )
 
 
+class HttpConfig(_Frozen):
+    """Limits on what one HTTP client may send or hold (proxy and backend alike; docs/security.md)."""
+
+    max_request_line_bytes: int = Field(
+        8192, ge=256, description="longest request target (path and query); longer gets 414"
+    )
+    max_header_bytes: int = Field(8192, ge=256, description="longest single header line; longer gets 431")
+    max_headers_total_bytes: int = Field(
+        32768, ge=1024, description="request line and headers together; more gets 431"
+    )
+    max_header_count: int = Field(100, ge=8, description="headers per request; more gets 431")
+    max_connections: int = Field(
+        4096, ge=16, description="open connections on the data port; beyond it new ones get 503 and close"
+    )
+    max_ops_connections: int = Field(
+        256, ge=8, description="open connections on the ops port, a separate budget kept for health checks"
+    )
+    read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a new connection must send a whole request within this, and so must a started one",
+    )
+    idle_timeout_s: float = Field(75.0, gt=0, description="a keep-alive connection idle this long is closed")
+    linger_s: float = Field(
+        2.0,
+        ge=0,
+        description="after an early error (413, 431, 400) keep reading and discarding for this long, "
+        "so the client sees the answer instead of a reset",
+    )
+
+
 class RegistryConfig(_Frozen):
     """Membership from registrations and heartbeats."""
 
     heartbeat_timeout_s: float = Field(6.0, gt=0, description="no heartbeat for this long -> unhealthy")
     ttl_s: float = Field(30.0, gt=0, description="no heartbeat for this long -> removed")
     sweep_interval_s: float = Field(1.0, gt=0)
+    max_backends: int = Field(
+        256, ge=1, description="registered backends at most; a new registration beyond it gets 429"
+    )
+    resolve_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="a registering backend's host name must resolve within this, or it is refused (400)",
+    )
 
 
 class UpstreamConfig(_Frozen):
@@ -62,6 +101,15 @@ class UpstreamConfig(_Frozen):
         2.0, gt=0, description="a gap longer than this between chunks marks the backend suspect (no ejection)"
     )
     max_idle_per_backend: int = Field(64, ge=0)
+    max_response_bytes: int = Field(
+        64 << 20, ge=1024, description="largest non-streamed answer the proxy buffers from a backend"
+    )
+    max_chunk_bytes: int = Field(
+        1 << 20, ge=1024, description="largest single chunk of a streamed answer from a backend"
+    )
+    max_response_header_bytes: int = Field(
+        65536, ge=1024, description="largest status line and headers the proxy reads from a backend"
+    )
 
 
 class RetryConfig(_Frozen):
@@ -112,7 +160,10 @@ class AdmissionConfig(_Frozen):
     max_queue: int = Field(256, ge=0)
     queue_timeout_s: float = Field(30.0, gt=0)
     max_in_flight_per_backend: int = Field(
-        0, ge=0, description="in-flight requests per backend; 0 = auto (2 x the backend's slots, else 8)"
+        0,
+        ge=0,
+        description="in-flight requests per backend; 0 = auto (the slots it advertises, else 8); "
+        "the rest wait in the proxy's queue, where the deadline is known",
     )
     aging_s: float = Field(
         2.0, gt=0, description="a waiting request moves up one priority class per this many seconds"
@@ -135,6 +186,7 @@ class ProxyConfig(_Frozen):
     deadline: DeadlineConfig = DeadlineConfig()
     outlier: OutlierConfig = OutlierConfig()
     admission: AdmissionConfig = AdmissionConfig()
+    http: HttpConfig = HttpConfig()
     max_body_bytes: int = Field(1 << 20, ge=1024)
     max_tokens_limit: int = Field(4096, ge=1)
     log_format: LogFormat = "text"
@@ -160,11 +212,15 @@ class FakeEngineConfig(_Frozen):
     latency_ms: float = Field(0.0, ge=0)
 
 
+#: the backend's ops port by default: distinct from the proxy's 6100 so both fit on one host
+BACKEND_OPS_PORT = 6300
+
+
 class BackendConfig(_Frozen):
     listen_host: str = "0.0.0.0"
     listen_port: int = 3000
     ops_host: str = "0.0.0.0"
-    ops_port: int = 6100
+    ops_port: int = BACKEND_OPS_PORT
     discovery_lb: str | None = None
     advertise_addr: str | None = None
     node_id: str | None = None
@@ -184,6 +240,7 @@ class BackendConfig(_Frozen):
     #: enable the /simulate/* fault-injection endpoints (never in production)
     chaos: bool = False
     fake: FakeEngineConfig = FakeEngineConfig()
+    http: HttpConfig = HttpConfig()
     log_format: LogFormat = "text"
     log_level: str = "INFO"
     log_prompts: bool = False

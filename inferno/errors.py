@@ -4,10 +4,16 @@
     ├── ClientError                  the caller's fault: always a 4xx, never counts against a backend
     │   ├── BadRequest               400: malformed JSON, wrong types, missing fields, bad values
     │   ├── NotFound                 404: unknown path
-    │   ├── MethodNotAllowed         405
+    │   ├── MethodNotAllowed         405, with the ``Allow`` header
+    │   ├── RequestTimeout           408: the request did not arrive in time
+    │   ├── ExpectationFailed        417: an ``Expect`` other than 100-continue
+    │   ├── UriTooLong               414: request line over the limit
+    │   ├── HeadersTooLarge          431: a header, all headers, or their count over the limit
+    │   ├── RegistryFull             429: the proxy holds as many backends as it may
     │   ├── ModelNotFound            404: no backend serves the requested model
     │   └── PayloadTooLarge          413: body over the configured limit
     ├── NoBackendAvailable           503: nothing healthy to route to
+    ├── TooManyConnections           503: the port's connection budget is spent
     ├── UpstreamError                a backend failed us (translated from socket/parser errors)
     │   ├── UpstreamConnectError     connection refused / unreachable / connect timeout
     │   ├── UpstreamTimeout          no (complete) answer by the deadline
@@ -37,6 +43,10 @@ class InfernoError(Exception):
         self.message = message
         self.param = param
 
+    def headers(self) -> bytes:
+        """Extra response header lines this error needs (``Allow``, ``Retry-After``)."""
+        return b""
+
 
 class ClientError(InfernoError):
     status = 400
@@ -57,6 +67,42 @@ class MethodNotAllowed(ClientError):
     status = 405
     code = "method_not_allowed"
 
+    def __init__(self, allow: tuple[str, ...]) -> None:
+        super().__init__(f"method not allowed here; use {', '.join(allow)}")
+        self.allow = allow
+
+    def headers(self) -> bytes:
+        return b"Allow: " + ", ".join(self.allow).encode() + b"\r\n"
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
+
+
+class ExpectationFailed(ClientError):
+    status = 417
+    code = "expectation_failed"
+
+
+class UriTooLong(ClientError):
+    status = 414
+    code = "uri_too_long"
+
+
+class HeadersTooLarge(ClientError):
+    status = 431
+    code = "headers_too_large"
+
+
+class RegistryFull(ClientError):
+    status = 429
+    code = "registry_full"
+    kind = "rate_limit_exceeded"
+
+    def headers(self) -> bytes:
+        return b"Retry-After: 5\r\n"
+
 
 class ModelNotFound(ClientError):
     status = 404
@@ -72,6 +118,18 @@ class NoBackendAvailable(InfernoError):
     status = 503
     code = "no_backend_available"
     kind = "service_unavailable"
+
+    def headers(self) -> bytes:
+        return b"Retry-After: 1\r\n"
+
+
+class TooManyConnections(InfernoError):
+    status = 503
+    code = "too_many_connections"
+    kind = "service_unavailable"
+
+    def headers(self) -> bytes:
+        return b"Retry-After: 1\r\n"
 
 
 class UpstreamError(InfernoError):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -60,8 +61,7 @@ class ChatMessage(BaseModel):
         for part in self.content:
             if part.type != "text" or part.text is None:
                 raise BadRequest(
-                    f"content part of type {part.type[:32]!r} is not supported by this model",
-                    param="messages",
+                    "only content parts of type 'text' are supported by this model", param="messages"
                 )
             parts.append(part.text)
         return "".join(parts)
@@ -138,6 +138,16 @@ def _param(exc: ValidationError) -> str | None:
     return None
 
 
+_FIELD_RE = re.compile(r"[A-Za-z0-9_]{1,40}")
+
+
+def _safe_part(part: object) -> str:
+    """A location part as text, unless the client made it up: field names are echoed
+    only when they look like field names, never as arbitrary client text."""
+    text = str(part)
+    return text if isinstance(part, int) or _FIELD_RE.fullmatch(text) else "?"
+
+
 def _describe(exc: ValidationError) -> str:
     errors: list[Any] = exc.errors(include_input=False, include_url=False)
     first = errors[0]
@@ -145,7 +155,7 @@ def _describe(exc: ValidationError) -> str:
         return "request body is not valid JSON"
     if first["type"] == "model_type" or (not first["loc"] and "type" in first["type"]):
         return "request body must be a JSON object"
-    loc = ".".join(str(p) for p in first["loc"])[:100]
+    loc = ".".join(_safe_part(p) for p in first["loc"])[:100]
     if first["type"] == "missing":
         message = f"missing required field '{loc}'"
     elif first["type"] == "extra_forbidden":

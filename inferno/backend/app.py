@@ -40,6 +40,10 @@ class Draining(NoBackendAvailable):
     code = "backend_draining"
 
 
+class Loading(NoBackendAvailable):
+    code = "backend_loading"
+
+
 class BackendApp:
     """Handler for the backend's data port (3000)."""
 
@@ -58,17 +62,18 @@ class BackendApp:
             path = request.path
             if path in ("/inference", "/v1/chat/completions", "/v1/completions"):
                 if request.method != "POST":
-                    raise MethodNotAllowed(f"{path} accepts POST only")
+                    raise MethodNotAllowed(("POST",))
                 gen, stream, kind, model_name = self._parse(path, request.body)
                 await self._generate(responder, headers, rid, gen, stream, kind, model_name)
             elif path.startswith("/simulate/") and self.chaos is not None:
                 if request.method != "POST":
-                    raise MethodNotAllowed(f"{path[:60]} accepts POST only")
+                    raise MethodNotAllowed(("POST",))
                 self.chaos.handle(request, responder)
             elif path == "/health":
                 scripted = self.chaos.health_ok() if self.chaos is not None else None
-                if self._service.draining:
-                    responder.send(503, headers, b'{"status":"draining"}')
+                state = self._service.status()
+                if state != "ok":
+                    responder.send(503, headers, dumps({"status": state}))
                 elif scripted is False:
                     responder.send(503, headers, b'{"status":"unavailable"}')
                 else:
@@ -82,13 +87,12 @@ class BackendApp:
                 }
                 responder.send(200, headers, dumps({"object": "list", "data": [model]}))
             else:
-                raise NotFound(f"no route for {path[:200]}")
+                raise NotFound("no route for this path")
         except InfernoError as exc:
             if responder.started:
                 raise
             status, body = error_body(exc)
-            extra = b"Retry-After: 1\r\n" if status == 503 else b""
-            responder.send(status, headers + extra, body)
+            responder.send(status, headers + exc.headers(), body)
 
     # -- parsing -------------------------------------------------------------------------
     def _parse(self, path: str, body: bytes) -> tuple[GenerationRequest, bool, str, str | None]:
@@ -141,9 +145,11 @@ class BackendApp:
         engine = self._service.engine
         if requested_model is not None and requested_model != engine.model_id:
             raise ModelNotFound(
-                f"model {requested_model!r} is not served here; this backend serves {engine.model_id!r}",
+                f"the requested model is not served here; this backend serves {engine.model_id!r}",
                 param="model",
             )
+        if not self._service.ready:
+            raise Loading("backend is still loading its model; retry shortly")
         if self._service.draining:
             raise Draining("backend is draining; retry on another backend")
         if logger.isEnabledFor(logging.INFO):

@@ -16,8 +16,8 @@ from inferno.backend.service import BackendCollector, InferenceService
 from inferno.config import BackendConfig
 from inferno.engines.base import Engine
 from inferno.errors import InfernoError, MethodNotAllowed, NotFound
-from inferno.http.responses import JSON_HEADERS, dumps, error_body
-from inferno.http.server import HttpServer, Request, Responder
+from inferno.http.responses import JSON_HEADERS, dumps, error_response
+from inferno.http.server import HttpServer, Request, Responder, fit_to_fd_limit, limits_from
 from inferno.observability.metrics import new_registry
 from inferno.registry.registry import WILDCARD_HOSTS, RegistrationPayload
 
@@ -44,13 +44,16 @@ class BackendServer:
         self.service = InferenceService(self.engine)
         self.node_id = config.node_id or f"{socket.gethostname()}-{config.listen_port}"
         self.app = BackendApp(config, self.service, self.node_id)
+        ops_limits = limits_from(config.http, max_body_bytes=64 * 1024, ops=True)
         self.data_server = HttpServer(
             self.app,
-            max_body_bytes=config.max_body_bytes,
+            limits=fit_to_fd_limit(
+                limits_from(config.http, max_body_bytes=config.max_body_bytes), ops_limits, "backend"
+            ),
             name="backend",
         )
         self._metrics = new_registry(BackendCollector(self.service, self.node_id))
-        self._ops = HttpServer(self._ops_handler, max_body_bytes=64 * 1024, name="backend-ops")
+        self._ops = HttpServer(self._ops_handler, limits=ops_limits, name="backend-ops")
         self.registrar: Registrar | None = None
         self.data_address: tuple[str, int] = ("", 0)
         self.ops_address: tuple[str, int] = ("", 0)
@@ -58,9 +61,17 @@ class BackendServer:
 
     async def start(self) -> None:
         cfg = self.config
-        await self.engine.start()
+        # Ports first: a port in use fails in milliseconds, not after loading the model.
+        # Until the model is loaded, requests get 503 (retryable) and /health says loading.
         self.data_address = await self.data_server.start(cfg.listen_host, cfg.listen_port)
-        self.ops_address = await self._ops.start(cfg.ops_host, cfg.ops_port)
+        try:
+            self.ops_address = await self._ops.start(cfg.ops_host, cfg.ops_port)
+            await self.engine.start()
+        except BaseException:
+            await self.data_server.aclose()
+            await self._ops.aclose()
+            raise
+        self.service.ready = True
         self.advertise_addr = cfg.advertise_addr or (
             f"{default_advertise_host(cfg.listen_host)}:{self.data_address[1]}"
         )
@@ -80,6 +91,11 @@ class BackendServer:
                 timeout_s=cfg.register_timeout_s,
             )
             self.registrar.start()
+        else:
+            logger.warning(
+                "No --discovery-lb given: this backend will not register with any proxy; "
+                "list it in the proxy's --backend-servers or pass --discovery-lb PROXY_HOST:6100"
+            )
 
     def registration(self) -> RegistrationPayload:
         ops_host = self.advertise_addr.rpartition(":")[0]
@@ -115,18 +131,14 @@ class BackendServer:
 
     async def _ops_handler(self, request: Request, responder: Responder) -> None:
         try:
-            if request.method != "GET":
-                raise MethodNotAllowed("the ops port accepts GET only")
+            if request.method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(("GET", "HEAD"))
             if request.path == "/livez":
                 responder.send(200, JSON_HEADERS, b'{"status":"alive"}')
             elif request.path == "/health":
-                draining = self.service.draining
-                body = {
-                    "status": "draining" if draining else "ok",
-                    "node_id": self.node_id,
-                    "model": self.engine.model_id,
-                }
-                responder.send(503 if draining else 200, JSON_HEADERS, dumps(body))
+                status = self.service.status()
+                body = {"status": status, "node_id": self.node_id, "model": self.engine.model_id}
+                responder.send(200 if status == "ok" else 503, JSON_HEADERS, dumps(body))
             elif request.path == "/metrics":
                 if urllib.parse.parse_qs(request.query).get("format") == ["json"]:
                     vitals = {"node_id": self.node_id, **self.service.vitals().model_dump()}
@@ -135,10 +147,9 @@ class BackendServer:
                     payload = generate_latest(self._metrics)
                     responder.send(200, [(b"Content-Type", CONTENT_TYPE_LATEST.encode())], payload)
             else:
-                raise NotFound(f"no route for {request.path[:200]}")
+                raise NotFound("no route for this path")
         except InfernoError as exc:
-            status, body_bytes = error_body(exc)
-            responder.send(status, JSON_HEADERS, body_bytes)
+            responder.send(*error_response(exc))
 
 
 async def run_backend(config: BackendConfig) -> None:

@@ -54,11 +54,19 @@ class InferenceService:
         self.requests_failed = 0
         self.tokens_generated = 0
         self.draining = False
+        #: False until the engine has loaded its model
+        self.ready = False
         self.decode_tokens_per_s = 0.0
         self.tokens = RateMeter(clock=clock)
         self.latency = Histogram()
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # prime: the next call reports usage since now
+
+    def status(self) -> str:
+        """``loading``, ``draining`` or ``ok``: what /health reports."""
+        if not self.ready:
+            return "loading"
+        return "draining" if self.draining else "ok"
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[float]:

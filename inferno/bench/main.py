@@ -186,9 +186,12 @@ def _child(index: int, cfg: BenchConfig, out: Any, parallelism: Any) -> None:
 
 
 async def _progress(recorder: Recorder, in_flight: Any, stop: asyncio.Event) -> None:
+    # On a terminal one line is rewritten in place each second; into a file or a pipe
+    # (CI logs) a plain line every 5 s, without carriage returns.
+    tty = sys.stderr.isatty()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
+            await asyncio.wait_for(stop.wait(), timeout=1.0 if tty else 5.0)
         samples = recorder.samples
         ok = [s.latency for s in samples[-2000:] if s.ok]
         ok.sort()
@@ -196,14 +199,16 @@ async def _progress(recorder: Recorder, in_flight: Any, stop: asyncio.Event) -> 
         elapsed = recorder.elapsed()
         failed = sum(1 for s in samples if not s.ok)
         rate = len(samples) / elapsed if elapsed else 0.0
-        print(
-            f"\r[{elapsed:6.1f}s] {len(samples)} done, {failed} failed, "
-            f"{rate:.1f} req/s, p50 {p50:.1f} ms, in flight {in_flight()}   ",
-            end="",
-            file=sys.stderr,
-            flush=True,
+        line = (
+            f"[{elapsed:6.1f}s] {len(samples)} done, {failed} failed, "
+            f"{rate:.1f} req/s, p50 {p50:.1f} ms, in flight {in_flight()}"
         )
-    print(file=sys.stderr)
+        if tty:
+            print(f"\r{line}   ", end="", file=sys.stderr, flush=True)
+        elif not stop.is_set():
+            print(line, file=sys.stderr, flush=True)
+    if tty:
+        print(file=sys.stderr)
 
 
 async def run_bench(cfg: BenchConfig) -> tuple[dict[str, Any], list[Sample]]:

@@ -72,38 +72,93 @@ def as_json(report: dict[str, Any]) -> str:
 
 
 # -- HTML ----------------------------------------------------------------------------------
-def _svg_bars(title: str, labels: list[str], values: list[float], unit: str) -> str:
-    width, height, pad = 640, 220, 40
-    peak = max(values) if values and max(values) > 0 else 1.0
-    bar_w = (width - 2 * pad) / max(1, len(values))
-    parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">']
-    for i, value in enumerate(values):
-        h = (height - 2 * pad) * value / peak
-        x = pad + i * bar_w
+WIDTH, HEIGHT = 640, 240
+LEFT, RIGHT, TOP, BOTTOM = 56, 16, 28, 44
+
+
+def nice_ticks(peak: float, count: int = 4) -> list[float]:
+    """Round tick values from 0 to at least ``peak`` (1, 2 or 5 times a power of ten)."""
+    if peak <= 0 or math.isnan(peak):
+        return [0.0, 1.0]
+    raw = peak / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    ticks = [0.0]
+    while ticks[-1] < peak:
+        ticks.append(ticks[-1] + step)
+    return ticks
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.0f}"
+
+
+def _frame(title: str, ticks: list[float], unit: str, x_title: str) -> list[str]:
+    """The SVG head, title, y grid with labelled ticks and the axis titles."""
+    plot_h = HEIGHT - TOP - BOTTOM
+    parts = [
+        f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{html.escape(title)}" '
+        'font-family="system-ui,sans-serif">',
+        f'<text x="{LEFT}" y="16" font-size="13" font-weight="600">{html.escape(title)}</text>',
+    ]
+    for tick in ticks:
+        y = TOP + plot_h - plot_h * tick / ticks[-1]
         parts.append(
-            f'<rect x="{x:.1f}" y="{height - pad - h:.1f}" width="{max(1.0, bar_w - 2):.1f}" '
+            f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e5e5"/>'
+            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{_fmt(tick)}</text>'
+        )
+    parts.append(
+        f'<text x="12" y="{TOP + plot_h / 2:.1f}" font-size="11" text-anchor="middle" '
+        f'transform="rotate(-90 12 {TOP + plot_h / 2:.1f})">{html.escape(unit)}</text>'
+        f'<text x="{(LEFT + WIDTH - RIGHT) / 2:.1f}" y="{HEIGHT - 6}" font-size="11" '
+        f'text-anchor="middle">{html.escape(x_title)}</text>'
+        f'<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{TOP + plot_h}" stroke="#999"/>'
+        f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + plot_h}" y2="{TOP + plot_h}" stroke="#999"/>'
+    )
+    return parts
+
+
+def _x_label(x: float, text: str) -> str:
+    return (
+        f'<text x="{x:.1f}" y="{HEIGHT - BOTTOM + 16}" font-size="11" text-anchor="middle">'
+        f"{html.escape(text)}</text>"
+    )
+
+
+def _svg_bars(title: str, labels: list[str], values: list[float], unit: str, x_title: str) -> str:
+    ticks = nice_ticks(max(values) if values else 0.0)
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    bar_w = plot_w / max(1, len(values))
+    parts = _frame(title, ticks, unit, x_title)
+    for i, value in enumerate(values):
+        h = plot_h * value / ticks[-1]
+        x = LEFT + i * bar_w
+        parts.append(
+            f'<rect x="{x + 1:.1f}" y="{TOP + plot_h - h:.1f}" width="{max(1.0, bar_w - 2):.1f}" '
             f'height="{h:.1f}" fill="#d9480f"><title>{html.escape(labels[i])}: {value:.3g} {unit}</title></rect>'
         )
-    step = max(1, len(labels) // 8)
+    step = max(1, math.ceil(len(labels) / 6))
     for i in range(0, len(labels), step):
-        parts.append(
-            f'<text x="{pad + i * bar_w:.1f}" y="{height - pad + 14}" font-size="10">{html.escape(labels[i])}</text>'
-        )
-    parts.append(f'<text x="{pad}" y="16" font-size="12">{html.escape(title)} (max {peak:.3g} {unit})</text>')
+        parts.append(_x_label(LEFT + (i + 0.5) * bar_w, labels[i][:16]))
     parts.append("</svg>")
     return "".join(parts)
 
 
 def _svg_lines(title: str, xs: list[float], series: dict[str, list[float]], unit: str) -> str:
-    width, height, pad = 640, 220, 40
     finite = [v for values in series.values() for v in values if not math.isnan(v)]
-    peak = max(finite) if finite and max(finite) > 0 else 1.0
+    ticks = nice_ticks(max(finite) if finite else 0.0)
+    peak = ticks[-1]
     span = (xs[-1] - xs[0]) if len(xs) > 1 else 1.0
     colours = ("#d9480f", "#1971c2", "#2f9e44")
-    parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">']
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    parts = _frame(title, ticks, unit, "time since start (s)")
+    first = xs[0] if xs else 0.0
+    for tick in nice_ticks(span, 5):
+        if tick <= span:
+            parts.append(_x_label(LEFT + tick / span * plot_w, _fmt(first + tick)))
     for (name, values), colour in zip(series.items(), colours, strict=False):
         points = [
-            f"{pad + (x - xs[0]) / span * (width - 2 * pad):.1f},{height - pad - v / peak * (height - 2 * pad):.1f}"
+            f"{LEFT + (x - first) / span * plot_w:.1f},{TOP + plot_h - v / peak * plot_h:.1f}"
             for x, v in zip(xs, values, strict=False)
             if not math.isnan(v)
         ]
@@ -111,11 +166,9 @@ def _svg_lines(title: str, xs: list[float], series: dict[str, list[float]], unit
             f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{" ".join(points)}"/>'
         )
         parts.append(
-            f'<text x="{width - pad - 120}" y="{20 + 14 * list(series).index(name)}" '
+            f'<text x="{WIDTH - RIGHT - 4}" y="{16 + 14 * list(series).index(name)}" text-anchor="end" '
             f'font-size="11" fill="{colour}">{html.escape(name)}</text>'
         )
-    parts.append(f'<text x="{pad}" y="16" font-size="12">{html.escape(title)} (max {peak:.3g} {unit})</text>')
-    parts.append(f'<text x="{pad}" y="{height - 8}" font-size="10">time (s)</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -129,7 +182,7 @@ def _histogram(samples: Sequence[Sample], bins: int = 30) -> tuple[list[str], li
     counts = [0.0] * bins
     for v in values:
         counts[min(bins - 1, int((v - low) / width))] += 1
-    return [f"{low + i * width:.1f}ms" for i in range(bins)], counts
+    return [f"{low + i * width:.4g}" for i in range(bins)], counts
 
 
 def html_page(report: dict[str, Any], samples: Sequence[Sample]) -> str:
@@ -139,7 +192,7 @@ def html_page(report: dict[str, Any], samples: Sequence[Sample]) -> str:
     labels, counts = _histogram(samples)
     backends = s["backends"]
     charts = [
-        _svg_bars("Latency histogram", labels, counts, "requests"),
+        _svg_bars("Latency histogram", labels, counts, "requests", "latency (ms, bin start)"),
         _svg_lines(
             "Throughput over time",
             xs,
@@ -153,15 +206,22 @@ def html_page(report: dict[str, Any], samples: Sequence[Sample]) -> str:
             "ms",
         ),
         _svg_bars(
-            "Requests per backend", list(backends), [float(v["count"]) for v in backends.values()], "requests"
+            "Requests per backend",
+            list(backends),
+            [float(v["count"]) for v in backends.values()],
+            "requests",
+            "backend",
         ),
     ]
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>inferno bench</title>"
-        "<style>body{font:14px system-ui,sans-serif;margin:2em;max-width:720px}"
-        "pre{background:#f6f6f6;padding:1em;overflow:auto}svg{width:100%;border:1px solid #ddd;"
-        "margin:1em 0}</style></head><body><h1>inferno bench</h1>"
-        f"<pre>{html.escape(text(report))}</pre>{''.join(charts)}"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'><title>inferno bench</title>"
+        "<style>body{font:14px system-ui,sans-serif;margin:1em auto;padding:0 1em;max-width:1400px}"
+        "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}"
+        ".charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,480px),1fr));gap:1em}"
+        "svg{width:100%;height:auto;border:1px solid #ddd;background:#fff}</style></head>"
+        "<body><h1>inferno bench</h1>"
+        f"<pre>{html.escape(text(report))}</pre><div class='charts'>{''.join(charts)}</div>"
         f"<details><summary>raw JSON</summary><pre>{html.escape(as_json(report))}</pre></details>"
         "</body></html>"
     )

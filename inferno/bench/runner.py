@@ -105,6 +105,7 @@ class Runner:
                 sample.backend_ms = parsed.get("backend")
                 sample.proxy_total_ms = parsed.get("total")
             if self.workload.streaming:
+                sample.headers_ms = (self._clock() - begin) * 1000.0
                 await self._read_stream(response, sample, begin)
             elif self.workload.kind == "batch" and response.status == 200:
                 body = orjson.loads(response.body)

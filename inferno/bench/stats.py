@@ -27,6 +27,8 @@ class Sample:
     queue_ms: float | None = None
     backend_ms: float | None = None
     proxy_total_ms: float | None = None
+    #: streams only: when the response headers reached the client, ms after the start
+    headers_ms: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -99,13 +101,23 @@ def summarize(samples: Sequence[Sample], elapsed_s: float) -> dict[str, Any]:
         queue = [s.queue_ms or 0.0 for s in split]
         backend = [s.backend_ms or 0.0 for s in split]
         # What the client saw beyond the proxy's own queue + backend time: proxy
-        # work plus the network both ways.
-        overhead = [s.latency * 1000.0 - (s.queue_ms or 0.0) - (s.backend_ms or 0.0) for s in split]
+        # work plus the network both ways. For a stream the proxy's timings end at the
+        # response headers, so its share is measured to the headers too, and the
+        # generation after them is reported on its own line, not blamed on the proxy.
+        overhead = [
+            (s.latency * 1000.0 if s.headers_ms is None else s.headers_ms)
+            - (s.queue_ms or 0.0)
+            - (s.backend_ms or 0.0)
+            for s in split
+        ]
         summary["split_ms"] = {
             "queue": latency_summary(queue),
             "backend": latency_summary(backend),
             "proxy_and_network": latency_summary(overhead),
         }
+        streamed = [s.latency * 1000.0 - s.headers_ms for s in split if s.headers_ms is not None]
+        if streamed:
+            summary["split_ms"]["stream_after_headers"] = latency_summary(streamed)
     return summary
 
 

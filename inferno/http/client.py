@@ -37,6 +37,18 @@ class Timeouts:
     read_s: float = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseLimits:
+    """What the proxy reads from a backend at most; past it the try fails cleanly."""
+
+    #: a non-streamed body, buffered whole
+    max_body_bytes: int = 64 << 20
+    #: one chunk of a chunked (streamed) body; also what is queued before reading pauses
+    max_chunk_bytes: int = 1 << 20
+    #: the status line and headers
+    max_header_bytes: int = 65536
+
+
 class UpstreamResponse:
     """Status and headers of an upstream response; the body is buffered or streamed."""
 
@@ -112,6 +124,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
+        self._limits = pool.limits
         self.closed = False
         self.reused = False
         self._reset_state()
@@ -119,6 +132,12 @@ class UpstreamConnection(asyncio.Protocol):
     def _reset_state(self) -> None:
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
+        self._body_size = 0
+        self._in_head = True
+        self._head_bytes = 0
+        self._chunk_size = 0
+        self._queued = 0
+        self._reading_paused = False
         self._got_bytes = False
         self._complete = False
         self._streaming = False
@@ -145,17 +164,23 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
+        if self._in_head:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(f"bad HTTP from {self.address}: {exc}"))
             self.abort()
+            return
+        if self._in_head and self._head_bytes > self._limits.max_header_bytes:
+            self._too_large("response headers")
 
     # -- httptools callbacks -------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         # llhttp answers should_keep_alive() correctly only until the message ends.
         self._keep_alive = self._parser.should_keep_alive()
         self._status = self._parser.get_status_code()
@@ -163,12 +188,38 @@ class UpstreamConnection(asyncio.Protocol):
         if fut is not None and not fut.done():
             fut.set_result(None)
 
+    def on_chunk_header(self) -> None:
+        self._chunk_size = 0
+
     def on_body(self, body: bytes) -> None:
+        if self.closed:
+            return
+        size = len(body)
         if self._streaming:
+            self._chunk_size += size
+            if self._chunk_size > self._limits.max_chunk_bytes:
+                self._too_large("a stream chunk")
+                return
             self._chunks.append(body)
+            self._queued += size
+            if self._queued > self._limits.max_chunk_bytes and self._transport is not None:
+                # The client reads slower than the backend writes: stop reading upstream
+                # until the queue drains, so the proxy never holds more than this.
+                self._reading_paused = True
+                self._transport.pause_reading()
             self._wake()
         else:
+            self._body_size += size
+            if self._body_size > self._limits.max_body_bytes:
+                self._too_large("the response body")
+                return
             self._body.append(body)
+
+    def _too_large(self, what: str) -> None:
+        self._body = []
+        self._chunks.clear()
+        self._fail(UpstreamProtocolError(f"{self.address}: {what} is over the proxy's limit"))
+        self.abort()
 
     def on_message_complete(self) -> None:
         self._complete = True
@@ -184,7 +235,8 @@ class UpstreamConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     def _fail(self, exc: Exception) -> None:
-        self._error = exc
+        if self._error is None:
+            self._error = exc
         for fut in (self._headers_fut, self._done_fut, self._chunk_waiter):
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
@@ -231,7 +283,13 @@ class UpstreamConnection(asyncio.Protocol):
     async def next_chunk(self, timeout_s: float) -> bytes | None:
         while True:
             if self._chunks:
-                return self._chunks.popleft()
+                chunk = self._chunks.popleft()
+                self._queued -= len(chunk)
+                if self._reading_paused and self._queued <= self._limits.max_chunk_bytes // 2:
+                    self._reading_paused = False
+                    if self._transport is not None:
+                        self._transport.resume_reading()
+                return chunk
             if self._complete:
                 return None
             if self._error is not None:
@@ -264,9 +322,20 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Keep-alive connections per backend address."""
 
-    def __init__(self, *, max_idle_per_host: int = 64) -> None:
+    def __init__(self, *, max_idle_per_host: int = 64, limits: ResponseLimits | None = None) -> None:
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self._max_idle = max_idle_per_host
+        self.limits = limits or ResponseLimits()
+        #: address -> IP it was resolved to at registration: connects never wait on DNS
+        self._pins: dict[str, str] = {}
+
+    def pin(self, address: str, ip: str) -> None:
+        self._pins[address] = ip
+
+    def forget_address(self, address: str) -> None:
+        """A backend left: close its idle sockets and drop its pinned IP."""
+        self.drop_address(address)
+        self._pins.pop(address, None)
 
     async def request(
         self,
@@ -302,6 +371,7 @@ class UpstreamPool:
 
     async def _connect(self, address: str, timeout_s: float) -> UpstreamConnection:
         host, _, port = address.rpartition(":")
+        host = self._pins.get(address, host)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout_s):

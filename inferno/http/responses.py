@@ -28,6 +28,13 @@ def error_body(exc: BaseException) -> tuple[int, bytes]:
     return status_for(exc), error_payload("internal server error", "server_error", "internal_error")
 
 
+def error_response(exc: BaseException) -> tuple[int, bytes, bytes]:
+    """(status, header lines with the content type, body) for any exception."""
+    status, body = error_body(exc)
+    extra = exc.headers() if isinstance(exc, InfernoError) else b""
+    return status, JSON_HEADERS + extra, body
+
+
 def sse_error_event(message: str, code: str) -> bytes:
     """An SSE event that ends a stream which cannot be completed."""
     return b"data: " + error_payload(message, "upstream_error", code) + b"\n\n"

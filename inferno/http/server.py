@@ -2,10 +2,16 @@
 
 The proxy's hot path cannot afford a framework, so both the proxy and the backend
 serve HTTP through this module. It handles keep-alive, pipelining (serially),
-chunked request bodies, body-size limits, streaming (chunked) responses with
-write back-pressure, idle timeouts and graceful shutdown. A handler is an async
-function ``handler(request, responder)``; when the client disconnects, the
-handler's task is cancelled at once so upstream work stops.
+chunked request bodies, streaming (chunked) responses with write back-pressure
+and graceful shutdown. A handler is an async function ``handler(request,
+responder)``; when the client disconnects, the handler's task is cancelled at
+once so upstream work stops.
+
+Everything a client sends is bounded (docs/security.md): the request line (414),
+each header, all headers and their count (431), the body (413), the time to send
+a request (408) and to sit idle, and the connections per port (503). An early
+error is answered, then the connection *lingers*: it keeps reading and discarding
+for a bounded time, so the client reads the answer instead of a reset.
 """
 
 from __future__ import annotations
@@ -13,15 +19,28 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
+import resource
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, cast
 
 import httptools
 
-from inferno.errors import BadRequest, InfernoError, PayloadTooLarge
-from inferno.http.responses import error_body
+from inferno.config import HttpConfig
+from inferno.errors import (
+    BadRequest,
+    ExpectationFailed,
+    HeadersTooLarge,
+    InfernoError,
+    PayloadTooLarge,
+    RequestTimeout,
+    TooManyConnections,
+    UriTooLong,
+)
+from inferno.http.responses import error_response
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +48,11 @@ Header = tuple[bytes, bytes]
 Handler = Callable[["Request", "Responder"], Awaitable[None]]
 
 _STATUS_LINES: dict[int, bytes] = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: what a lingering close reads and throws away at most, whatever the time left
+MAX_LINGER_BYTES = 16 << 20
+#: pipelined requests parsed ahead of the one being served before reading pauses
+MAX_PIPELINED = 16
 
 
 def status_line(status: int) -> bytes:
@@ -36,6 +60,36 @@ def status_line(status: int) -> bytes:
     if line is None:
         line = f"HTTP/1.1 {status} Unknown\r\n".encode()
     return line
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection bounds (``inferno.config.HttpConfig`` fills them)."""
+
+    max_body_bytes: int = 1 << 20
+    max_request_line_bytes: int = 8192
+    max_header_bytes: int = 8192
+    max_headers_total_bytes: int = 32768
+    max_header_count: int = 100
+    max_connections: int = 4096
+    read_timeout_s: float = 10.0
+    idle_timeout_s: float = 75.0
+    linger_s: float = 2.0
+
+
+def limits_from(config: HttpConfig, *, max_body_bytes: int, ops: bool = False) -> Limits:
+    """The data port's limits, or the ops port's (its own connection budget)."""
+    return Limits(
+        max_body_bytes=max_body_bytes,
+        max_request_line_bytes=config.max_request_line_bytes,
+        max_header_bytes=config.max_header_bytes,
+        max_headers_total_bytes=config.max_headers_total_bytes,
+        max_header_count=config.max_header_count,
+        max_connections=config.max_ops_connections if ops else config.max_connections,
+        read_timeout_s=config.read_timeout_s,
+        idle_timeout_s=config.idle_timeout_s,
+        linger_s=config.linger_s,
+    )
 
 
 class Request:
@@ -67,13 +121,17 @@ class Request:
 
 
 class Responder:
-    """Writes exactly one response for one request, whole or streamed."""
+    """Writes exactly one response for one request, whole or streamed.
 
-    __slots__ = ("_conn", "_keep_alive", "finished", "started")
+    For a HEAD request the headers (with the GET body's length) go out, the body never.
+    """
 
-    def __init__(self, conn: HttpProtocol, keep_alive: bool) -> None:
+    __slots__ = ("_conn", "_head", "_keep_alive", "finished", "started")
+
+    def __init__(self, conn: HttpProtocol, keep_alive: bool, head: bool = False) -> None:
         self._conn = conn
         self._keep_alive = keep_alive
+        self._head = head
         self.started = False
         self.finished = False
 
@@ -98,7 +156,7 @@ class Responder:
                     b"Content-Length: ",
                     str(len(body)).encode(),
                     b"\r\n\r\n",
-                    body,
+                    b"" if self._head else body,
                 )
             )
         )
@@ -115,7 +173,7 @@ class Responder:
 
     async def write(self, data: bytes) -> None:
         """Write one chunk, waiting while the client's socket buffer is full."""
-        if not data:
+        if not data or self._head:
             return
         self._conn.write(b"%x\r\n%b\r\n" % (len(data), data))
         await self._conn.drain()
@@ -124,7 +182,8 @@ class Responder:
         if self.finished:
             return
         self.finished = True
-        self._conn.write(b"0\r\n\r\n")
+        if not self._head:
+            self._conn.write(b"0\r\n\r\n")
         self._conn.response_done(self._keep_alive)
 
     def abort(self) -> None:
@@ -137,6 +196,18 @@ def _encode_headers(headers: list[Header]) -> bytes:
     return b"".join(name + b": " + value + b"\r\n" for name, value in headers)
 
 
+def _error_bytes(exc: InfernoError) -> bytes:
+    status, headers, body = error_response(exc)
+    return (
+        status_line(status)
+        + headers
+        + b"Connection: close\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
 class ServerState:
     """Connections and tasks shared by every connection of one server."""
 
@@ -144,23 +215,17 @@ class ServerState:
         self.connections: set[HttpProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepted = 0
+        self.refused = 0
 
 
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(
-        self,
-        handler: Handler,
-        state: ServerState,
-        *,
-        max_body_bytes: int,
-        idle_timeout_s: float,
-    ) -> None:
+    def __init__(self, handler: Handler, state: ServerState, limits: Limits) -> None:
         self._handler = handler
         self._state = state
-        self._max_body = max_body_bytes
-        self._idle_timeout_s = idle_timeout_s
+        self._limits = limits
+        self._max_body = limits.max_body_bytes
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
@@ -171,32 +236,53 @@ class HttpProtocol(asyncio.Protocol):
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._body_size = 0
-        self._rejected = False
         self._keep_alive = True
+        #: between the first byte of a message (or of the connection) and its headers' end
+        self._in_head = True
+        self._in_message = False
+        self._head_bytes = 0
+        self._header_count = 0
+        self._hosts = 0
+        # Refusal: the error to answer once the requests before it are answered.
+        self._rejected = False
+        self._error: InfernoError | None = None
+        self._lingering = False
+        self._discarded = 0
         # Serial processing of (possibly pipelined) requests.
         self._pending: collections.deque[tuple[Request, bool]] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
-        self._idle_handle: asyncio.TimerHandle | None = None
-        self._last_activity = 0.0
+        # One lazily re-armed timer enforces ``_deadline`` (0: none while a handler runs).
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
 
     # -- transport callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        if len(self._state.connections) >= self._limits.max_connections:
+            # Over the port's budget: say so and go, without reading anything.
+            self._state.refused += 1
+            self._transport.write(_error_bytes(TooManyConnections("too many connections; retry later")))
+            self._transport.close()
+            self.closed = True
+            return
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self._peer = f"{peer[0]}:{peer[1]}"
         self._state.connections.add(self)
         self._state.accepted += 1
-        self._arm_idle_timer()
+        # A connection that never sends a byte goes after read_timeout_s, not idle_timeout_s.
+        self._deadline = self._loop.time() + self._limits.read_timeout_s
+        self._timer = self._loop.call_at(self._deadline, self._on_timer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._state.connections.discard(self)
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is not None and not self._task.done():
             # The client is gone: stop whatever the handler is doing upstream.
             self._task.cancel()
@@ -207,14 +293,29 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._rejected:
+            if self._lingering:
+                self._discarded += len(data)
+                if self._discarded > MAX_LINGER_BYTES:
+                    self.close()
             return
+        if self._in_head:
+            # Count header bytes before parsing: httptools joins a header's pieces by
+            # concatenation, so an unbounded header would cost quadratic time.
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject(BadRequest("protocol upgrades are not supported"))
         except httptools.HttpParserError as exc:
             if not self._rejected:
-                self._reject(BadRequest(f"malformed HTTP request: {exc}"))
+                message = str(exc).split(":")[0][:80] or "parse error"
+                self._reject(BadRequest(f"malformed HTTP request ({message})"))
+        if self._in_head and not self._rejected and self._head_bytes > self._limits.max_headers_total_bytes:
+            self._reject(HeadersTooLarge("request headers too large"))
+
+    def eof_received(self) -> bool | None:
+        # The client finished sending: close (also ends a lingering close early).
+        return None
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -232,22 +333,56 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = {}
         self._body = []
         self._body_size = 0
-        self._last_activity = self._loop.time()
+        self._header_count = 0
+        self._hosts = 0
+        self._in_head = True
+        self._in_message = True
+        self._deadline = self._loop.time() + self._limits.read_timeout_s
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self._limits.max_request_line_bytes:
+            self._reject(UriTooLong("request line too long"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.lower()] = value
+        if not self._in_head or self._rejected:
+            return  # chunked trailers never override request headers
+        self._header_count += 1
+        if self._header_count > self._limits.max_header_count:
+            self._reject(HeadersTooLarge("too many request headers"))
+            return
+        if len(name) + len(value) > self._limits.max_header_bytes:
+            self._reject(HeadersTooLarge("a request header is too large"))
+            return
+        name = name.lower()
+        if name == b"host":
+            self._hosts += 1
+        self._headers[name] = value
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        if self._rejected:
+            return
         # llhttp answers should_keep_alive() correctly only until the message ends.
         self._keep_alive = self._parser.should_keep_alive()
+        if self._hosts != 1 and (self._hosts > 1 or self._parser.get_http_version() != "1.0"):
+            self._reject(BadRequest("a request needs exactly one Host header"))
+            return
         length = self._headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
             self._reject(PayloadTooLarge(f"request body exceeds {self._max_body} bytes"))
+            return
+        expect = self._headers.get(b"expect")
+        if expect is not None:
+            if expect.lower() != b"100-continue":
+                self._reject(ExpectationFailed("only Expect: 100-continue is supported"))
+            elif self._task is None and not self._pending:
+                self.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
+        if self._rejected:
+            return
         self._body_size += len(body)
         if self._body_size > self._max_body:
             self._reject(PayloadTooLarge(f"request body exceeds {self._max_body} bytes"))
@@ -255,11 +390,15 @@ class HttpProtocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_head = True
+        self._in_message = False
+        self._head_bytes = 0
         if self._rejected:
             return
         if self._parser.should_upgrade():
             self._reject(BadRequest("protocol upgrades are not supported"))
             return
+        self._deadline = 0.0
         url = self._url
         path, _, query = url.partition(b"?")
         request = Request(
@@ -275,7 +414,7 @@ class HttpProtocol(asyncio.Protocol):
             self._start(request, keep_alive)
         else:
             self._pending.append((request, keep_alive))
-            if len(self._pending) > 16 and self._transport is not None:
+            if len(self._pending) > MAX_PIPELINED and self._transport is not None:
                 self._transport.pause_reading()
 
     # -- request processing --------------------------------------------------------------
@@ -286,20 +425,20 @@ class HttpProtocol(asyncio.Protocol):
         task.add_done_callback(self._state.tasks.discard)
 
     async def _run(self, request: Request, keep_alive: bool) -> None:
-        responder = Responder(self, keep_alive)
+        responder = Responder(self, keep_alive, request.method == "HEAD")
         try:
             await self._handler(request, responder)
         except asyncio.CancelledError:
             raise
         except ConnectionError as exc:
             # The client went away while we were writing: nothing left to answer.
-            logger.debug("client %s gone during %s %s: %s", self._peer, request.method, request.path, exc)
+            logger.debug("client %s gone during %s: %s", self._peer, request.method, exc)
         except Exception as exc:
             if not isinstance(exc, InfernoError):
-                logger.exception("Unhandled error serving %s %s", request.method, request.path)
+                logger.exception("Unhandled error serving a %s request", request.method)
             if not responder.started and not self.closed:
-                status, body = error_body(exc)
-                responder.send(status, [(b"Content-Type", b"application/json")], body)
+                status, headers, body = error_response(exc)
+                responder.send(status, headers, body)
         finally:
             if not responder.finished and not self.closed:
                 # A handler that returned without answering (or died mid-stream):
@@ -313,25 +452,43 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self._pending:
             request, ka = self._pending.popleft()
-            if self._transport is not None and len(self._pending) <= 16:
+            if self._transport is not None and len(self._pending) <= MAX_PIPELINED and not self._rejected:
                 self._transport.resume_reading()
             self._start(request, ka)
-        else:
-            self._arm_idle_timer()
+        elif self._error is not None:
+            self._answer_error()
+        elif not self._in_message:
+            self._deadline = self._loop.time() + self._limits.idle_timeout_s
 
     def _reject(self, exc: InfernoError) -> None:
-        """Answer a request we refuse to parse further, then close."""
+        """Refuse the message being parsed: answer it after the ones before it, then close."""
+        if self._rejected:
+            return
         self._rejected = True
-        if self._task is None and not self.closed:
-            status, body = error_body(exc)
-            self.write(
-                status_line(status)
-                + b"Content-Type: application/json\r\nConnection: close\r\nContent-Length: "
-                + str(len(body)).encode()
-                + b"\r\n\r\n"
-                + body
-            )
-        self.close()
+        self._error = exc
+        if self._task is None and not self._pending:
+            self._answer_error()
+        elif self._transport is not None:
+            # Requests before this one are still being answered; read nothing more meanwhile.
+            self._transport.pause_reading()
+
+    def _answer_error(self) -> None:
+        exc, self._error = self._error, None
+        if exc is None or self.closed or self._transport is None:
+            return
+        self._transport.write(_error_bytes(exc))
+        if self._limits.linger_s <= 0 or not self._transport.can_write_eof():
+            self.close()
+            return
+        # Lingering close: our side is done (FIN after the answer); read and discard what
+        # the client still sends, so closing cannot reset the answer away. Bounded below.
+        self._transport.write_eof()
+        self._lingering = True
+        self._deadline = self._loop.time() + self._limits.linger_s
+        self._transport.resume_reading()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(self._deadline, self._on_timer)
 
     # -- output --------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -352,43 +509,76 @@ class HttpProtocol(asyncio.Protocol):
             self._transport.close()
         self.closed = True
 
-    def _arm_idle_timer(self) -> None:
-        # One timer per connection, re-armed lazily when it fires: resetting it on
-        # every request would cost a timer allocation per request.
-        self._last_activity = self._loop.time()
-        if self._idle_timeout_s > 0 and self._idle_handle is None:
-            self._idle_handle = self._loop.call_later(self._idle_timeout_s, self._on_idle)
+    def _on_timer(self) -> None:
+        """Enforce ``_deadline``. Re-armed lazily: setting a deadline costs a float store.
 
-    def _on_idle(self) -> None:
-        self._idle_handle = None
+        The timer is never armed later than the deadline: deadlines only move forward,
+        and an idle re-arm waits at most ``read_timeout_s``.
+        """
+        self._timer = None
         if self.closed:
             return
-        idle_for = self._loop.time() - self._last_activity
-        if self._task is None and idle_for >= self._idle_timeout_s:
-            self.close()
-        else:
-            remaining = max(0.05, self._idle_timeout_s - idle_for)
-            self._idle_handle = self._loop.call_later(remaining, self._on_idle)
+        now = self._loop.time()
+        deadline = self._deadline
+        if deadline and now >= deadline:
+            if self._lingering:
+                self.close()
+                return
+            if self._task is None and not self._pending:
+                if self._in_message:
+                    self._reject(RequestTimeout("the request did not arrive in time"))
+                    return
+                self.close()  # idle, or never sent a byte
+                return
+        wait = self._limits.read_timeout_s
+        if deadline and deadline > now:
+            wait = min(wait, deadline - now)
+        self._timer = self._loop.call_at(now + max(0.01, wait), self._on_timer)
 
     @property
     def busy(self) -> bool:
         return self._task is not None
 
 
+#: file descriptors kept back from the data port's budget: the ops port, upstream sockets, logs
+FD_RESERVE = 1024
+
+
+def fit_to_fd_limit(data: Limits, ops: Limits, name: str) -> Limits:
+    """Shrink the data port's connection budget to what the open-file limit allows,
+    so a flood of the data port can never starve the ops port (or the upstream pool)."""
+    nofile = raise_nofile_limit()
+    room = nofile - ops.max_connections - FD_RESERVE
+    if data.max_connections <= room:
+        return data
+    fitted = max(16, room)
+    logger.warning(
+        "%s: open-file limit %d allows %d data connections, not %d; using %d",
+        name,
+        nofile,
+        fitted,
+        data.max_connections,
+        fitted,
+    )
+    return dataclasses.replace(data, max_connections=fitted)
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's open-file limit to its hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return int(soft)
+
+
 class HttpServer:
     """Owns a listening socket and its connections; ``start()`` / ``aclose()``."""
 
-    def __init__(
-        self,
-        handler: Handler,
-        *,
-        max_body_bytes: int = 1 << 20,
-        idle_timeout_s: float = 75.0,
-        name: str = "http",
-    ) -> None:
+    def __init__(self, handler: Handler, *, limits: Limits | None = None, name: str = "http") -> None:
         self._handler = handler
-        self._max_body = max_body_bytes
-        self._idle_timeout_s = idle_timeout_s
+        self.limits = limits or Limits()
         self._name = name
         self._state = ServerState()
         self._server: asyncio.Server | None = None
@@ -396,12 +586,7 @@ class HttpServer:
     async def start(self, host: str, port: int, **kwargs: Any) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: HttpProtocol(
-                self._handler,
-                self._state,
-                max_body_bytes=self._max_body,
-                idle_timeout_s=self._idle_timeout_s,
-            ),
+            lambda: HttpProtocol(self._handler, self._state, self.limits),
             host=host,
             port=port,
             reuse_address=True,
@@ -416,8 +601,16 @@ class HttpServer:
         return len(self._state.tasks)
 
     @property
+    def connections(self) -> int:
+        return len(self._state.connections)
+
+    @property
     def connections_accepted(self) -> int:
         return self._state.accepted
+
+    @property
+    def connections_refused(self) -> int:
+        return self._state.refused
 
     def stop_accepting(self) -> None:
         if self._server is not None:

@@ -38,6 +38,9 @@ class Overloaded(InfernoError):
     code = "overloaded"
     kind = "rate_limit_exceeded"
 
+    def headers(self) -> bytes:
+        return b"Retry-After: 1\r\n"
+
 
 @dataclass(eq=False)
 class Waiter:
@@ -68,7 +71,9 @@ class AdmissionController:
     def limit(self, worker: WorkerInfo) -> int:
         if self._cfg.max_in_flight_per_backend:
             return self._cfg.max_in_flight_per_backend
-        return 2 * worker.vitals.slots if worker.vitals.slots else DEFAULT_LIMIT
+        # No more than the backend runs at once: the rest wait here, where the deadline is
+        # known, instead of in the backend, where waiting looks like a slow answer.
+        return worker.vitals.slots or DEFAULT_LIMIT
 
     def _eligible(self, ctx: RequestContext, tried: frozenset[str]) -> Sequence[WorkerInfo]:
         routable = self._registry.routable()
@@ -129,7 +134,7 @@ class AdmissionController:
     def _raise_unavailable(self, ctx: RequestContext, tried: frozenset[str]) -> None:
         if ctx.model is not None and not any(w.serves(ctx.model) for w in self._registry.all()):
             raise ModelNotFound(
-                f"model {ctx.model!r} is not served by any backend; available: {self._registry.models()}",
+                f"the requested model is not served by any backend; available: {self._registry.models()}",
                 param="model",
             )
         if tried:

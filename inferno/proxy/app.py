@@ -66,7 +66,7 @@ class ProxyApp:
             route = self._routes.get(request.path)
             if route is not None:
                 if request.method != "POST":
-                    raise MethodNotAllowed(f"{request.path} accepts POST only")
+                    raise MethodNotAllowed(("POST",))
                 ctx, stream, max_tokens = route(request, rid)
                 job = Job(
                     ctx, request.path.encode(), request.body, max_tokens, t0, self._deadline(request, t0)
@@ -76,20 +76,20 @@ class ProxyApp:
                 )
             elif request.path == "/batch_inference":
                 if request.method != "POST":
-                    raise MethodNotAllowed("/batch_inference accepts POST only")
+                    raise MethodNotAllowed(("POST",))
                 body = await self._batch.run(request, rid, t0, self._deadline(request, t0))
                 self._send_local(responder, rid, 200, body)
             elif request.path == "/v1/models":
-                if request.method != "GET":
-                    raise MethodNotAllowed("/v1/models accepts GET only")
+                if request.method not in ("GET", "HEAD"):
+                    raise MethodNotAllowed(("GET", "HEAD"))
                 self._send_local(responder, rid, 200, dumps(self._models()))
             else:
-                raise NotFound(f"no route for {request.path[:200]}")
+                raise NotFound("no route for this path")
         except InfernoError as exc:
             if responder.started:
                 raise
             status, body = error_body(exc)
-            self._send_local(responder, rid, status, body)
+            self._send_local(responder, rid, status, body, exc.headers())
         finally:
             self._stats.in_flight -= 1
 
@@ -104,10 +104,11 @@ class ProxyApp:
             )
         return t0 + int(header) / 1000.0
 
-    def _send_local(self, responder: Responder, rid: str, status: int, body: bytes) -> None:
+    def _send_local(
+        self, responder: Responder, rid: str, status: int, body: bytes, extra: bytes = b""
+    ) -> None:
         self._stats.record_local(status)
-        retry = b"Retry-After: 1\r\n" if status in (429, 503) else b""
-        responder.send(status, JSON_HEADERS + b"X-Request-ID: " + rid.encode() + b"\r\n" + retry, body)
+        responder.send(status, JSON_HEADERS + b"X-Request-ID: " + rid.encode() + b"\r\n" + extra, body)
 
     # -- routes: each validates and returns (routing context, stream?) ------------------
     def _priority(self, request: Request, field: str | None) -> Priority:

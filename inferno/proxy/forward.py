@@ -22,6 +22,7 @@ from inferno.errors import (
     InfernoError,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
 )
@@ -94,13 +95,23 @@ class Forwarder:
 
     # -- the per-try timeout rule (docs/deadlines.md) ------------------------------------
     def per_try_timeout(self, worker: WorkerInfo, job: Job, *, can_retry: bool) -> float:
+        return self._per_try(worker, job, can_retry=can_retry)[0]
+
+    def _per_try(self, worker: WorkerInfo, job: Job, *, can_retry: bool) -> tuple[float, bool]:
+        """(timeout, whether its expiry counts against the backend).
+
+        Expiry counts when the backend's own budget ran out, or when the request's
+        deadline cut the try short but still left at least the time the backend
+        normally needs (max_tokens at its measured speed): a busy backend asked for
+        the impossible is not a failing one.
+        """
         remaining = job.deadline - self._clock()
         speed = worker.vitals.decode_tokens_per_s or self._deadline.assumed_tokens_per_s
-        budget = self._deadline.per_try_base_s + (
-            self._deadline.per_try_safety_factor * job.max_tokens / speed
-        )
+        expected = job.max_tokens / speed
+        budget = self._deadline.per_try_base_s + self._deadline.per_try_safety_factor * expected
         cap = remaining * self._deadline.per_try_max_fraction if can_retry else remaining
-        return max(0.001, min(budget, cap))
+        timeout = max(0.001, min(budget, cap))
+        return timeout, cap >= budget or timeout >= expected
 
     def _backoff_s(self, attempt: int) -> float:
         ceiling = min(self._retry.backoff_max_ms, self._retry.backoff_base_ms * (2 ** (attempt - 1)))
@@ -124,11 +135,13 @@ class Forwarder:
             fast_info(logger, "Routing request %s to %s", ctx.request_id, address)
             can_retry = attempt < max_attempts and len(self._registry.routable()) > len(tried) + 1
             if stream:
-                first_byte = min(self._up.stream_first_byte_timeout_s, remaining)
-                if can_retry:
-                    first_byte = min(first_byte, remaining * self._deadline.per_try_max_fraction)
+                budget = self._up.stream_first_byte_timeout_s
+                cap = remaining * self._deadline.per_try_max_fraction if can_retry else remaining
+                first_byte = min(budget, cap)
+                # The first token normally comes within the base allowance.
+                counts = cap >= budget or first_byte >= self._deadline.per_try_base_s
             else:
-                first_byte = self.per_try_timeout(worker, job, can_retry=can_retry)
+                first_byte, counts = self._per_try(worker, job, can_retry=can_retry)
             timeouts = Timeouts(
                 connect_s=min(self._up.connect_timeout_s, first_byte),
                 first_byte_s=first_byte,
@@ -152,7 +165,12 @@ class Forwarder:
             if failure is None:
                 assert upstream is not None
                 return worker, upstream, t_send
-            self._on_failure(worker, failure)
+            if not counts and isinstance(failure, UpstreamTimeout):
+                # The request's own deadline cut this try short, not the backend's budget:
+                # a busy backend is not a dead one, so this never counts towards ejection.
+                logger.info("Try of request %s on %s cut short by its deadline", ctx.request_id, address)
+            else:
+                self._on_failure(worker, failure)
             deadline_hit = self._clock() >= job.deadline
             if upstream is not None and (not can_retry or deadline_hit):
                 # Out of tries: the backend's own 5xx answer goes back to the client.
@@ -227,7 +245,7 @@ class Forwarder:
         try:
             if upstream.status != 200:
                 # An error before the stream began: answer it whole.
-                body = b"".join([c async for c in upstream.iter_chunks(self._up.stream_idle_timeout_s)])
+                body = await self._bounded_body(upstream)
                 content_type = upstream.header(b"content-type") or b"application/json"
                 if upstream.status < 500:
                     self._registry.record_success(worker)
@@ -237,6 +255,17 @@ class Forwarder:
             self._stats.record(worker.address, upstream.status, self._clock() - job.t0)
         finally:
             self._admission.release(worker)
+
+    async def _bounded_body(self, upstream: UpstreamResponse) -> bytes:
+        """A short non-200 answer to a stream request, read whole but never past the cap."""
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in upstream.iter_chunks(self._up.stream_idle_timeout_s):
+            size += len(chunk)
+            if size > self._up.max_response_bytes:
+                raise UpstreamProtocolError("a backend's error answer is over the proxy's limit")
+            parts.append(chunk)
+        return b"".join(parts)
 
     def _headers(self, worker: WorkerInfo, ctx: RequestContext, content_type: bytes, timing: bytes) -> bytes:
         parts = [

@@ -9,10 +9,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from inferno.errors import BadRequest, InfernoError, MethodNotAllowed, NotFound
-from inferno.http.responses import JSON_HEADERS, dumps, error_body
+from inferno.http.client import UpstreamPool
+from inferno.http.responses import JSON_HEADERS, dumps, error_response
 from inferno.http.server import Request, Responder
 from inferno.proxy.admission import AdmissionController
 from inferno.registry.registry import RegistrationPayload, WorkerRegistry, check_address
+from inferno.registry.resolver import Resolver
 from inferno.schemas import parse_body
 
 logger = logging.getLogger(__name__)
@@ -22,31 +24,37 @@ class ProxyOps:
     """Handler for the ops port (6100)."""
 
     def __init__(
-        self, registry: WorkerRegistry, metrics: CollectorRegistry, admission: AdmissionController
+        self,
+        registry: WorkerRegistry,
+        metrics: CollectorRegistry,
+        admission: AdmissionController,
+        pool: UpstreamPool,
+        resolver: Resolver,
     ) -> None:
         self._registry = registry
         self._metrics = metrics
         self._admission = admission
+        self._pool = pool
+        self._resolver = resolver
 
     async def __call__(self, request: Request, responder: Responder) -> None:
         try:
-            self._dispatch(request, responder)
+            await self._dispatch(request, responder)
         except InfernoError as exc:
-            status, body = error_body(exc)
-            responder.send(status, JSON_HEADERS, body)
+            responder.send(*error_response(exc))
 
-    def _dispatch(self, request: Request, responder: Responder) -> None:
+    async def _dispatch(self, request: Request, responder: Responder) -> None:
         path, method = request.path, request.method
         if path == "/registration":
             if method == "POST":
-                self._register(request, responder)
+                await self._register(request, responder)
             elif method == "DELETE":
                 self._deregister(request, responder)
             else:
-                raise MethodNotAllowed("/registration accepts POST and DELETE")
+                raise MethodNotAllowed(("POST", "DELETE"))
             return
-        if method != "GET":
-            raise MethodNotAllowed(f"{path[:200]} accepts GET only")
+        if method not in ("GET", "HEAD"):
+            raise MethodNotAllowed(("GET", "HEAD"))
         if path == "/health":
             self._health(responder)
         elif path == "/livez":
@@ -66,7 +74,7 @@ class ProxyOps:
             workers = [w.to_json() for w in self._registry.all()]
             responder.send(200, JSON_HEADERS, dumps({"workers": workers, "count": len(workers)}))
         else:
-            raise NotFound(f"no route for {path[:200]}")
+            raise NotFound("no route for this path")
 
     def _health(self, responder: Responder) -> None:
         counts = self._registry.counts()
@@ -87,9 +95,18 @@ class ProxyOps:
         }
         responder.send(200, JSON_HEADERS, dumps({"nodes": nodes}))
 
-    def _register(self, request: Request, responder: Responder) -> None:
+    async def _register(self, request: Request, responder: Responder) -> None:
         payload = parse_body(RegistrationPayload, request.body)
         peer_host = request.peer.rpartition(":")[0] or None
+        address = self._registry.effective_address(payload, peer_host)
+        if self._registry.get(address) is None:
+            # A new backend: refuse it early when full, and resolve its name once, with a
+            # deadline, so that neither probes nor requests ever wait on DNS for it.
+            self._registry.check_room()
+            host, _, port = address.rpartition(":")
+            ip = await self._resolver.resolve(host, int(port))
+            if self._registry.get(address) is None:
+                self._pool.pin(address, ip)
         worker = self._registry.register(payload, peer_host)
         responder.send(
             200,

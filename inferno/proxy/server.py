@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 
 from inferno.config import ProxyConfig
-from inferno.http.client import UpstreamPool
-from inferno.http.server import HttpServer
+from inferno.http.client import ResponseLimits, UpstreamPool
+from inferno.http.server import HttpServer, fit_to_fd_limit, limits_from
 from inferno.observability.metrics import ProxyCollector, ProxyStats, new_registry
 from inferno.policies.base import LoadBalancingPolicy
 from inferno.proxy.admission import AdmissionController
@@ -20,8 +20,12 @@ from inferno.proxy.forward import Forwarder
 from inferno.proxy.ops import ProxyOps
 from inferno.registry.health import HealthChecker
 from inferno.registry.registry import WorkerRegistry
+from inferno.registry.resolver import Resolver
 
 logger = logging.getLogger(__name__)
+
+#: registrations and heartbeats are small
+OPS_MAX_BODY_BYTES = 64 * 1024
 
 
 class ProxyServer:
@@ -33,8 +37,13 @@ class ProxyServer:
             config.registry, config.health, clock=clock, outlier_config=config.outlier
         )
         self.registry.load_static(config.backend_servers)
-        self.pool = UpstreamPool(max_idle_per_host=config.upstream.max_idle_per_backend)
-        self.registry.on_removed(self.pool.drop_address)
+        up = config.upstream
+        self.pool = UpstreamPool(
+            max_idle_per_host=up.max_idle_per_backend,
+            limits=ResponseLimits(up.max_response_bytes, up.max_chunk_bytes, up.max_response_header_bytes),
+        )
+        self.registry.on_removed(self.pool.forget_address)
+        self.resolver = Resolver(timeout_s=config.registry.resolve_timeout_s)
         self.stats = ProxyStats()
         rng = random.Random(config.seed)
         self.policy = LoadBalancingPolicy.create(config.policy, rng)
@@ -52,13 +61,18 @@ class ProxyServer:
         )
         self.health = HealthChecker(self.registry, self.pool, config.health, config.registry)
         metrics = new_registry(ProxyCollector(self.stats, self.registry))
+        ops_limits = limits_from(config.http, max_body_bytes=OPS_MAX_BODY_BYTES, ops=True)
         self._data = HttpServer(
             ProxyApp(config, self.registry, self.forwarder, self.stats, clock=clock),
-            max_body_bytes=config.max_body_bytes,
+            limits=fit_to_fd_limit(
+                limits_from(config.http, max_body_bytes=config.max_body_bytes), ops_limits, "proxy"
+            ),
             name="proxy",
         )
         self._ops = HttpServer(
-            ProxyOps(self.registry, metrics, self.admission), max_body_bytes=64 * 1024, name="ops"
+            ProxyOps(self.registry, metrics, self.admission, self.pool, self.resolver),
+            limits=ops_limits,
+            name="ops",
         )
         self.data_address: tuple[str, int] = ("", 0)
         self.ops_address: tuple[str, int] = ("", 0)
@@ -77,6 +91,7 @@ class ProxyServer:
         await self.health.aclose()
         await self._ops.aclose()
         await self.pool.aclose()
+        self.resolver.close()
         logger.info("Proxy stopped")
 
 

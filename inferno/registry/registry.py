@@ -16,19 +16,21 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from inferno.config import HealthCheckConfig, OutlierConfig, RegistryConfig
-from inferno.errors import BadRequest
+from inferno.errors import BadRequest, RegistryFull
 from inferno.registry.worker import NodeVitals, WorkerInfo, WorkerStatus
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-_ADDR_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]{1,253}):(\d{1,5})$")
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+# Full matches only: ``re.match`` with ``$`` accepts a trailing newline, which would
+# then split a response header or forge a log line.
+_ADDR_RE = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]{1,253}):(\d{1,5})")
+_ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
 
 
 def check_address(value: str) -> str:
-    match = _ADDR_RE.match(value)
+    match = _ADDR_RE.fullmatch(value)
     if match is None or not 0 < int(match.group(2)) <= 65535:
         raise ValueError("must be host:port")
     return value
@@ -52,17 +54,22 @@ class RegistrationPayload(BaseModel):
     def _addr(cls, value: str) -> str:
         return check_address(value)
 
+    @field_validator("ops_address")
+    @classmethod
+    def _ops_addr(cls, value: str | None) -> str | None:
+        return None if value is None else check_address(value)
+
     @field_validator("node_id")
     @classmethod
     def _node_id(cls, value: str) -> str:
-        if not _ID_RE.match(value):
+        if not _ID_RE.fullmatch(value):
             raise ValueError("must be 1-128 characters from [A-Za-z0-9_.:@-]")
         return value
 
     @field_validator("models")
     @classmethod
     def _models(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(value) > 32 or any(not _ID_RE.match(m) for m in value):
+        if len(value) > 32 or any(not _ID_RE.fullmatch(m) for m in value):
             raise ValueError("at most 32 model ids of [A-Za-z0-9_.:@-]")
         return value
 
@@ -143,13 +150,11 @@ class WorkerRegistry:
 
     def register(self, payload: RegistrationPayload, peer_host: str | None = None) -> WorkerInfo:
         """Register or heartbeat. A heartbeat from an unknown backend registers it."""
-        address = payload.address
-        host, _, port = address.rpartition(":")
-        if host in WILDCARD_HOSTS and peer_host:
-            address = f"[{peer_host}]:{port}" if ":" in peer_host else f"{peer_host}:{port}"
+        address = self.effective_address(payload, peer_host)
         now, wall = self._clock(), self._wall()
         worker = self._workers.get(address)
         if worker is None:
+            self.check_room()
             worker = WorkerInfo(
                 address,
                 node_id=payload.node_id,
@@ -180,6 +185,20 @@ class WorkerRegistry:
             # Alive again. Failures seen by the data path are cleared only by probes.
             self._set_status(worker, WorkerStatus.HEALTHY, "heartbeat")
         return worker
+
+    def effective_address(self, payload: RegistrationPayload, peer_host: str | None) -> str:
+        """The address a registration is kept under: a wildcard host becomes the peer's."""
+        host, _, port = payload.address.rpartition(":")
+        if host in WILDCARD_HOSTS and peer_host:
+            return f"[{peer_host}]:{port}" if ":" in peer_host else f"{peer_host}:{port}"
+        return payload.address
+
+    def check_room(self) -> None:
+        """Refuse a new backend once the registry holds ``max_backends``."""
+        if len(self._workers) >= self._cfg.max_backends:
+            raise RegistryFull(
+                f"the proxy already holds {self._cfg.max_backends} backends (--registry-max-backends)"
+            )
 
     def deregister(self, address: str, reason: str = "deregistered") -> bool:
         worker = self._workers.pop(address, None)

@@ -18,20 +18,25 @@ class WorkerStatus(enum.StrEnum):
     DRAINING = "draining"
 
 
+#: the largest count a vital may carry (2**53: exact in JSON doubles)
+_MAX_COUNT = 1 << 53
+
+
 class NodeVitals(BaseModel):
     """Load figures a backend reports with each heartbeat (all optional)."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    # Every number is bounded: they come from the network and end up in JSON and metrics.
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
-    in_flight: int = Field(0, ge=0)
-    queued: int = Field(0, ge=0)
-    requests_served: int = Field(0, ge=0)
-    tokens_per_s: float = Field(0.0, ge=0)
-    cpu_percent: float = Field(0.0, ge=0)
-    rss_bytes: int = Field(0, ge=0)
-    slots: int = Field(0, ge=0)
+    in_flight: int = Field(0, ge=0, le=_MAX_COUNT)
+    queued: int = Field(0, ge=0, le=_MAX_COUNT)
+    requests_served: int = Field(0, ge=0, le=_MAX_COUNT)
+    tokens_per_s: float = Field(0.0, ge=0, le=1e9)
+    cpu_percent: float = Field(0.0, ge=0, le=1e6)
+    rss_bytes: int = Field(0, ge=0, le=_MAX_COUNT)
+    slots: int = Field(0, ge=0, le=4096)
     #: recent per-request generation speed (tokens/s of one generation), 0 if unknown
-    decode_tokens_per_s: float = Field(0.0, ge=0)
+    decode_tokens_per_s: float = Field(0.0, ge=0, le=1e9)
 
 
 class WorkerInfo:

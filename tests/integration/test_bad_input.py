@@ -29,7 +29,13 @@ BAD_REQUESTS: list[tuple[str, str, bytes | None, int, str]] = [
     ("POST", CHAT, b'{"messages": []}', 400, "messages"),
     ("POST", CHAT, b'{"messages": [{"role": "user"}], "n": 3}', 400, "'n'"),
     ("POST", CHAT, b'{"messages": [{"role": "robot", "content": "x"}]}', 400, "role"),
-    ("POST", CHAT, b'{"model": "unknown", "messages": [{"role": "user", "content": "x"}]}', 404, "unknown"),
+    (
+        "POST",
+        CHAT,
+        b'{"model": "unknown", "messages": [{"role": "user", "content": "x"}]}',
+        404,
+        "not served",
+    ),
     ("POST", "/v1/completions", b'{"prompt": ["a", "b"]}', 400, "prompt"),
 ]
 

@@ -65,7 +65,7 @@ def test_chat_validation() -> None:
         ChatCompletionRequest,
         b'{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}',
     )
-    with pytest.raises(BadRequest, match="not supported"):
+    with pytest.raises(BadRequest, match="only content parts of type 'text'"):
         image.prompt_text()
 
 
