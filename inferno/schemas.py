@@ -134,7 +134,7 @@ def parse_obj(model: type[M], data: Any) -> M:
 def _param(exc: ValidationError) -> str | None:
     errors = exc.errors(include_input=False, include_url=False)
     if errors and errors[0]["loc"]:
-        return str(errors[0]["loc"][0])
+        return _safe_part(errors[0]["loc"][0])
     return None
 
 

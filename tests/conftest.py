@@ -221,6 +221,7 @@ def start_process_cluster(
     backend_args: tuple[str, ...] = (),
     env_aliases: bool = False,
     ready_timeout_s: float = 30.0,
+    expect_healthy: int | None = None,
 ) -> ProcessCluster:
     """Start it and wait (bounded) until all ``n`` backends are healthy.
 
@@ -263,7 +264,7 @@ def start_process_cluster(
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{ops}/health", timeout=2).json().get("healthy") == n:
+            if httpx.get(f"{ops}/health", timeout=2).json().get("healthy") == (expect_healthy or n):
                 return cluster
         time.sleep(0.1)
     raise AssertionError(f"{n} backends not healthy within {ready_timeout_s}s")

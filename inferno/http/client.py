@@ -52,7 +52,7 @@ class ResponseLimits:
 class UpstreamResponse:
     """Status and headers of an upstream response; the body is buffered or streamed."""
 
-    __slots__ = ("_conn", "body", "headers", "status")
+    __slots__ = ("_conn", "_peeked", "body", "headers", "status")
 
     def __init__(
         self,
@@ -65,6 +65,11 @@ class UpstreamResponse:
         self.headers = headers
         self.body = body
         self._conn = conn
+        self._peeked: bytes | None = None
+
+    def unshift(self, chunk: bytes | None) -> None:
+        """Put back a chunk read ahead (``None``: the stream had already ended)."""
+        self._peeked = chunk if chunk is not None else b""
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -95,6 +100,11 @@ class UpstreamResponse:
         Raises ``UpstreamTimeout`` if nothing arrives within ``timeout_s``. At the
         end the connection goes back to the pool.
         """
+        peeked = self._peeked
+        if peeked is not None:
+            self._peeked = None
+            if peeked:
+                return peeked
         conn = self._conn
         if conn is None:
             return None
@@ -136,6 +146,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_head = True
         self._head_bytes = 0
         self._chunk_size = 0
+        self._chunked = False
+        self._partial: list[bytes] = []
         self._queued = 0
         self._reading_paused = False
         self._got_bytes = False
@@ -181,6 +193,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        for name, value in self._headers:
+            if name == b"transfer-encoding" and b"chunked" in value.lower():
+                self._chunked = True
         # llhttp answers should_keep_alive() correctly only until the message ends.
         self._keep_alive = self._parser.should_keep_alive()
         self._status = self._parser.get_status_code()
@@ -191,6 +206,14 @@ class UpstreamConnection(asyncio.Protocol):
     def on_chunk_header(self) -> None:
         self._chunk_size = 0
 
+    def on_chunk_complete(self) -> None:
+        # A stream is relayed in whole chunks (one SSE event each, as backends write
+        # them), so a chunk that breaks the limit fails the try before any of it is sent.
+        if not self._streaming or self.closed or not self._partial:
+            return
+        parts, self._partial = self._partial, []
+        self._push(parts[0] if len(parts) == 1 else b"".join(parts))
+
     def on_body(self, body: bytes) -> None:
         if self.closed:
             return
@@ -200,14 +223,10 @@ class UpstreamConnection(asyncio.Protocol):
             if self._chunk_size > self._limits.max_chunk_bytes:
                 self._too_large("a stream chunk")
                 return
-            self._chunks.append(body)
-            self._queued += size
-            if self._queued > self._limits.max_chunk_bytes and self._transport is not None:
-                # The client reads slower than the backend writes: stop reading upstream
-                # until the queue drains, so the proxy never holds more than this.
-                self._reading_paused = True
-                self._transport.pause_reading()
-            self._wake()
+            if self._chunked:
+                self._partial.append(body)
+            else:
+                self._push(body)
         else:
             self._body_size += size
             if self._body_size > self._limits.max_body_bytes:
@@ -215,7 +234,18 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             self._body.append(body)
 
+    def _push(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._queued += len(chunk)
+        if self._queued > self._limits.max_chunk_bytes and self._transport is not None:
+            # The client reads slower than the backend writes: stop reading upstream
+            # until the queue drains, so the proxy never holds more than this.
+            self._reading_paused = True
+            self._transport.pause_reading()
+        self._wake()
+
     def _too_large(self, what: str) -> None:
+        self._partial = []
         self._body = []
         self._chunks.clear()
         self._fail(UpstreamProtocolError(f"{self.address}: {what} is over the proxy's limit"))

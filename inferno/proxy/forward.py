@@ -152,7 +152,16 @@ class Forwarder:
             upstream: UpstreamResponse | None = None
             failure: UpstreamError | None = None
             try:
-                upstream = await self._pool.request(address, data, stream=stream, timeouts=timeouts)
+                response = await self._pool.request(address, data, stream=stream, timeouts=timeouts)
+                if stream and response.status == 200:
+                    # Hold the headers until the first chunk: a backend that fails before
+                    # it sends anything is retried elsewhere instead of breaking a stream.
+                    try:
+                        response.unshift(await response.next_chunk(first_byte))
+                    except BaseException:
+                        response.close()
+                        raise
+                upstream = response
                 if upstream.status in RETRYABLE_STATUSES:
                     failure = UpstreamStatusError(
                         f"{address} answered {upstream.status}", upstream_status=upstream.status
@@ -289,7 +298,7 @@ class Forwarder:
         now = self._clock()
         # For streams the timings are known when the headers go out: ``backend`` is the
         # time to the backend's response headers, ``total`` the time to ours.
-        timing = b'queue;dur=%.3f, backend;dur=%.3f;desc="time to headers", total;dur=%.3f' % (
+        timing = b'queue;dur=%.3f, backend;dur=%.3f;desc="time to first chunk", total;dur=%.3f' % (
             (t_send - job.t0) * 1000.0,
             (now - t_send) * 1000.0,
             (now - job.t0) * 1000.0,

@@ -31,7 +31,13 @@ OPS_MAX_BODY_BYTES = 64 * 1024
 class ProxyServer:
     """The whole proxy process as one component with ``start()`` / ``aclose()``."""
 
-    def __init__(self, config: ProxyConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        resolver: Resolver | None = None,
+    ) -> None:
         self.config = config
         self.registry = WorkerRegistry(
             config.registry, config.health, clock=clock, outlier_config=config.outlier
@@ -43,7 +49,7 @@ class ProxyServer:
             limits=ResponseLimits(up.max_response_bytes, up.max_chunk_bytes, up.max_response_header_bytes),
         )
         self.registry.on_removed(self.pool.forget_address)
-        self.resolver = Resolver(timeout_s=config.registry.resolve_timeout_s)
+        self.resolver = resolver or Resolver(timeout_s=config.registry.resolve_timeout_s)
         self.stats = ProxyStats()
         rng = random.Random(config.seed)
         self.policy = LoadBalancingPolicy.create(config.policy, rng)

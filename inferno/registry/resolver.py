@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from inferno.errors import BadRequest, RegistryFull
@@ -29,7 +30,14 @@ def is_ip_literal(host: str) -> bool:
 
 
 class Resolver:
-    def __init__(self, *, timeout_s: float, max_pending: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        max_pending: int = 4,
+        lookup: Callable[[str, int], str] | None = None,
+    ) -> None:
+        self._lookup = lookup or _lookup
         self._timeout_s = timeout_s
         self._max_pending = max_pending
         self._pending = 0
@@ -43,7 +51,7 @@ class Resolver:
             raise RegistryFull("too many registrations are resolving host names; retry later")
         loop = asyncio.get_running_loop()
         self._pending += 1
-        future = loop.run_in_executor(self._executor, _lookup, host, port)
+        future = loop.run_in_executor(self._executor, self._lookup, host, port)
         # The slot is freed when the lookup really ends, not when we stop waiting for it.
         future.add_done_callback(self._done)
         try:
