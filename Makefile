@@ -57,6 +57,7 @@ image: install
 	bash deploy/build-wheelhouse.sh $(BIN)/python
 	docker build -f deploy/Dockerfile --build-arg BASE_IMAGE=inferno-base:bookworm \
 		--label com.inferno.stack=image -t inferno:latest .
+	docker image prune -f --filter label=com.inferno.stack
 
 e2e: install-dev
 	$(BIN)/python -m pytest tests/e2e/test_swarm.py -v $(PYTEST_ARGS); status=$$?; \

@@ -77,12 +77,12 @@ LEFT, RIGHT, TOP, BOTTOM = 56, 16, 28, 44
 
 
 def nice_ticks(peak: float, count: int = 4) -> list[float]:
-    """Round tick values from 0 to at least ``peak`` (1, 2 or 5 times a power of ten)."""
+    """Round tick values from 0 to at least ``peak`` (1, 2, 2.5 or 5 times a power of ten)."""
     if peak <= 0 or math.isnan(peak):
         return [0.0, 1.0]
     raw = peak / count
     power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
     ticks = [0.0]
     while ticks[-1] < peak:
         ticks.append(ticks[-1] + step)

@@ -115,10 +115,17 @@ def ensure_images(fresh: bool) -> dict[str, Any]:
             ],
             timeout_s=900,
         )
+        prune_build_leftovers()
         info["image_built_s"] = round(time.monotonic() - started, 1)
     size = int(run(["docker", "image", "inspect", "-f", "{{.Size}}", IMAGE]).strip())
     info["image_size_mib"] = round(size / 2**20, 1)
     return info
+
+
+def prune_build_leftovers() -> None:
+    """Remove the untagged images a build leaves (the builder stage, a replaced
+    inferno:latest): only dangling images that carry our label."""
+    run(["docker", "image", "prune", "-f", "--filter", f"label={LABEL_KEY}"], timeout_s=120)
 
 
 def compose_command() -> list[str]:

@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e.conftest import service_ps, wait_converged
 from tests.e2e.harness import (
+    LABEL_KEY,
     OPS,
     PROXY,
     ROOT,
@@ -122,29 +123,17 @@ def test_03_both_replicas_served(stack: str, report: Report, state: dict[str, An
 
 def test_04_logs_correlate_request_ids(stack: str, report: Report, state: dict[str, Any]) -> None:
     with Step(report, "docker service logs: start, registration, routing, execution") as check:
-        proxy_lines = [line for _, line in service_logs(f"{stack}_proxy-lb")]
-        backend_lines = service_logs(f"{stack}_backend")
-        containers = task_containers(f"{stack}_backend")
-        evidence = [next(line for line in proxy_lines if "Starting proxy server on 0.0.0.0:8080" in line)]
-        for worker in workers():
-            registered = [line for line in proxy_lines if f"Backend registered: {worker['address']}" in line]
-            assert registered, f"no registration line for {worker['address']}"
-            evidence.append(registered[0])
-        for answer in state["answered"]:
-            rid, addr, node = answer["id"], answer["addr"], answer["node"]
-            routing = [line for line in proxy_lines if f"Routing request {rid} to {addr}" in line]
-            assert routing, f"no routing line for {rid}"
-            tasks = [task for task, cid in containers.items() if cid.startswith(_node_prefix(node))]
-            assert len(tasks) == 1, (node, containers)
-            own = [line for task, line in backend_lines if task == tasks[0]]
-            processing = [line for line in own if f"Processing inference request {rid} " in line]
-            completed = [
-                line
-                for line in own
-                if re.search(rf"Inference completed in \d+ms for request {re.escape(rid)} ", line)
-            ]
-            assert processing and completed, f"{rid}: missing backend lines in {tasks[0]}"
-            evidence += [routing[0], processing[0], completed[0]]
+        # A backend writes its completion line after the answer leaves, and the log
+        # driver ships it a moment later: poll (bounded) until every line is there.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                evidence = _correlate(stack, state)
+                break
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
         check.details["correlated_request_ids"] = len(state["answered"])
         # the standalone checker agrees
         out = run(
@@ -152,6 +141,34 @@ def test_04_logs_correlate_request_ids(stack: str, report: Report, state: dict[s
         )
         assert "all checks passed" in out, out
         check.evidence = evidence + out.splitlines()[-3:]
+
+
+def _correlate(stack: str, state: dict[str, Any]) -> list[str]:
+    """Every answered request's routing, processing and completion lines, or AssertionError."""
+    proxy_lines = [line for _, line in service_logs(f"{stack}_proxy-lb")]
+    backend_lines = service_logs(f"{stack}_backend")
+    containers = task_containers(f"{stack}_backend")
+    evidence = [next(line for line in proxy_lines if "Starting proxy server on 0.0.0.0:8080" in line)]
+    for worker in workers():
+        registered = [line for line in proxy_lines if f"Backend registered: {worker['address']}" in line]
+        assert registered, f"no registration line for {worker['address']}"
+        evidence.append(registered[0])
+    for answer in state["answered"]:
+        rid, addr, node = answer["id"], answer["addr"], answer["node"]
+        routing = [line for line in proxy_lines if f"Routing request {rid} to {addr}" in line]
+        assert routing, f"no routing line for {rid}"
+        tasks = [task for task, cid in containers.items() if cid.startswith(_node_prefix(node))]
+        assert len(tasks) == 1, (node, containers)
+        own = [line for task, line in backend_lines if task == tasks[0]]
+        processing = [line for line in own if f"Processing inference request {rid} " in line]
+        completed = [
+            line
+            for line in own
+            if re.search(rf"Inference completed in \d+ms for request {re.escape(rid)} ", line)
+        ]
+        assert processing and completed, f"{rid}: missing backend lines in {tasks[0]}"
+        evidence += [routing[0], processing[0], completed[0]]
+    return evidence
 
 
 def test_05_kill_a_backend_under_load(stack: str, report: Report, state: dict[str, Any]) -> None:
@@ -347,3 +364,12 @@ def test_09_proxy_health_summary(stack: str, report: Report) -> None:
         check.details["health"] = health
         assert health["status"] == "healthy" and health["healthy"] == 2
         assert "inferno_requests_total" in metrics
+
+
+def test_10_build_left_no_untagged_images(stack: str, report: Report) -> None:
+    with Step(report, "no untagged build images left behind") as check:
+        leftovers = run(
+            ["docker", "images", "-q", "--filter", "dangling=true", "--filter", f"label={LABEL_KEY}"]
+        ).split()
+        check.details["untagged_inferno_images"] = len(leftovers)
+        assert not leftovers, leftovers
