@@ -64,11 +64,19 @@ class Procs:
         self.logdir = logdir
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, cmd: list[str], core: str | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, cmd: list[str], core: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         if core is not None and shutil.which("taskset"):
             cmd = ["taskset", "-c", core, *cmd]
         log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env} if env else None,
+        )
         self.started.append(proc)
         return proc
 
@@ -96,6 +104,19 @@ def procs(logdir: Path) -> Iterator[Procs]:
         yield p
     finally:
         p.close()
+
+
+def checkout(rev: str, dest: Path) -> Path:
+    """The ``inferno`` package as it was at ``rev`` (git archive), for side-by-side runs."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev, "inferno"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=60)
+    return dest
 
 
 def inferno(*args: str) -> list[str]:

@@ -6,7 +6,11 @@ the proxy process's CPU time per request (user + system, from /proc). The proxy
 is pinned to one core, wrk and the backends to the other. Then an open-loop run
 at a fixed light rate measures the latency each proxy adds at p50.
 
-    python benchmarks/lb_overhead.py [--duration 5] [--repeats 3] [--quick]
+With ``--baseline REV`` the proxy as it was at git revision REV runs too, as
+target ``inferno-before``, in the same run: the "now vs before" table compares
+their CPU per request cell by cell.
+
+    python benchmarks/lb_overhead.py [--duration 5] [--repeats 3] [--quick] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from benchmarks.common import (
     LOAD_CORE,
     PROXY_CORE,
     Procs,
+    checkout,
     fake_backend,
     free_port,
     inferno,
@@ -98,14 +103,18 @@ backend be
     return conf
 
 
-def start_target(name: str, p: Procs, tmp: Path, backends: list[int]) -> tuple[int, list[int]]:
+def start_target(
+    name: str, p: Procs, tmp: Path, backends: list[int], baseline: Path | None = None
+) -> tuple[int, list[int]]:
     """Returns (port, pids whose CPU counts as the proxy's)."""
     if name == "direct":
         return backends[0], []
     port = free_port()
-    if name == "inferno":
+    if name in ("inferno", "inferno-before"):
         cmd = proxy_cmd(port, free_port(), backends, "--admission-max-in-flight-per-backend", "4096")
-        proc = p.start("inferno-proxy", cmd, core=PROXY_CORE)
+        # The older package shadows the installed one through PYTHONPATH.
+        env = {"PYTHONPATH": str(baseline)} if name == "inferno-before" and baseline else None
+        proc = p.start(f"{name}-proxy", cmd, core=PROXY_CORE, env=env)
     elif name == "nginx":
         proc = p.start(
             "nginx", ["nginx", "-c", str(nginx_conf(tmp, port, backends)), "-p", str(tmp)], core=PROXY_CORE
@@ -208,6 +217,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop rate for the latency check")
     parser.add_argument("--quick", action="store_true", help="1 repeat, 3 s cells (a smoke run)")
+    parser.add_argument("--baseline", default=None, help="also run the proxy as of this git revision")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.repeats = 3.0, 1
@@ -219,6 +229,10 @@ def main() -> None:
     added: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="inferno-bench-") as tmpname:
         tmp = Path(tmpname)
+        baseline = None
+        if args.baseline:
+            baseline = checkout(args.baseline, tmp / "baseline")
+            targets.insert(2, "inferno-before")
         script = tmp / "post.lua"
         script.write_text(WRK_SCRIPT)
         for delay in (0.0, 20.0):
@@ -232,7 +246,7 @@ def main() -> None:
                     wait_port(port)
                 for target in targets:
                     proc_count = len(p.started)
-                    port, pids = start_target(target, p, tmp, backends)
+                    port, pids = start_target(target, p, tmp, backends, baseline)
                     for concurrency in (16, 64):
                         wrk(port, concurrency, 1.0, script)  # warm-up
                         runs = []
@@ -250,7 +264,7 @@ def main() -> None:
                         cell["errors"] = sum(r["non_2xx"] for r in runs)
                         cells.append(cell)
                         print(
-                            f"{target:8} c={concurrency:<3} delay={delay:>4}ms  {cell['rps']:9.0f} req/s  "
+                            f"{target:14} c={concurrency:<3} delay={delay:>4}ms  {cell['rps']:9.0f} req/s  "
                             f"p50 {cell['p50_ms']:.2f} ms  p99 {cell['p99_ms']:.2f} ms  "
                             f"cpu {cell['cpu_us_per_request']:.1f} us/req",
                             flush=True,
@@ -275,6 +289,17 @@ def main() -> None:
             "command": " ".join(sys.argv),
         },
         markdown,
+    )
+
+
+def same_cell(cells: list[dict[str, Any]], target: str, like: dict[str, Any]) -> dict[str, Any]:
+    """``target``'s cell with the same concurrency and backend delay as ``like``."""
+    return next(
+        c
+        for c in cells
+        if c["target"] == target
+        and c["concurrency"] == like["concurrency"]
+        and c["delay_ms"] == like["delay_ms"]
     )
 
 
@@ -307,17 +332,28 @@ def render(cells: list[dict[str, Any]], added_ms: dict[str, float], p50s: dict[s
     for c in cells:
         if c["target"] != "inferno":
             continue
-        ng = next(
-            n
-            for n in cells
-            if n["target"] == "nginx"
-            and n["concurrency"] == c["concurrency"]
-            and n["delay_ms"] == c["delay_ms"]
-        )
+        ng = same_cell(cells, "nginx", c)
         lines.append(
             f"| {c['concurrency']} | {c['delay_ms']:g} ms | {c['rps'] / ng['rps']:.2f} | "
             f"{c['cpu_us_per_request'] / ng['cpu_us_per_request']:.2f} |"
         )
+    before = [c for c in cells if c["target"] == "inferno-before"]
+    if before:
+        lines += [
+            "",
+            f"Inferno now relative to Inferno at `{args.baseline}` (same run, same cell; "
+            "CPU ratio > 1 means the proxy costs more now):",
+            "",
+            "| conc. | delay | CPU µs before | CPU µs now | CPU ratio | req/s ratio |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for old in before:
+            new = same_cell(cells, "inferno", old)
+            lines.append(
+                f"| {old['concurrency']} | {old['delay_ms']:g} ms | {old['cpu_us_per_request']:.1f} | "
+                f"{new['cpu_us_per_request']:.1f} | "
+                f"{new['cpu_us_per_request'] / old['cpu_us_per_request']:.3f} | {new['rps'] / old['rps']:.3f} |"
+            )
     lines += [
         "",
         f"Open loop at {args.rate:g} req/s, 0 ms backends (`inferno bench --rate`), p50:",

@@ -327,7 +327,9 @@ def banner(cluster: Cluster, model: str) -> str:
         f"  ops         {cluster.ops_url}   (/health /workers /metrics)",
     ]
     for i, (data_port, ops_port) in enumerate(cluster.plan.backend_ports, start=1):
-        lines.append(f"  backend-{i}   http://{HOST}:{data_port}   ops http://{HOST}:{ops_port}")
+        child = cluster.backends[i - 1].popen if i <= len(cluster.backends) else None
+        pid = f"   pid {child.pid}" if child is not None else ""
+        lines.append(f"  backend-{i}   http://{HOST}:{data_port}   ops http://{HOST}:{ops_port}{pid}")
     lines += [
         "",
         "Try it:",

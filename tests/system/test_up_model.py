@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,3 +93,33 @@ def test_openai_client_chat_and_stream(cluster: dict[str, Any]) -> None:
     assert len("".join(t for _, t in arrivals).strip()) > 10
     # token by token: the stream spans real generation time, not one buffered burst
     assert arrivals[-1][0] - arrivals[0][0] > 0.05
+
+
+def _bench(url: str, *args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "inferno", "bench", url, "--output", "json", "--quiet", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    summary: dict[str, Any] = json.loads(out.stdout)["summary"]
+    return summary
+
+
+def test_twice_the_real_models_capacity_is_200_or_429_and_ejects_nobody(cluster: dict[str, Any]) -> None:
+    # The README's own load: /inference with 32 tokens. Capacity first (closed loop,
+    # enough concurrency to fill every slot), then twice that as an open loop.
+    capacity = _bench(cluster["url"], "-c", "4", "-d", "6", "--max-tokens", "32")["throughput_rps"]
+    assert capacity > 0
+    rate = 2 * capacity
+    summary = _bench(
+        cluster["url"], "--rate", f"{rate:.2f}", "-d", "20", "--max-tokens", "32", "--timeout-s", "90"
+    )
+    statuses = {int(k): v for k, v in summary["statuses"].items()}
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.get(200, 0) > 0
+    workers = httpx.get(f"{cluster['ops']}/workers", timeout=5).json()["workers"]
+    assert all(w["ejections"] == 0 and w["status"] == "healthy" for w in workers), workers
+    assert "Backend ejected" not in cluster["proc"].output()
+    print(f"capacity {capacity:.2f} req/s; at {rate:.2f} req/s for 20 s: {statuses}")

@@ -30,3 +30,30 @@ def test_relative_links_resolve() -> None:
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for target in re.findall(r"\]\(([^)#:]+\.md)\)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+def test_every_limit_is_in_security_md_with_its_default() -> None:
+    from inferno.config import HttpConfig, ProxyConfig, RegistryConfig, UpstreamConfig
+
+    text = (ROOT / "docs" / "security.md").read_text()
+    rows = {
+        line.split("|")[2].strip(): line.split("|")[3].strip()
+        for line in text.splitlines()
+        if line.startswith("| ") and line.count("|") >= 5
+    }
+    limits: list[tuple[str, object]] = [
+        (f"--http-{name}".replace("_", "-"), field.default) for name, field in HttpConfig.model_fields.items()
+    ]
+    limits += [
+        (f"--upstream-{name}".replace("_", "-"), field.default)
+        for name, field in UpstreamConfig.model_fields.items()
+        if name.startswith("max_response") or name == "max_chunk_bytes"
+    ]
+    limits += [
+        ("--registry-max-backends", RegistryConfig().max_backends),
+        ("--registry-resolve-timeout-s", RegistryConfig().resolve_timeout_s),
+        ("--max-body-bytes", ProxyConfig().max_body_bytes),
+    ]
+    for flag, default in limits:
+        assert f"`{flag}`" in rows, f"{flag} missing from the limits table"
+        assert float(rows[f"`{flag}`"]) == float(default), (flag, rows[f"`{flag}`"], default)  # type: ignore[arg-type]
