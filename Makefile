@@ -72,13 +72,16 @@ e2e-compose: install-dev
 		cat artifacts/e2e/compose-e2e.txt 2>/dev/null; exit $$status
 
 SOAK_S ?= 600
+# A git revision to run side by side with the current proxy in lb_overhead, e.g.
+# `make bench BASELINE=8f1aa3e`: its "now vs before" table shows what a change cost.
+BASELINE ?=
 
 bench-deps:
 	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx haproxy)
 
 bench: install-dev bench-deps
-	$(BIN)/python benchmarks/lb_overhead.py
+	$(BIN)/python benchmarks/lb_overhead.py $(if $(BASELINE),--baseline $(BASELINE))
 	$(BIN)/python benchmarks/model_throughput.py
 	$(BIN)/python benchmarks/soak.py --duration $(SOAK_S)
 	$(BIN)/python benchmarks/render_readme.py
