@@ -6,9 +6,9 @@ variables; nothing here reads the environment itself.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from inferno.errors import ConfigError
 
@@ -195,22 +195,6 @@ class ProxyConfig(_Frozen):
     log_prompts: bool = False
     seed: int | None = None
 
-    @field_validator("policy")
-    @classmethod
-    def _known_policy(cls, value: str) -> str:
-        from inferno.policies import available_policies
-
-        if value not in available_policies():
-            raise ValueError(f"unknown policy {value!r}; choose from {available_policies()}")
-        return value
-
-
-class FakeEngineConfig(_Frozen):
-    """The deterministic test engine (see ``inferno.engines.fake``)."""
-
-    tokens_per_s: float = Field(2000.0, gt=0)
-    latency_ms: float = Field(0.0, ge=0)
-
 
 #: the backend's ops port by default: distinct from the proxy's 6100 so both fit on one host
 BACKEND_OPS_PORT = 6300
@@ -224,14 +208,10 @@ class BackendConfig(_Frozen):
     discovery_lb: str | None = None
     advertise_addr: str | None = None
     node_id: str | None = None
-    engine: str = "smollm2"
-    model_path: str | None = None
-    n_parallel: int = Field(
-        2, ge=1, le=1024, description="concurrent generations (llama.cpp slots); n_ctx is split across them"
-    )
-    n_ctx: int = Field(4096, ge=256)
-    n_threads: int = Field(2, ge=1)
-    system_prompt: str = "You are a helpful assistant. Answer briefly and clearly."
+    #: a registered engine name (validated when the engine is created)
+    engine: str = "llamacpp"
+    #: the engine's own options, validated by its ``Options`` model (inferno.engines)
+    engine_options: dict[str, Any] = Field(default_factory=dict)
     heartbeat_interval_s: float = Field(2.0, gt=0)
     register_timeout_s: float = Field(2.0, gt=0)
     max_body_bytes: int = Field(1 << 20, ge=1024)
@@ -239,17 +219,7 @@ class BackendConfig(_Frozen):
     drain_grace_s: float = Field(30.0, ge=0)
     #: enable the /simulate/* fault-injection endpoints (never in production)
     chaos: bool = False
-    fake: FakeEngineConfig = FakeEngineConfig()
     http: HttpConfig = HttpConfig()
     log_format: LogFormat = "text"
     log_level: str = "INFO"
     log_prompts: bool = False
-
-    @field_validator("engine")
-    @classmethod
-    def _known_engine(cls, value: str) -> str:
-        from inferno.engines import available_engines
-
-        if value not in available_engines():
-            raise ValueError(f"unknown engine {value!r}; choose from {available_engines()}")
-        return value

@@ -12,13 +12,19 @@
     │   ├── RegistryFull             429: the proxy holds as many backends as it may
     │   ├── ModelNotFound            404: no backend serves the requested model
     │   └── PayloadTooLarge          413: body over the configured limit
+    ├── Overloaded                   429: the proxy's queue is full or the wait in it ran out
+    ├── DeadlineExceeded             504: the request's own deadline passed
     ├── NoBackendAvailable           503: nothing healthy to route to
+    │   ├── Draining                 503 from a backend that is shutting down (retried elsewhere)
+    │   └── Loading                  503 from a backend still loading its model (retried elsewhere)
     ├── TooManyConnections           503: the port's connection budget is spent
     ├── UpstreamError                a backend failed us (translated from socket/parser errors)
     │   ├── UpstreamConnectError     connection refused / unreachable / connect timeout
     │   ├── UpstreamTimeout          no (complete) answer by the deadline
     │   ├── UpstreamProtocolError    the connection broke or the backend spoke bad HTTP
     │   └── UpstreamStatusError      the backend answered with a retryable 5xx
+    ├── RegistrationRefused          the proxy refused a backend's registration (backend side)
+    ├── InjectedError                a failure injected by the chaos hooks, with the status asked for
     ├── EngineError                  the model runtime failed (backend side)
     │   └── ModelMissing             the model file is not installed
     └── ConfigError                  invalid configuration at start-up
@@ -114,6 +120,23 @@ class PayloadTooLarge(ClientError):
     code = "payload_too_large"
 
 
+class Overloaded(InfernoError):
+    """The queue is full or the wait in it ran out: back off and retry."""
+
+    status = 429
+    code = "overloaded"
+    kind = "rate_limit_exceeded"
+
+    def headers(self) -> bytes:
+        return b"Retry-After: 1\r\n"
+
+
+class DeadlineExceeded(InfernoError):
+    status = 504
+    code = "deadline_exceeded"
+    kind = "timeout"
+
+
 class NoBackendAvailable(InfernoError):
     status = 503
     code = "no_backend_available"
@@ -121,6 +144,14 @@ class NoBackendAvailable(InfernoError):
 
     def headers(self) -> bytes:
         return b"Retry-After: 1\r\n"
+
+
+class Draining(NoBackendAvailable):
+    code = "backend_draining"
+
+
+class Loading(NoBackendAvailable):
+    code = "backend_loading"
 
 
 class TooManyConnections(InfernoError):
@@ -161,6 +192,24 @@ class UpstreamStatusError(UpstreamError):
     def __init__(self, message: str, *, upstream_status: int) -> None:
         super().__init__(message)
         self.upstream_status = upstream_status
+
+
+class RegistrationRefused(InfernoError):
+    """The proxy answered a registration or heartbeat with an error status."""
+
+    code = "registration_refused"
+
+    def __init__(self, message: str, *, upstream_status: int) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+
+class InjectedError(InfernoError):
+    code = "chaos_injected"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class EngineError(InfernoError):

@@ -18,7 +18,6 @@ import pytest
 from inferno.backend.server import BackendServer
 from inferno.config import (
     BackendConfig,
-    FakeEngineConfig,
     HealthCheckConfig,
     ProxyConfig,
     RegistryConfig,
@@ -58,7 +57,7 @@ def backend_config(proxy_ops: str | None = None, **overrides: Any) -> BackendCon
         "engine": "fake",
         "discovery_lb": proxy_ops,
         "heartbeat_interval_s": 0.2,
-        "fake": FakeEngineConfig(tokens_per_s=5000.0),
+        "engine_options": {"fake_tokens_per_s": 5000.0},
     }
     base.update(overrides)
     return BackendConfig(**base)

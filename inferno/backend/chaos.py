@@ -20,20 +20,12 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inferno.errors import InfernoError, NotFound
+from inferno.errors import InjectedError, NotFound
 from inferno.http.responses import JSON_HEADERS, dumps
 from inferno.http.server import Request, Responder
 from inferno.schemas import parse_body
 
 logger = logging.getLogger(__name__)
-
-
-class InjectedError(InfernoError):
-    code = "chaos_injected"
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _Slow(BaseModel):

@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import orjson
 
-from inferno.errors import UpstreamError
+from inferno.errors import RegistrationRefused, UpstreamError
 from inferno.http.client import Timeouts, UpstreamPool, build_request
 from inferno.http.responses import dumps
-from inferno.registry.registry import RegistrationPayload
+from inferno.schemas.registration import RegistrationPayload
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +41,12 @@ class Registrar:
         self._timeouts = Timeouts(connect_s=timeout_s, first_byte_s=timeout_s, read_s=timeout_s)
         self._pool = pool or UpstreamPool(max_idle_per_host=2)
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
         self.registered = False
         self.registered_address: str | None = None
 
     def start(self) -> None:
         logger.info("Registering with proxy: %s", self._proxy)
         self._task = asyncio.create_task(self._run(), name="registrar")
-
-    def heartbeat_now(self) -> None:
-        """Send the next heartbeat immediately (e.g. to announce draining)."""
-        self._wake.set()
 
     async def _run(self) -> None:
         backoff = INITIAL_BACKOFF_S
@@ -60,9 +55,9 @@ class Registrar:
                 await self.send_heartbeat()
                 backoff = INITIAL_BACKOFF_S
                 delay = self._interval
-            except UpstreamError as exc:
-                if self.registered:
-                    logger.warning("Proxy %s unreachable: %s; retrying", self._proxy, exc.message)
+            except (UpstreamError, RegistrationRefused) as exc:
+                if self.registered or isinstance(exc, RegistrationRefused):
+                    logger.warning("Proxy %s: %s; retrying", self._proxy, exc.message)
                 self.registered = False
                 delay = backoff
                 backoff = min(backoff * 2, self._interval)
@@ -71,9 +66,7 @@ class Registrar:
             except Exception:
                 logger.exception("heartbeat failed")
                 delay = self._interval
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            await asyncio.sleep(delay)
 
     async def send_heartbeat(self) -> None:
         payload = self._payload()
@@ -92,7 +85,10 @@ class Registrar:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 self.registered_address = str(orjson.loads(response.body)["address"])
         if response.status != 200:
-            raise UpstreamError(f"proxy rejected registration: {response.status} {response.body[:200]!r}")
+            raise RegistrationRefused(
+                f"registration refused with {response.status}: {response.body[:200]!r}",
+                upstream_status=response.status,
+            )
         if not self.registered:
             logger.info("Registered with proxy %s as %s (%s)", self._proxy, payload.node_id, payload.address)
         self.registered = True

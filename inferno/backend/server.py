@@ -10,16 +10,17 @@ import urllib.parse
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from inferno.backend.app import BackendApp
+from inferno.backend.app import BackendApp, health
 from inferno.backend.registrar import Registrar
 from inferno.backend.service import BackendCollector, InferenceService
 from inferno.config import BackendConfig
-from inferno.engines.base import Engine
-from inferno.errors import InfernoError, MethodNotAllowed, NotFound
-from inferno.http.responses import JSON_HEADERS, dumps, error_response
+from inferno.engines.base import Engine, TextGenerationEngine
+from inferno.errors import ConfigError
+from inferno.http.responses import JSON_HEADERS, dumps
+from inferno.http.router import Router
 from inferno.http.server import HttpServer, Request, Responder, fit_to_fd_limit, limits_from
 from inferno.observability.metrics import new_registry
-from inferno.registry.registry import WILDCARD_HOSTS, RegistrationPayload
+from inferno.schemas.registration import WILDCARD_HOSTS, RegistrationPayload
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,10 @@ def default_advertise_host(listen_host: str) -> str:
 class BackendServer:
     def __init__(self, config: BackendConfig, engine: Engine | None = None) -> None:
         self.config = config
-        self.engine = engine or Engine.create(config.engine, config)
+        created = engine or Engine.create(config.engine, config.engine_options)
+        if not isinstance(created, TextGenerationEngine):
+            raise ConfigError(f"engine {config.engine!r} does not generate text; the backend serves text")
+        self.engine = created
         self.service = InferenceService(self.engine)
         self.node_id = config.node_id or f"{socket.gethostname()}-{config.listen_port}"
         self.app = BackendApp(config, self.service, self.node_id)
@@ -53,7 +57,7 @@ class BackendServer:
             name="backend",
         )
         self._metrics = new_registry(BackendCollector(self.service, self.node_id))
-        self._ops = HttpServer(self._ops_handler, limits=ops_limits, name="backend-ops")
+        self._ops = HttpServer(self._ops_router(), limits=ops_limits, name="backend-ops")
         self.registrar: Registrar | None = None
         self.data_address: tuple[str, int] = ("", 0)
         self.ops_address: tuple[str, int] = ("", 0)
@@ -102,7 +106,7 @@ class BackendServer:
         return RegistrationPayload(
             address=self.advertise_addr,
             node_id=self.node_id,
-            models=(self.engine.model_id,),
+            models=tuple(self.engine.models()),
             vitals=self.service.vitals(),
             state="draining" if self.service.draining else "active",
             ops_address=f"{ops_host}:{self.ops_address[1]}",
@@ -129,27 +133,27 @@ class BackendServer:
         await self.engine.aclose()
         logger.info("Backend stopped")
 
-    async def _ops_handler(self, request: Request, responder: Responder) -> None:
-        try:
-            if request.method not in ("GET", "HEAD"):
-                raise MethodNotAllowed(("GET", "HEAD"))
-            if request.path == "/livez":
-                responder.send(200, JSON_HEADERS, b'{"status":"alive"}')
-            elif request.path == "/health":
-                status = self.service.status()
-                body = {"status": status, "node_id": self.node_id, "model": self.engine.model_id}
-                responder.send(200 if status == "ok" else 503, JSON_HEADERS, dumps(body))
-            elif request.path == "/metrics":
-                if urllib.parse.parse_qs(request.query).get("format") == ["json"]:
-                    vitals = {"node_id": self.node_id, **self.service.vitals().model_dump()}
-                    responder.send(200, JSON_HEADERS, dumps(vitals))
-                else:
-                    payload = generate_latest(self._metrics)
-                    responder.send(200, [(b"Content-Type", CONTENT_TYPE_LATEST.encode())], payload)
-            else:
-                raise NotFound("no route for this path")
-        except InfernoError as exc:
-            responder.send(*error_response(exc))
+    def _ops_router(self) -> Router:
+        router = Router()
+        router.add("GET", "/livez", self._livez)
+        router.add("GET", "/health", self._health)
+        router.add("GET", "/metrics", self._metrics_page)
+        return router
+
+    async def _livez(self, request: Request, responder: Responder) -> None:
+        responder.send(200, JSON_HEADERS, b'{"status":"alive"}')
+
+    async def _health(self, request: Request, responder: Responder) -> None:
+        status, body = health(self.service, self.node_id, self.app.chaos)
+        responder.send(status, JSON_HEADERS, body)
+
+    async def _metrics_page(self, request: Request, responder: Responder) -> None:
+        if urllib.parse.parse_qs(request.query).get("format") == ["json"]:
+            vitals = {"node_id": self.node_id, **self.service.vitals().model_dump()}
+            responder.send(200, JSON_HEADERS, dumps(vitals))
+            return
+        payload = generate_latest(self._metrics)
+        responder.send(200, [(b"Content-Type", CONTENT_TYPE_LATEST.encode())], payload)
 
 
 async def run_backend(config: BackendConfig) -> None:

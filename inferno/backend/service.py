@@ -12,9 +12,9 @@ import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from inferno.engines.base import Engine
+from inferno.engines.base import TextGenerationEngine
 from inferno.observability.metrics import Histogram
-from inferno.registry.worker import NodeVitals
+from inferno.schemas.registration import NodeVitals
 
 
 class RateMeter:
@@ -45,7 +45,7 @@ class RateMeter:
 class InferenceService:
     """Bounds concurrent generations to the engine's slots and counts everything."""
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, engine: TextGenerationEngine, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self._slots = asyncio.Semaphore(engine.slots)
         self.in_flight = 0

@@ -20,6 +20,7 @@ from inferno.bench.runner import LoadShape, Runner
 from inferno.bench.stats import Sample, error_class, summarize
 from inferno.bench.workload import Workload, load_prompts
 from inferno.errors import BadRequest, InfernoError, NotFound
+from inferno.http.loop import run_loop
 from inferno.http.responses import JSON_HEADERS, dumps, error_body
 from inferno.http.server import HttpServer, Request, Responder
 
@@ -176,12 +177,7 @@ def _child(index: int, cfg: BenchConfig, out: Any, parallelism: Any) -> None:
         if buffer:
             out.put(buffer[:])
 
-    try:
-        import uvloop
-
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
+    run_loop(main(), server=False)
     out.put(None)
 
 

@@ -1,11 +1,30 @@
-"""Model runtimes, registered by name (``Engine.create``)."""
+"""Model runtimes, one interface per task, registered by name (``Engine.create``)."""
 
-from inferno.engines import fake, smollm2  # noqa: F401  (registers engines)
-from inferno.engines.base import Delta, Engine, GenerationRequest, GenerationResult
+from inferno.engines import fake, llamacpp  # noqa: F401  (registers engines)
+from inferno.engines.base import (
+    Delta,
+    EmbeddingEngine,
+    Engine,
+    EngineOptions,
+    GenerationRequest,
+    GenerationResult,
+    ImageClassificationEngine,
+    TextGenerationEngine,
+)
 
 
 def available_engines() -> list[str]:
     return Engine.names()
 
 
-__all__ = ["Delta", "Engine", "GenerationRequest", "GenerationResult", "available_engines"]
+__all__ = [
+    "Delta",
+    "EmbeddingEngine",
+    "Engine",
+    "EngineOptions",
+    "GenerationRequest",
+    "GenerationResult",
+    "ImageClassificationEngine",
+    "TextGenerationEngine",
+    "available_engines",
+]

@@ -1,14 +1,29 @@
-"""The engine (model runtime) interface and its registry of named engines."""
+"""Engine interfaces, one per task, and the registry of named engines.
+
+An engine is a model runtime. Each task has its own interface, because each
+has its own calls: text generation streams deltas, embeddings turn texts into
+vectors, image classification ranks labels. Every engine declares its own
+options model (``Options``); the backend's config carries only the engine's name
+and the raw option values, which the engine validates when it is created.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-if TYPE_CHECKING:
-    from inferno.config import BackendConfig
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from inferno.errors import ConfigError
+from inferno.schemas.registration import ModelSpec, Task
+
+
+class EngineOptions(BaseModel):
+    """Base of every engine's options model: frozen, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,28 +55,40 @@ class GenerationResult:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
-    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    label: str
+    confidence: float
 
 
 class Engine(ABC):
-    """A model runtime. ``stream`` is the primitive; ``generate`` collects it.
-
-    Cancelling the task that iterates ``stream`` must stop generation promptly and
-    free the slot: that is how a client disconnect reaches the model.
-    """
+    """A model runtime, registered by name (and aliases) for ``Engine.create``."""
 
     name: ClassVar[str] = ""
+    task: ClassVar[Task]
+    Options: ClassVar[type[EngineOptions]] = EngineOptions
     _registry: ClassVar[dict[str, type[Engine]]] = {}
 
-    def __init_subclass__(cls, *, name: str | None = None, **kwargs: object) -> None:
+    def __init_subclass__(
+        cls, *, name: str | None = None, aliases: tuple[str, ...] = (), **kwargs: object
+    ) -> None:
         super().__init_subclass__(**kwargs)
         if name is not None:
             cls.name = name
-            Engine._registry[name] = cls
+            for key in (name, *aliases):
+                Engine._registry[key] = cls
 
     #: the model id served (as listed by /v1/models)
     model_id: str = ""
-    #: how many generations run at once
+    #: how many requests run at once
     slots: int = 1
 
     @abstractmethod
@@ -70,6 +97,45 @@ class Engine(ABC):
 
     @abstractmethod
     async def aclose(self) -> None: ...
+
+    def models(self) -> list[ModelSpec]:
+        return [ModelSpec(id=self.model_id, task=self.task)]
+
+    @classmethod
+    @abstractmethod
+    def from_options(cls, options: Any) -> Engine:
+        """Build the engine from a validated instance of its ``Options``."""
+
+    @classmethod
+    def create(cls, name: str, options: Mapping[str, Any] | None = None) -> Engine:
+        """The engine registered as ``name``, its options validated by its own model."""
+        try:
+            engine_cls = cls._registry[name]
+        except KeyError:
+            raise ConfigError(f"unknown engine {name!r}; choose from {sorted(cls._registry)}") from None
+        try:
+            validated = engine_cls.Options.model_validate(dict(options or {}))
+        except ValidationError as exc:
+            raise ConfigError(f"bad options for engine {name!r}: {exc}") from exc
+        return engine_cls.from_options(validated)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return sorted(cls._registry)
+
+    @classmethod
+    def options_models(cls) -> dict[str, type[EngineOptions]]:
+        return {name: engine.Options for name, engine in sorted(cls._registry.items())}
+
+
+class TextGenerationEngine(Engine):
+    """``stream`` is the primitive; ``generate`` collects it.
+
+    Cancelling the task that iterates ``stream`` must stop generation promptly and
+    free the slot: that is how a client disconnect reaches the model.
+    """
+
+    task: ClassVar[Task] = "text-generation"
 
     @abstractmethod
     def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]: ...
@@ -85,18 +151,20 @@ class Engine(ABC):
                 completion_tokens = delta.completion_tokens
         return GenerationResult("".join(parts), finish, prompt_tokens, completion_tokens)
 
-    @classmethod
-    def create(cls, name: str, config: BackendConfig) -> Engine:
-        try:
-            engine_cls = cls._registry[name]
-        except KeyError:
-            raise ValueError(f"unknown engine {name!r}; choose from {sorted(cls._registry)}") from None
-        return engine_cls.from_config(config)
 
-    @classmethod
+class EmbeddingEngine(Engine):
+    """Texts in, one vector each (batched inside the engine)."""
+
+    task: ClassVar[Task] = "embeddings"
+
     @abstractmethod
-    def from_config(cls, config: BackendConfig) -> Engine: ...
+    async def embed(self, texts: Sequence[str]) -> Embeddings: ...
 
-    @classmethod
-    def names(cls) -> list[str]:
-        return sorted(cls._registry)
+
+class ImageClassificationEngine(Engine):
+    """An encoded image in, the ``top_k`` most likely labels out."""
+
+    task: ClassVar[Task] = "image-classification"
+
+    @abstractmethod
+    async def classify(self, image: bytes, top_k: int) -> list[Prediction]: ...

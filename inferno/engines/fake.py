@@ -11,8 +11,15 @@ import asyncio
 import hashlib
 from collections.abc import AsyncGenerator
 
-from inferno.config import BackendConfig
-from inferno.engines.base import Delta, Engine, GenerationRequest, GenerationResult
+from pydantic import Field
+
+from inferno.engines.base import (
+    Delta,
+    EngineOptions,
+    GenerationRequest,
+    GenerationResult,
+    TextGenerationEngine,
+)
 
 _VOCAB = (
     "the",
@@ -54,8 +61,15 @@ def fake_tokens(request: GenerationRequest) -> list[str]:
     return [(" " if i else "") + _VOCAB[(start + i * 7) % len(_VOCAB)] for i in range(request.max_tokens)]
 
 
-class FakeEngine(Engine, name="fake"):
+class FakeOptions(EngineOptions):
+    n_parallel: int = Field(2, ge=1, le=4096, description="concurrent generations")
+    fake_tokens_per_s: float = Field(2000.0, gt=0, description="the fake engine's token rate")
+    fake_latency_ms: float = Field(0.0, ge=0, description="the fake engine's latency before the first token")
+
+
+class FakeEngine(TextGenerationEngine, name="fake"):
     model_id = "fake"
+    Options = FakeOptions
 
     def __init__(self, tokens_per_s: float, latency_ms: float, slots: int) -> None:
         self._interval_s = 1.0 / tokens_per_s
@@ -63,8 +77,8 @@ class FakeEngine(Engine, name="fake"):
         self.slots = slots
 
     @classmethod
-    def from_config(cls, config: BackendConfig) -> FakeEngine:
-        return cls(config.fake.tokens_per_s, config.fake.latency_ms, config.n_parallel)
+    def from_options(cls, options: FakeOptions) -> FakeEngine:
+        return cls(options.fake_tokens_per_s, options.fake_latency_ms, options.n_parallel)
 
     async def start(self) -> None:
         return None

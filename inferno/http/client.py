@@ -136,7 +136,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._limits = pool.limits
         self.closed = False
-        self.reused = False
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -395,7 +394,6 @@ class UpstreamPool:
         while idle:
             conn = idle.pop()
             if not conn.closed:
-                conn.reused = True
                 return conn
         return None
 

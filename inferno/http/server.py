@@ -19,17 +19,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import logging
-import resource
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any, cast
 
 import httptools
 
-from inferno.config import HttpConfig
 from inferno.errors import (
     BadRequest,
     ExpectationFailed,
@@ -40,160 +35,32 @@ from inferno.errors import (
     TooManyConnections,
     UriTooLong,
 )
+from inferno.http.limits import Limits, fit_to_fd_limit, limits_from
+from inferno.http.messages import Header, Request, Responder, status_line
 from inferno.http.responses import error_response
+
+__all__ = [
+    "Handler",
+    "Header",
+    "HttpProtocol",
+    "HttpServer",
+    "Limits",
+    "Request",
+    "Responder",
+    "fit_to_fd_limit",
+    "limits_from",
+    "status_line",
+]
 
 logger = logging.getLogger(__name__)
 
-Header = tuple[bytes, bytes]
-Handler = Callable[["Request", "Responder"], Awaitable[None]]
+Handler = Callable[[Request, Responder], Awaitable[None]]
 
-_STATUS_LINES: dict[int, bytes] = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: what a lingering close reads and throws away at most, whatever the time left
 MAX_LINGER_BYTES = 16 << 20
 #: pipelined requests parsed ahead of the one being served before reading pauses
 MAX_PIPELINED = 16
-
-
-def status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = f"HTTP/1.1 {status} Unknown\r\n".encode()
-    return line
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Per-connection bounds (``inferno.config.HttpConfig`` fills them)."""
-
-    max_body_bytes: int = 1 << 20
-    max_request_line_bytes: int = 8192
-    max_header_bytes: int = 8192
-    max_headers_total_bytes: int = 32768
-    max_header_count: int = 100
-    max_connections: int = 4096
-    read_timeout_s: float = 10.0
-    idle_timeout_s: float = 75.0
-    linger_s: float = 2.0
-
-
-def limits_from(config: HttpConfig, *, max_body_bytes: int, ops: bool = False) -> Limits:
-    """The data port's limits, or the ops port's (its own connection budget)."""
-    return Limits(
-        max_body_bytes=max_body_bytes,
-        max_request_line_bytes=config.max_request_line_bytes,
-        max_header_bytes=config.max_header_bytes,
-        max_headers_total_bytes=config.max_headers_total_bytes,
-        max_header_count=config.max_header_count,
-        max_connections=config.max_ops_connections if ops else config.max_connections,
-        read_timeout_s=config.read_timeout_s,
-        idle_timeout_s=config.idle_timeout_s,
-        linger_s=config.linger_s,
-    )
-
-
-class Request:
-    """One parsed request. Header names are lower-cased bytes."""
-
-    __slots__ = ("body", "headers", "method", "path", "peer", "query")
-
-    def __init__(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: dict[bytes, bytes],
-        body: bytes,
-        peer: str,
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.query = query
-        self.headers = headers
-        self.body = body
-        self.peer = peer
-
-    def header(self, name: bytes) -> str | None:
-        value = self.headers.get(name)
-        if value is None:
-            return None
-        return value.decode("latin-1")
-
-
-class Responder:
-    """Writes exactly one response for one request, whole or streamed.
-
-    For a HEAD request the headers (with the GET body's length) go out, the body never.
-    """
-
-    __slots__ = ("_conn", "_head", "_keep_alive", "finished", "started")
-
-    def __init__(self, conn: HttpProtocol, keep_alive: bool, head: bool = False) -> None:
-        self._conn = conn
-        self._keep_alive = keep_alive
-        self._head = head
-        self.started = False
-        self.finished = False
-
-    @property
-    def client_connected(self) -> bool:
-        return not self._conn.closed
-
-    def send(self, status: int, headers: list[Header] | bytes, body: bytes) -> None:
-        """Send a complete response. ``headers`` may be pre-encoded ``b"Name: v\\r\\n"`` lines."""
-        if self.started:
-            raise RuntimeError("response already started")
-        self.started = True
-        self.finished = True
-        encoded = headers if isinstance(headers, bytes) else _encode_headers(headers)
-        conn_hdr = b"" if self._keep_alive else b"Connection: close\r\n"
-        self._conn.write(
-            b"".join(
-                (
-                    status_line(status),
-                    encoded,
-                    conn_hdr,
-                    b"Content-Length: ",
-                    str(len(body)).encode(),
-                    b"\r\n\r\n",
-                    b"" if self._head else body,
-                )
-            )
-        )
-        self._conn.response_done(self._keep_alive)
-
-    def start_stream(self, status: int, headers: list[Header] | bytes) -> None:
-        """Start a chunked response; follow with ``write`` calls and ``end_stream``."""
-        if self.started:
-            raise RuntimeError("response already started")
-        self.started = True
-        encoded = headers if isinstance(headers, bytes) else _encode_headers(headers)
-        conn_hdr = b"" if self._keep_alive else b"Connection: close\r\n"
-        self._conn.write(status_line(status) + encoded + conn_hdr + b"Transfer-Encoding: chunked\r\n\r\n")
-
-    async def write(self, data: bytes) -> None:
-        """Write one chunk, waiting while the client's socket buffer is full."""
-        if not data or self._head:
-            return
-        self._conn.write(b"%x\r\n%b\r\n" % (len(data), data))
-        await self._conn.drain()
-
-    def end_stream(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        if not self._head:
-            self._conn.write(b"0\r\n\r\n")
-        self._conn.response_done(self._keep_alive)
-
-    def abort(self) -> None:
-        """Close the connection without finishing the response."""
-        self.finished = True
-        self._conn.close()
-
-
-def _encode_headers(headers: list[Header]) -> bytes:
-    return b"".join(name + b": " + value + b"\r\n" for name, value in headers)
 
 
 def _error_bytes(exc: InfernoError) -> bytes:
@@ -538,39 +405,6 @@ class HttpProtocol(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         return self._task is not None
-
-
-#: file descriptors kept back from the data port's budget: the ops port, upstream sockets, logs
-FD_RESERVE = 1024
-
-
-def fit_to_fd_limit(data: Limits, ops: Limits, name: str) -> Limits:
-    """Shrink the data port's connection budget to what the open-file limit allows,
-    so a flood of the data port can never starve the ops port (or the upstream pool)."""
-    nofile = raise_nofile_limit()
-    room = nofile - ops.max_connections - FD_RESERVE
-    if data.max_connections <= room:
-        return data
-    fitted = max(16, room)
-    logger.warning(
-        "%s: open-file limit %d allows %d data connections, not %d; using %d",
-        name,
-        nofile,
-        fitted,
-        data.max_connections,
-        fitted,
-    )
-    return dataclasses.replace(data, max_connections=fitted)
-
-
-def raise_nofile_limit() -> int:
-    """Raise this process's open-file limit to its hard limit; returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    return int(soft)
 
 
 class HttpServer:

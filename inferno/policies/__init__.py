@@ -9,11 +9,11 @@ from inferno.policies import (  # noqa: F401  (importing registers the policies)
     round_robin,
     weighted,
 )
-from inferno.policies.base import LoadBalancingPolicy, Priority, RequestContext
+from inferno.policies.base import LoadBalancingPolicy
 
 
 def available_policies() -> list[str]:
     return LoadBalancingPolicy.names()
 
 
-__all__ = ["LoadBalancingPolicy", "Priority", "RequestContext", "available_policies"]
+__all__ = ["LoadBalancingPolicy", "available_policies"]

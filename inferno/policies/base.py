@@ -6,33 +6,14 @@ the registry do the probing, timing and retrying (as in Ray Serve's router).
 
 from __future__ import annotations
 
-import enum
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
+from inferno.errors import ConfigError
 from inferno.registry.worker import WorkerInfo
-
-
-class Priority(enum.IntEnum):
-    HIGH = 0
-    NORMAL = 1
-    LOW = 2
-
-
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    """What a policy may know about the request it is routing."""
-
-    request_id: str
-    model: str | None = None
-    #: ``X-Session-ID`` header or the OpenAI ``user`` field
-    session_key: str | None = None
-    #: the first characters of the prompt, for prefix affinity
-    prompt_prefix: str = ""
-    priority: Priority = Priority.NORMAL
+from inferno.schemas.routing import RequestContext
 
 
 class LoadBalancingPolicy(ABC):
@@ -65,7 +46,7 @@ class LoadBalancingPolicy(ABC):
         try:
             policy_cls = cls._registry[name]
         except KeyError:
-            raise ValueError(f"unknown policy {name!r}; choose from {sorted(cls._registry)}") from None
+            raise ConfigError(f"unknown policy {name!r}; choose from {sorted(cls._registry)}") from None
         return policy_cls(rng)
 
     @classmethod

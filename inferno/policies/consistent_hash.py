@@ -13,8 +13,9 @@ import hashlib
 import random
 from collections.abc import Sequence
 
-from inferno.policies.base import LoadBalancingPolicy, RequestContext
+from inferno.policies.base import LoadBalancingPolicy
 from inferno.registry.worker import WorkerInfo
+from inferno.schemas.routing import RequestContext
 
 VNODES = 160
 

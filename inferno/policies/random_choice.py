@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from inferno.policies.base import LoadBalancingPolicy, RequestContext
+from inferno.policies.base import LoadBalancingPolicy
 from inferno.registry.worker import WorkerInfo
+from inferno.schemas.routing import RequestContext
 
 
 class RandomPolicy(LoadBalancingPolicy, name="random"):

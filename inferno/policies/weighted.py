@@ -11,8 +11,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from inferno.policies.base import LoadBalancingPolicy, RequestContext
+from inferno.policies.base import LoadBalancingPolicy
 from inferno.registry.worker import WorkerInfo
+from inferno.schemas.routing import RequestContext
 
 
 class WeightedPolicy(LoadBalancingPolicy, name="weighted"):

@@ -22,24 +22,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from inferno.config import AdmissionConfig
-from inferno.errors import InfernoError, ModelNotFound, NoBackendAvailable
-from inferno.policies.base import LoadBalancingPolicy, Priority, RequestContext
+from inferno.errors import InfernoError, ModelNotFound, NoBackendAvailable, Overloaded
+from inferno.policies.base import LoadBalancingPolicy
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.worker import WorkerInfo
+from inferno.schemas.routing import Priority, RequestContext
 
 logger = logging.getLogger(__name__)
 DEFAULT_LIMIT = 8
-
-
-class Overloaded(InfernoError):
-    """The queue is full or the wait in it ran out: back off and retry."""
-
-    status = 429
-    code = "overloaded"
-    kind = "rate_limit_exceeded"
-
-    def headers(self) -> bytes:
-        return b"Retry-After: 1\r\n"
 
 
 @dataclass(eq=False)
@@ -76,10 +66,10 @@ class AdmissionController:
         return worker.vitals.slots or DEFAULT_LIMIT
 
     def _eligible(self, ctx: RequestContext, tried: frozenset[str]) -> Sequence[WorkerInfo]:
-        routable = self._registry.routable()
-        if ctx.model is None and not tried:
-            return routable
-        return [w for w in routable if w.serves(ctx.model) and w.address not in tried]
+        pool = self._registry.routable_for(ctx.model)
+        if not tried:
+            return pool
+        return [w for w in pool if w.address not in tried]
 
     def _with_capacity(self, workers: Sequence[WorkerInfo]) -> Sequence[WorkerInfo]:
         for worker in workers:

@@ -14,11 +14,11 @@ import orjson
 
 from inferno.errors import BadRequest, InfernoError
 from inferno.http.server import Request
-from inferno.policies.base import RequestContext
 from inferno.proxy.forward import Forwarder, Job
 from inferno.schemas import InferenceRequest, parse_obj
+from inferno.schemas.routing import RequestContext
 
-Contextualize = Callable[[Request, str, InferenceRequest], tuple[RequestContext, bool, int]]
+Contextualize = Callable[[Request, str, InferenceRequest], tuple[RequestContext, int]]
 
 
 class BatchRunner:
@@ -59,7 +59,7 @@ class BatchRunner:
             body = parse_obj(InferenceRequest, item)
             if body.stream:
                 raise BadRequest("stream is not supported inside a batch", param="stream")
-            ctx, _, max_tokens = self._contextualize(request, rid, body)
+            ctx, max_tokens = self._contextualize(request, rid, body)
             job = Job(ctx, b"/inference", orjson.dumps(item), max_tokens, t0, deadline)
             outcome = await self._forwarder.call(job, splice_timings=True)
         except InfernoError as exc:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from inferno.config import DeadlineConfig, RetryConfig, UpstreamConfig
 from inferno.errors import (
-    InfernoError,
+    DeadlineExceeded,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -31,20 +31,14 @@ from inferno.http.responses import sse_error_event
 from inferno.http.server import Responder
 from inferno.observability.logging import fast_info
 from inferno.observability.metrics import ProxyStats
-from inferno.policies.base import RequestContext
 from inferno.proxy.admission import AdmissionController
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.worker import WorkerInfo
+from inferno.schemas.routing import RequestContext
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
-
-
-class DeadlineExceeded(InfernoError):
-    status = 504
-    code = "deadline_exceeded"
-    kind = "timeout"
 
 
 @dataclass(slots=True)
@@ -133,7 +127,8 @@ class Forwarder:
             worker = await self._admission.acquire(ctx, tried, timeout_s=remaining)
             address = worker.address
             fast_info(logger, "Routing request %s to %s", ctx.request_id, address)
-            can_retry = attempt < max_attempts and len(self._registry.routable()) > len(tried) + 1
+            pool = self._registry.routable_for(ctx.model)
+            can_retry = attempt < max_attempts and len(pool) > len(tried) + 1
             if stream:
                 budget = self._up.stream_first_byte_timeout_s
                 cap = remaining * self._deadline.per_try_max_fraction if can_retry else remaining

@@ -8,14 +8,16 @@ import urllib.parse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from inferno.errors import BadRequest, InfernoError, MethodNotAllowed, NotFound
+from inferno.errors import BadRequest, NotFound
 from inferno.http.client import UpstreamPool
-from inferno.http.responses import JSON_HEADERS, dumps, error_response
+from inferno.http.responses import JSON_HEADERS, dumps
+from inferno.http.router import Router
 from inferno.http.server import Request, Responder
 from inferno.proxy.admission import AdmissionController
-from inferno.registry.registry import RegistrationPayload, WorkerRegistry, check_address
+from inferno.registry.registry import WorkerRegistry
 from inferno.registry.resolver import Resolver
 from inferno.schemas import parse_body
+from inferno.schemas.registration import RegistrationPayload, check_address
 
 logger = logging.getLogger(__name__)
 
@@ -37,46 +39,43 @@ class ProxyOps:
         self._pool = pool
         self._resolver = resolver
 
+        router = Router()
+        router.add(("POST", "DELETE"), "/registration", self._registration)
+        router.add("GET", "/health", self._health)
+        router.add("GET", "/livez", self._livez)
+        router.add("GET", "/metrics", self._metrics_page)
+        router.add("GET", "/queue/status", self._queue)
+        router.add("GET", "/vitals", self._vitals)
+        router.add("GET", "/workers", self._workers)
+        self._router = router
+
     async def __call__(self, request: Request, responder: Responder) -> None:
-        try:
-            await self._dispatch(request, responder)
-        except InfernoError as exc:
-            responder.send(*error_response(exc))
+        await self._router(request, responder)
 
-    async def _dispatch(self, request: Request, responder: Responder) -> None:
-        path, method = request.path, request.method
-        if path == "/registration":
-            if method == "POST":
-                await self._register(request, responder)
-            elif method == "DELETE":
-                self._deregister(request, responder)
-            else:
-                raise MethodNotAllowed(("POST", "DELETE"))
-            return
-        if method not in ("GET", "HEAD"):
-            raise MethodNotAllowed(("GET", "HEAD"))
-        if path == "/health":
-            self._health(responder)
-        elif path == "/livez":
-            responder.send(200, JSON_HEADERS, b'{"status":"alive"}')
-        elif path == "/metrics":
-            query = urllib.parse.parse_qs(request.query)
-            if query.get("format") == ["json"]:
-                self._vitals(responder)
-            else:
-                payload = generate_latest(self._metrics)
-                responder.send(200, [(b"Content-Type", CONTENT_TYPE_LATEST.encode())], payload)
-        elif path == "/queue/status":
-            responder.send(200, JSON_HEADERS, dumps(self._admission.status()))
-        elif path == "/vitals":
-            self._vitals(responder)
-        elif path == "/workers":
-            workers = [w.to_json() for w in self._registry.all()]
-            responder.send(200, JSON_HEADERS, dumps({"workers": workers, "count": len(workers)}))
+    async def _registration(self, request: Request, responder: Responder) -> None:
+        if request.method == "POST":
+            await self._register(request, responder)
         else:
-            raise NotFound("no route for this path")
+            self._deregister(request, responder)
 
-    def _health(self, responder: Responder) -> None:
+    async def _livez(self, request: Request, responder: Responder) -> None:
+        responder.send(200, JSON_HEADERS, b'{"status":"alive"}')
+
+    async def _metrics_page(self, request: Request, responder: Responder) -> None:
+        if urllib.parse.parse_qs(request.query).get("format") == ["json"]:
+            await self._vitals(request, responder)
+            return
+        payload = generate_latest(self._metrics)
+        responder.send(200, [(b"Content-Type", CONTENT_TYPE_LATEST.encode())], payload)
+
+    async def _queue(self, request: Request, responder: Responder) -> None:
+        responder.send(200, JSON_HEADERS, dumps(self._admission.status()))
+
+    async def _workers(self, request: Request, responder: Responder) -> None:
+        workers = [w.to_json() for w in self._registry.all()]
+        responder.send(200, JSON_HEADERS, dumps({"workers": workers, "count": len(workers)}))
+
+    async def _health(self, request: Request, responder: Responder) -> None:
         counts = self._registry.counts()
         healthy, total = counts["healthy"], counts["total"]
         if healthy == 0:
@@ -88,7 +87,7 @@ class ProxyOps:
         body = {"status": status, "healthy": healthy, "total": total, "backends": counts}
         responder.send(code, JSON_HEADERS, dumps(body))
 
-    def _vitals(self, responder: Responder) -> None:
+    async def _vitals(self, request: Request, responder: Responder) -> None:
         nodes = {
             w.node_id: {"address": w.address, "status": w.status.value, **w.vitals.model_dump()}
             for w in self._registry.all()

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from inferno.config import ProxyConfig
 from inferno.http.client import ResponseLimits, UpstreamPool
 from inferno.http.server import HttpServer, fit_to_fd_limit, limits_from
-from inferno.observability.metrics import ProxyCollector, ProxyStats, new_registry
+from inferno.observability.metrics import ProxyStats, new_registry
 from inferno.policies.base import LoadBalancingPolicy
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.app import ProxyApp
 from inferno.proxy.forward import Forwarder
+from inferno.proxy.metrics import ProxyCollector
 from inferno.proxy.ops import ProxyOps
 from inferno.registry.health import HealthChecker
 from inferno.registry.registry import WorkerRegistry

@@ -1,6 +1,6 @@
 """Membership, heartbeats, health checks and backend states."""
 
-from inferno.registry.registry import RegistrationPayload, WorkerRegistry
-from inferno.registry.worker import NodeVitals, WorkerInfo, WorkerStatus
+from inferno.registry.registry import WorkerRegistry
+from inferno.registry.worker import WorkerInfo, WorkerStatus
 
-__all__ = ["NodeVitals", "RegistrationPayload", "WorkerInfo", "WorkerRegistry", "WorkerStatus"]
+__all__ = ["WorkerInfo", "WorkerRegistry", "WorkerStatus"]

@@ -8,70 +8,17 @@ in exactly one place. Time comes from an injected clock.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from inferno.config import HealthCheckConfig, OutlierConfig, RegistryConfig
-from inferno.errors import BadRequest, RegistryFull
-from inferno.registry.worker import NodeVitals, WorkerInfo, WorkerStatus
+from inferno.errors import ConfigError, RegistryFull
+from inferno.registry.worker import WorkerInfo, WorkerStatus
+from inferno.schemas.registration import WILDCARD_HOSTS, RegistrationPayload, check_address
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-# Full matches only: ``re.match`` with ``$`` accepts a trailing newline, which would
-# then split a response header or forge a log line.
-_ADDR_RE = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]{1,253}):(\d{1,5})")
-_ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
-WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
-
-
-def check_address(value: str) -> str:
-    match = _ADDR_RE.fullmatch(value)
-    if match is None or not 0 < int(match.group(2)) <= 65535:
-        raise ValueError("must be host:port")
-    return value
-
-
-class RegistrationPayload(BaseModel):
-    """Body of ``POST /registration`` (register and heartbeat are the same call)."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    address: str
-    node_id: str
-    models: tuple[str, ...] = ()
-    vitals: NodeVitals = NodeVitals()
-    weight: int = Field(1, ge=1, le=1000)
-    state: Literal["active", "draining"] = "active"
-    ops_address: str | None = None
-
-    @field_validator("address")
-    @classmethod
-    def _addr(cls, value: str) -> str:
-        return check_address(value)
-
-    @field_validator("ops_address")
-    @classmethod
-    def _ops_addr(cls, value: str | None) -> str | None:
-        return None if value is None else check_address(value)
-
-    @field_validator("node_id")
-    @classmethod
-    def _node_id(cls, value: str) -> str:
-        if not _ID_RE.fullmatch(value):
-            raise ValueError("must be 1-128 characters from [A-Za-z0-9_.:@-]")
-        return value
-
-    @field_validator("models")
-    @classmethod
-    def _models(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(value) > 32 or any(not _ID_RE.fullmatch(m) for m in value):
-            raise ValueError("at most 32 model ids of [A-Za-z0-9_.:@-]")
-        return value
 
 
 def parse_static_backend(spec: str) -> tuple[str, int]:
@@ -80,9 +27,9 @@ def parse_static_backend(spec: str) -> tuple[str, int]:
     try:
         check_address(address)
     except ValueError as exc:
-        raise BadRequest(f"bad backend address {spec!r}: expected host:port[=weight]") from exc
+        raise ConfigError(f"bad backend address {spec!r}: expected host:port[=weight]") from exc
     if weight and (not weight.isdigit() or int(weight) < 1):
-        raise BadRequest(f"bad backend weight in {spec!r}")
+        raise ConfigError(f"bad backend weight in {spec!r}")
     return address, int(weight or 1)
 
 
@@ -104,9 +51,10 @@ class WorkerRegistry:
         self._wall = wall_clock
         self._workers: dict[str, WorkerInfo] = {}
         self._routable: tuple[WorkerInfo, ...] = ()
+        #: model id -> routable workers serving it (plus those that list no models)
+        self._by_model: dict[str, tuple[WorkerInfo, ...]] = {}
+        self._anything: tuple[WorkerInfo, ...] = ()
         self._removal_listeners: list[Callable[[str], None]] = []
-        #: bumped on every change that affects routing
-        self.version = 0
 
     # -- queries -------------------------------------------------------------------------
     def get(self, address: str) -> WorkerInfo | None:
@@ -118,6 +66,16 @@ class WorkerRegistry:
     def routable(self) -> tuple[WorkerInfo, ...]:
         """Healthy workers, as a cached tuple rebuilt only when state changes."""
         return self._routable
+
+    def routable_for(self, model: str | None) -> tuple[WorkerInfo, ...]:
+        """The routable snapshot for one model: admission and retries both read it."""
+        if model is None:
+            return self._routable
+        pool = self._by_model.get(model)
+        if pool is None:
+            # Backends that advertise no models serve anything (static ones, say).
+            return self._anything
+        return pool
 
     def models(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -142,7 +100,9 @@ class WorkerRegistry:
 
     # -- membership ----------------------------------------------------------------------
     def add_static(self, address: str, weight: int = 1) -> WorkerInfo:
-        worker = WorkerInfo(address, node_id=address, weight=weight, source="static", wall=self._wall())
+        worker = WorkerInfo(
+            address, node_id=address, weight=weight, source="static", wall=self._wall(), outlier=self._outlier
+        )
         self._workers[address] = worker
         logger.info("Backend registered: %s", address)
         self._changed()
@@ -158,7 +118,7 @@ class WorkerRegistry:
             worker = WorkerInfo(
                 address,
                 node_id=payload.node_id,
-                models=payload.models,
+                models=tuple(m.id for m in payload.models),
                 weight=payload.weight,
                 source="registered",
                 now=now,
@@ -169,7 +129,11 @@ class WorkerRegistry:
             logger.info("Backend registered: %s (node %s)", address, payload.node_id)
             self._changed()
         worker.node_id = payload.node_id
-        worker.models = payload.models
+        models = tuple(m.id for m in payload.models)
+        if models != worker.models:
+            worker.models = models
+            self._changed()
+        worker.tasks = {m.id: m.task for m in payload.models}
         worker.vitals = payload.vitals
         worker.ops_address = payload.ops_address
         if worker.weight != payload.weight:
@@ -313,8 +277,13 @@ class WorkerRegistry:
         self._changed()
 
     def _changed(self) -> None:
-        self.version += 1
         self._routable = tuple(w for w in self._workers.values() if w.routable)
+        self._anything = tuple(w for w in self._routable if not w.models)
+        by_model: dict[str, list[WorkerInfo]] = {}
+        for worker in self._routable:
+            for model in worker.models:
+                by_model.setdefault(model, list(self._anything)).append(worker)
+        self._by_model = {model: tuple(pool) for model, pool in by_model.items()}
         for listener in self._change_listeners:
             listener()
 

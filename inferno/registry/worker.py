@@ -5,10 +5,9 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from inferno.config import OutlierConfig
 from inferno.registry.breaker import CircuitBreaker
+from inferno.schemas.registration import NodeVitals
 
 
 class WorkerStatus(enum.StrEnum):
@@ -16,27 +15,6 @@ class WorkerStatus(enum.StrEnum):
     UNHEALTHY = "unhealthy"
     EJECTED = "ejected"
     DRAINING = "draining"
-
-
-#: the largest count a vital may carry (2**53: exact in JSON doubles)
-_MAX_COUNT = 1 << 53
-
-
-class NodeVitals(BaseModel):
-    """Load figures a backend reports with each heartbeat (all optional)."""
-
-    # Every number is bounded: they come from the network and end up in JSON and metrics.
-    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
-
-    in_flight: int = Field(0, ge=0, le=_MAX_COUNT)
-    queued: int = Field(0, ge=0, le=_MAX_COUNT)
-    requests_served: int = Field(0, ge=0, le=_MAX_COUNT)
-    tokens_per_s: float = Field(0.0, ge=0, le=1e9)
-    cpu_percent: float = Field(0.0, ge=0, le=1e6)
-    rss_bytes: int = Field(0, ge=0, le=_MAX_COUNT)
-    slots: int = Field(0, ge=0, le=4096)
-    #: recent per-request generation speed (tokens/s of one generation), 0 if unknown
-    decode_tokens_per_s: float = Field(0.0, ge=0, le=1e9)
 
 
 class WorkerInfo:
@@ -58,6 +36,7 @@ class WorkerInfo:
         "status",
         "status_reason",
         "suspect",
+        "tasks",
         "vitals",
         "weight",
     )
@@ -78,6 +57,8 @@ class WorkerInfo:
         self.address = address
         self.node_id = node_id
         self.models = models
+        #: model id -> task (``text-generation``, ``embeddings``, ...)
+        self.tasks: dict[str, str] = {}
         self.weight = weight
         self.source = source
         self.status = status
@@ -115,6 +96,8 @@ class WorkerInfo:
             "status": self.status.value,
             "status_reason": self.status_reason,
             "models": list(self.models),
+            "tasks": dict(self.tasks),
+            "ops_address": self.ops_address,
             "in_flight": self.in_flight,
             "circuit": self.breaker.state.value,
             "ejections": self.breaker.ejections,

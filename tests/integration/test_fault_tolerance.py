@@ -11,7 +11,6 @@ import httpx
 
 from inferno.config import (
     AdmissionConfig,
-    FakeEngineConfig,
     OutlierConfig,
     UpstreamConfig,
 )
@@ -132,7 +131,7 @@ async def test_queue_full_burst_gets_429_and_no_5xx(make_cluster: Any, client: h
     cluster = await make_cluster(
         1,
         proxy_overrides={"admission": AdmissionConfig(max_in_flight_per_backend=1, max_queue=5)},
-        fake=FakeEngineConfig(tokens_per_s=100.0),
+        engine_options={"fake_tokens_per_s": 100.0},
     )
 
     async def one() -> httpx.Response:
@@ -154,7 +153,7 @@ async def test_low_priority_is_served_under_sustained_high_load(
     cluster = await make_cluster(
         1,
         proxy_overrides={"admission": AdmissionConfig(max_in_flight_per_backend=1, aging_s=0.25)},
-        fake=FakeEngineConfig(tokens_per_s=100.0),
+        engine_options={"fake_tokens_per_s": 100.0},
     )
     stop = asyncio.Event()
     high_done = 0
@@ -225,7 +224,7 @@ async def test_slow_stream_marks_suspect_but_never_ejects(
             "upstream": UpstreamConfig(slow_chunk_s=0.1),
             "outlier": OutlierConfig(consecutive_failures=1),
         },
-        fake=FakeEngineConfig(tokens_per_s=5.0),
+        engine_options={"fake_tokens_per_s": 5.0},
     )
     chat = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "stream": True}
     async with client.stream("POST", f"{cluster.url}/v1/chat/completions", json=chat) as r:
@@ -242,7 +241,7 @@ async def test_stream_stalling_past_idle_timeout_ends_with_error_event(
     cluster = await make_cluster(
         1,
         proxy_overrides={"upstream": UpstreamConfig(stream_idle_timeout_s=0.3)},
-        fake=FakeEngineConfig(tokens_per_s=2.0),
+        engine_options={"fake_tokens_per_s": 2.0},
     )
     chat = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 5, "stream": True}
     async with client.stream("POST", f"{cluster.url}/v1/chat/completions", json=chat) as r:

@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 import openai
 
-from inferno.config import FakeEngineConfig
 from inferno.proxy.server import ProxyServer
 from tests.conftest import HOST, proxy_config, wait_for
 
@@ -36,7 +35,7 @@ async def test_backends_reregister_after_proxy_restart(make_cluster: Any, client
 
 
 async def test_client_disconnect_mid_stream_frees_backend_slot(make_cluster: Any) -> None:
-    cluster = await make_cluster(1, fake=FakeEngineConfig(tokens_per_s=20.0))
+    cluster = await make_cluster(1, engine_options={"fake_tokens_per_s": 20.0})
     backend = cluster.backends[0]
     body = b'{"messages":[{"role":"user","content":"long"}],"max_tokens":200,"stream":true}'
     reader, writer = await asyncio.open_connection(HOST, cluster.proxy.data_address[1])
@@ -81,7 +80,7 @@ async def test_official_openai_client_against_proxy(make_cluster: Any) -> None:
 async def test_draining_backend_leaves_routing_and_finishes_work(
     make_cluster: Any, client: httpx.AsyncClient
 ) -> None:
-    cluster = await make_cluster(2, fake=FakeEngineConfig(tokens_per_s=50.0))
+    cluster = await make_cluster(2, engine_options={"fake_tokens_per_s": 50.0})
     draining = cluster.backends[0]
     slow = asyncio.create_task(
         client.post(

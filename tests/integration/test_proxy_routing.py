@@ -68,7 +68,7 @@ async def test_openai_endpoints_and_models(make_cluster: Any, client: httpx.Asyn
 
 async def test_sse_tokens_arrive_incrementally(make_cluster: Any, client: httpx.AsyncClient) -> None:
     # 20 tokens/s: a buffered relay would deliver everything after ~0.5s at once.
-    cluster = await make_cluster(1, fake=_slow_fake())
+    cluster = await make_cluster(1, engine_options=_slow_fake())
     chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10, "stream": True}
     arrivals: list[tuple[float, str]] = []
     started = time.monotonic()
@@ -89,10 +89,8 @@ async def test_sse_tokens_arrive_incrementally(make_cluster: Any, client: httpx.
     assert last_token_at - first_token_at > 0.3
 
 
-def _slow_fake() -> Any:
-    from inferno.config import FakeEngineConfig
-
-    return FakeEngineConfig(tokens_per_s=20.0)
+def _slow_fake() -> dict[str, float]:
+    return {"fake_tokens_per_s": 20.0}
 
 
 async def test_no_backend_gives_503_with_message(make_cluster: Any, client: httpx.AsyncClient) -> None:

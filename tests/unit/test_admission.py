@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 from inferno.config import AdmissionConfig, HealthCheckConfig, RegistryConfig
-from inferno.errors import NoBackendAvailable
-from inferno.policies import LoadBalancingPolicy, Priority, RequestContext
-from inferno.proxy.admission import AdmissionController, Overloaded
-from inferno.registry.registry import RegistrationPayload, WorkerRegistry
+from inferno.errors import NoBackendAvailable, Overloaded
+from inferno.policies import LoadBalancingPolicy
+from inferno.proxy.admission import AdmissionController
+from inferno.registry.registry import WorkerRegistry
+from inferno.schemas.registration import RegistrationPayload
+from inferno.schemas.routing import Priority, RequestContext
 from tests.unit.test_registry import FakeClock
 
 
@@ -156,7 +158,8 @@ def test_retry_backoff_is_full_jitter_capped() -> None:
 
 def test_per_try_timeout_rule() -> None:
     from inferno.proxy.forward import Job
-    from inferno.registry.worker import NodeVitals, WorkerInfo
+    from inferno.registry.worker import WorkerInfo
+    from inferno.schemas.registration import NodeVitals
 
     clock = FakeClock()
     fwd: Any = make_forwarder(clock)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from inferno.config import HealthCheckConfig, OutlierConfig, RegistryConfig
 from inferno.registry.breaker import BreakerState, CircuitBreaker
-from inferno.registry.registry import RegistrationPayload, WorkerRegistry
+from inferno.registry.registry import WorkerRegistry
 from inferno.registry.worker import WorkerStatus
+from inferno.schemas.registration import RegistrationPayload
 from tests.unit.test_registry import FakeClock
 
 OUTLIER = OutlierConfig(consecutive_failures=3, base_ejection_s=5.0, max_ejection_s=30.0)

@@ -7,18 +7,23 @@ from typing import Any
 
 import pytest
 
-from inferno.config import BackendConfig
 from inferno.engines import Engine, GenerationRequest, available_engines
 from inferno.engines.fake import FakeEngine, fake_tokens
-from inferno.engines.smollm2 import INSTALL_HINT, find_bundled_model
-from inferno.errors import ModelMissing
+from inferno.engines.llamacpp import INSTALL_HINT, LlamaCppEngine, find_bundled_model
+from inferno.errors import ConfigError, ModelMissing
 
 
-def test_engines_registered_by_name() -> None:
-    assert {"fake", "smollm2"} <= set(available_engines())
-    assert isinstance(Engine.create("fake", BackendConfig(engine="fake")), FakeEngine)
-    with pytest.raises(ValueError, match="unknown engine"):
-        Engine.create("nope", BackendConfig(engine="fake"))
+def test_engines_registered_by_name_with_their_own_options() -> None:
+    assert {"fake", "llamacpp", "smollm2"} <= set(available_engines())
+    fake = Engine.create("fake", {"fake_tokens_per_s": 50.0, "n_parallel": 3})
+    assert isinstance(fake, FakeEngine) and fake.slots == 3
+    assert [m.model_dump() for m in fake.models()] == [{"id": "fake", "task": "text-generation"}]
+    # the old name is an alias of the general llama.cpp engine
+    assert isinstance(Engine.create("smollm2", {"threads": 1}), LlamaCppEngine)
+    with pytest.raises(ConfigError, match="unknown engine"):
+        Engine.create("nope")
+    with pytest.raises(ConfigError, match="bad options"):
+        Engine.create("fake", {"n_ctx": 512})  # another engine's option
 
 
 def test_fake_engine_is_deterministic_per_prompt() -> None:

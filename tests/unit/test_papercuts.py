@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from inferno.bench.report import html_page, nice_ticks
 from inferno.bench.stats import Sample, summarize
 from inferno.cli import main
-from inferno.cluster import RestartPolicy
+from inferno.launcher import RestartPolicy
 
 
 class FakeClock:

@@ -7,8 +7,10 @@ from collections import Counter
 
 import pytest
 
-from inferno.policies import LoadBalancingPolicy, RequestContext, available_policies
+from inferno.errors import ConfigError
+from inferno.policies import LoadBalancingPolicy, available_policies
 from inferno.registry.worker import WorkerInfo
+from inferno.schemas.routing import RequestContext
 
 
 def workers(n: int) -> list[WorkerInfo]:
@@ -17,7 +19,7 @@ def workers(n: int) -> list[WorkerInfo]:
 
 def test_registry_lists_policies_by_name() -> None:
     assert {"round_robin", "random"} <= set(available_policies())
-    with pytest.raises(ValueError, match="unknown policy"):
+    with pytest.raises(ConfigError, match="unknown policy"):
         LoadBalancingPolicy.create("nope")
 
 

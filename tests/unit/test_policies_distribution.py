@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from inferno.policies import LoadBalancingPolicy, RequestContext
+from inferno.policies import LoadBalancingPolicy
 from inferno.policies.consistent_hash import ConsistentHashPolicy
-from inferno.registry.worker import NodeVitals, WorkerInfo
+from inferno.registry.worker import WorkerInfo
+from inferno.schemas.registration import NodeVitals
+from inferno.schemas.routing import RequestContext
 
 
 def pool(n: int, **attrs: list[int]) -> list[WorkerInfo]:

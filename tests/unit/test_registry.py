@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from inferno.config import HealthCheckConfig, RegistryConfig
-from inferno.errors import BadRequest
-from inferno.registry.registry import RegistrationPayload, WorkerRegistry, parse_static_backend
+from inferno.errors import ConfigError
+from inferno.registry.registry import WorkerRegistry, parse_static_backend
 from inferno.registry.worker import WorkerStatus
+from inferno.schemas.registration import RegistrationPayload
 
 
 class FakeClock:
@@ -134,7 +135,7 @@ def test_counts_and_static_backends_never_expire() -> None:
 
 @pytest.mark.parametrize("spec", ["nohost", "a:b", "a:1=x", "a:1=0", "a:99999"])
 def test_bad_static_specs_are_rejected(spec: str) -> None:
-    with pytest.raises(BadRequest):
+    with pytest.raises(ConfigError):
         parse_static_backend(spec)
 
 
@@ -151,3 +152,31 @@ def test_bad_static_specs_are_rejected(spec: str) -> None:
 def test_bad_registration_payloads_are_rejected(body: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         RegistrationPayload.model_validate(body)
+
+
+def test_static_backends_follow_the_outlier_settings() -> None:
+    from inferno.config import OutlierConfig
+
+    clock = FakeClock()
+    reg = WorkerRegistry(
+        RegistryConfig(),
+        HealthCheckConfig(),
+        clock=clock,
+        outlier_config=OutlierConfig(consecutive_failures=1, base_ejection_s=7.0),
+    )
+    worker = reg.add_static("s:1")
+    reg.record_failure(worker, "timeout")
+    assert worker.status is WorkerStatus.EJECTED
+    assert worker.breaker.ejection_s() == 7.0
+
+
+def test_routable_snapshot_per_model() -> None:
+    reg = make(FakeClock())
+    reg.register(payload("a:1", "a", models=["m1"]))
+    reg.register(payload("b:1", "b", models=[{"id": "m2", "task": "embeddings"}]))
+    reg.add_static("s:1")  # lists no models: serves any
+    assert [w.address for w in reg.routable_for("m1")] == ["s:1", "a:1"]
+    assert [w.address for w in reg.routable_for("m2")] == ["s:1", "b:1"]
+    assert [w.address for w in reg.routable_for("other")] == ["s:1"]
+    assert len(reg.routable_for(None)) == 3
+    assert reg.get("b:1").tasks == {"m2": "embeddings"}  # type: ignore[union-attr]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from inferno.errors import BadRequest
-from inferno.proxy.request_id import RequestIdFactory
+from inferno.http.request_id import RequestIdFactory
 from inferno.schemas import ChatCompletionRequest, InferenceRequest, check_max_tokens, parse_body
 
 

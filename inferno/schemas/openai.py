@@ -1,4 +1,4 @@
-"""Request schemas of the data API, shared by the proxy and the backend.
+"""OpenAI-style and ``/inference`` request schemas, shared by the proxy and the backend.
 
 ``parse_body`` is the one place where JSON and validation errors become a
 ``BadRequest`` with a message that names the field, never echoing the input.
@@ -12,14 +12,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from inferno.errors import BadRequest
-from inferno.policies.base import Priority
 
 PriorityName = Literal["high", "normal", "low"]
-PRIORITIES: dict[str, Priority] = {
-    "high": Priority.HIGH,
-    "normal": Priority.NORMAL,
-    "low": Priority.LOW,
-}
 MAX_PROMPT_CHARS = 200_000
 
 

@@ -1,0 +1,77 @@
+"""The adapter interface: one per API shape, shared by the proxy and the backend.
+
+An adapter owns everything that differs between ``/inference``,
+``/v1/chat/completions`` and ``/v1/completions``: parsing a body into what the
+proxy routes on and what the engine runs, and rendering a whole answer or one
+stream chunk. Adding an API shape is one adapter file; nothing compares kind
+strings.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from inferno.engines.base import Delta, GenerationRequest, GenerationResult
+from inferno.schemas.openai import check_max_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedText:
+    """A validated text-generation request: what to route on and what to run."""
+
+    model: str | None
+    stream: bool
+    generation: GenerationRequest
+    #: the prompt's text, for prefix affinity and the logged length
+    prompt: str
+    #: the body's session field (``session_id`` or OpenAI ``user``)
+    session: str | None
+    #: the body's priority field
+    priority: str | None
+
+    @property
+    def max_tokens(self) -> int:
+        return self.generation.max_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class RenderMeta:
+    """What a rendered answer says about where and how it was made."""
+
+    request_id: str
+    model: str
+    node_id: str
+    created: int
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+
+
+class TextAPI(ABC):
+    """One text-generation API shape."""
+
+    path: ClassVar[str]
+
+    @abstractmethod
+    def parse(self, body: bytes) -> ParsedText:
+        """Validate a request body (``BadRequest`` naming the field on any problem)."""
+
+    def parse_checked(self, body: bytes, max_tokens_limit: int) -> ParsedText:
+        parsed = self.parse(body)
+        check_max_tokens(parsed.max_tokens, max_tokens_limit)
+        return parsed
+
+    @abstractmethod
+    def render_whole(self, result: GenerationResult, meta: RenderMeta) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def render_chunk(self, delta: Delta, meta: RenderMeta, first: bool) -> dict[str, Any]: ...
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

@@ -1,0 +1,102 @@
+"""The OpenAI shapes: ``POST /v1/chat/completions`` and ``POST /v1/completions``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inferno.api.base import ParsedText, RenderMeta, TextAPI, usage
+from inferno.engines.base import Delta, GenerationRequest, GenerationResult
+from inferno.schemas.openai import ChatCompletionRequest, CompletionRequest, parse_body
+
+#: max_tokens of a chat request that names none
+DEFAULT_CHAT_MAX_TOKENS = 256
+
+
+class ChatAPI(TextAPI):
+    path = "/v1/chat/completions"
+
+    def parse(self, body: bytes) -> ParsedText:
+        chat = parse_body(ChatCompletionRequest, body)
+        generation = GenerationRequest(
+            max_tokens=chat.effective_max_tokens(DEFAULT_CHAT_MAX_TOKENS),
+            temperature=chat.temperature,
+            top_p=chat.top_p,
+            seed=chat.seed,
+            stop=chat.stop_tuple(),
+            messages=tuple(("system" if m.role == "developer" else m.role, m.text()) for m in chat.messages),
+        )
+        prompt = "\n".join(content for _, content in generation.messages or ())
+        return ParsedText(chat.model, chat.stream, generation, prompt, chat.user, chat.priority)
+
+    def render_whole(self, result: GenerationResult, meta: RenderMeta) -> dict[str, Any]:
+        return {
+            "id": f"chatcmpl-{meta.request_id}",
+            "object": "chat.completion",
+            "created": meta.created,
+            "model": meta.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text},
+                    "finish_reason": result.finish_reason,
+                }
+            ],
+            "usage": usage(result.prompt_tokens, result.completion_tokens),
+        }
+
+    def render_chunk(self, delta: Delta, meta: RenderMeta, first: bool) -> dict[str, Any]:
+        content: dict[str, Any] = {"content": delta.text} if delta.text else {}
+        if first:
+            content["role"] = "assistant"
+        event: dict[str, Any] = {
+            "id": f"chatcmpl-{meta.request_id}",
+            "object": "chat.completion.chunk",
+            "created": meta.created,
+            "model": meta.model,
+            "choices": [{"index": 0, "delta": content, "finish_reason": delta.finish_reason}],
+        }
+        if delta.finish_reason is not None:
+            event["usage"] = usage(delta.prompt_tokens, delta.completion_tokens)
+        return event
+
+
+class CompletionAPI(TextAPI):
+    path = "/v1/completions"
+
+    def parse(self, body: bytes) -> ParsedText:
+        comp = parse_body(CompletionRequest, body)
+        generation = GenerationRequest(
+            max_tokens=comp.max_tokens,
+            temperature=comp.temperature,
+            top_p=comp.top_p,
+            seed=comp.seed,
+            stop=comp.stop_tuple(),
+            prompt=comp.prompt,
+        )
+        return ParsedText(comp.model, comp.stream, generation, comp.prompt, comp.user, comp.priority)
+
+    def render_whole(self, result: GenerationResult, meta: RenderMeta) -> dict[str, Any]:
+        return {
+            "id": f"cmpl-{meta.request_id}",
+            "object": "text_completion",
+            "created": meta.created,
+            "model": meta.model,
+            "choices": [
+                {"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}
+            ],
+            "usage": usage(result.prompt_tokens, result.completion_tokens),
+        }
+
+    def render_chunk(self, delta: Delta, meta: RenderMeta, first: bool) -> dict[str, Any]:
+        event: dict[str, Any] = {
+            "id": f"cmpl-{meta.request_id}",
+            "object": "text_completion",
+            "created": meta.created,
+            "model": meta.model,
+            "choices": [
+                {"index": 0, "text": delta.text, "logprobs": None, "finish_reason": delta.finish_reason}
+            ],
+        }
+        if delta.finish_reason is not None:
+            event["usage"] = usage(delta.prompt_tokens, delta.completion_tokens)
+        return event

@@ -1,0 +1,33 @@
+"""The ``inferno`` command: one module per subcommand.
+
+Every flag can be set from the environment as ``INFERNO_<COMMAND>_<FLAG>``
+(click's ``auto_envvar_prefix``), e.g. ``INFERNO_PROXY_POLICY``; ``--help`` shows
+each. Two aliases from existing deployment docs are honoured as well:
+``INFERNO_LISTEN_ADDR`` for the proxy's listen address and
+``INFERNO_BACKEND_LISTEN_ADDR`` for the backend's.
+"""
+
+from __future__ import annotations
+
+import click
+
+from inferno.cli.backend import backend
+from inferno.cli.bench import bench
+from inferno.cli.proxy import proxy
+from inferno.cli.up import up
+
+
+@click.group(context_settings={"auto_envvar_prefix": "INFERNO", "help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="inferno-serve")
+def main() -> None:
+    """Inferno: a load-balancing proxy and inference backends for language models."""
+
+
+for _command in (proxy, backend, up, bench):
+    main.add_command(_command)
+    # Every option's help shows the environment variable that sets it.
+    for _param in _command.params:
+        if isinstance(_param, click.Option):
+            _param.show_envvar = True
+
+__all__ = ["backend", "bench", "main", "proxy", "up"]

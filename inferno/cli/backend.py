@@ -1,0 +1,118 @@
+"""``inferno backend``: an inference backend.
+
+The engine's flags come from every registered engine's options model (one flag per
+field); the chosen engine receives the values of its own fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+from pydantic import BaseModel
+
+from inferno.cli.common import (
+    build,
+    build_sections,
+    hostport,
+    logging_options,
+    model_options,
+    run_loop,
+    section_options,
+)
+from inferno.config import BACKEND_OPS_PORT, BackendConfig, HttpConfig
+from inferno.engines import Engine, available_engines
+from inferno.errors import InfernoError
+from inferno.observability.logging import setup_logging
+
+logger = logging.getLogger(__name__)
+
+BACKEND_SECTIONS: dict[str, type[BaseModel]] = {"http": HttpConfig}
+
+
+def _engine_fields() -> dict[str, Any]:
+    """Every engine option, by name; engines that share a name share the flag."""
+    fields: dict[str, Any] = {}
+    for model in Engine.options_models().values():
+        for name, field in model.model_fields.items():
+            fields.setdefault(name, field)
+    return dict(sorted(fields.items()))
+
+
+ENGINE_FIELDS = _engine_fields()
+
+
+@click.command()
+@click.option("--listen-addr", default="0.0.0.0:3000", show_default=True, help="Data port.")
+@click.option(
+    "--ops-addr",
+    default=f"0.0.0.0:{BACKEND_OPS_PORT}",
+    show_default=True,
+    help="Ops port (/health /livez /metrics); not the proxy's 6100, so both fit on one host.",
+)
+@click.option(
+    "--discovery-lb",
+    default=None,
+    help="Proxy ops address to register with (host:port); without it the backend registers nowhere.",
+)
+@click.option(
+    "--advertise-addr",
+    default=None,
+    help="Address the proxy should use (default: this host's reachable address).",
+)
+@click.option("--node-id", default=None, help="Stable name (default: hostname-port).")
+@click.option(
+    "--engine",
+    type=click.Choice(available_engines()),
+    default="llamacpp",
+    show_default=True,
+    help="Model runtime ('smollm2': the llamacpp engine's old name); 'fake' is a TEST engine.",
+)
+@model_options(ENGINE_FIELDS)
+@click.option("--heartbeat-interval-s", type=float, default=2.0, show_default=True)
+@click.option("--drain-grace-s", type=float, default=30.0, show_default=True)
+@click.option("--max-tokens-limit", type=int, default=4096, show_default=True)
+@click.option("--chaos", is_flag=True, help="Enable /simulate/* fault injection (tests only).")
+@section_options(BACKEND_SECTIONS)
+@logging_options
+def backend(**opts: Any) -> None:
+    """Run an inference backend."""
+    listen = hostport(opts["listen_addr"], "--listen-addr")
+    ops = hostport(opts["ops_addr"], "--ops-addr")
+    for flag in ("discovery_lb", "advertise_addr"):
+        if opts[flag]:
+            hostport(opts[flag], "--" + flag.replace("_", "-"))
+    if listen[1] and listen[1] == ops[1] and listen[0] == ops[0]:
+        raise click.BadParameter("the data and ops ports must differ", param_hint="--ops-addr")
+    sections = build_sections(opts, BACKEND_SECTIONS)
+    own = Engine.options_models()[opts["engine"]].model_fields
+    config: BackendConfig = build(
+        BackendConfig,
+        listen_host=listen[0],
+        listen_port=listen[1],
+        ops_host=ops[0],
+        ops_port=ops[1],
+        discovery_lb=opts["discovery_lb"],
+        advertise_addr=opts["advertise_addr"],
+        node_id=opts["node_id"],
+        engine=opts["engine"],
+        engine_options={name: opts[name] for name in own},
+        heartbeat_interval_s=opts["heartbeat_interval_s"],
+        drain_grace_s=opts["drain_grace_s"],
+        max_tokens_limit=opts["max_tokens_limit"],
+        chaos=opts["chaos"],
+        log_format=opts["log_format"],
+        log_level=opts["log_level"],
+        log_prompts=opts["log_prompts"],
+        **sections,
+    )
+    setup_logging(config.log_level, config.log_format)
+    from inferno.backend.server import run_backend
+
+    try:
+        run_loop(run_backend(config))
+    except (InfernoError, OSError) as exc:
+        logger.error("Backend failed to start: %s", exc)
+        sys.exit(1)

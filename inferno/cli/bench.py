@@ -1,0 +1,140 @@
+"""``inferno bench``: the load tester."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, cast
+
+import click
+
+from inferno.cli.common import hostport, run_loop
+
+
+@click.command()
+@click.argument("url")
+@click.option(
+    "--kind",
+    type=click.Choice(["inference", "chat", "chat-stream", "batch"]),
+    default="inference",
+    show_default=True,
+    help="Request kind.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["closed", "open", "burst", "ramp"]),
+    default=None,
+    help="Load shape (default: open with --rate, burst with --burst-size, ramp with --ramp-to, else closed).",
+)
+@click.option("-c", "--concurrency", type=click.IntRange(1, 100_000), default=8, show_default=True)
+@click.option("--rate", type=float, default=None, help="Open loop: target requests/s.")
+@click.option("--arrival", type=click.Choice(["constant", "poisson"]), default="constant", show_default=True)
+@click.option("--burst-size", type=click.IntRange(1), default=None)
+@click.option(
+    "--burst-interval",
+    "burst_interval_s",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds between bursts.",
+)
+@click.option("--ramp-to", type=click.IntRange(1), default=None, help="Ramp concurrency up to this.")
+@click.option("--ramp-by", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--ramp-step", "ramp_step_s", type=float, default=1.0, show_default=True)
+@click.option("-n", "--requests", type=click.IntRange(1), default=None, help="Stop after this many.")
+@click.option("-d", "--duration", "duration_s", type=float, default=None, help="Stop after seconds.")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Spread the load over processes so the client is not the bottleneck.",
+)
+@click.option(
+    "--prompts",
+    "prompts_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help='JSONL file of {"prompt": ...} or {"messages": [...]} (default: built-in set).',
+)
+@click.option("--max-tokens", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--model", default=None)
+@click.option("--timeout-s", type=float, default=120.0, show_default=True)
+@click.option("--output", type=click.Choice(["text", "json", "html"]), default="text", show_default=True)
+@click.option(
+    "--output-file",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the report here instead of stdout.",
+)
+@click.option(
+    "--control-addr",
+    default=None,
+    help="host:port for GET /stats /nodes /fails, POST /reset /parallelism?value=N.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No live progress line.")
+def bench(**opts: Any) -> None:
+    """Load-test a proxy or backend at URL (e.g. http://127.0.0.1:8080)."""
+    from inferno.bench import report as reports
+    from inferno.bench.main import BenchConfig, parse_target, run_bench
+    from inferno.bench.runner import LoadShape, Mode
+
+    try:
+        target = parse_target(opts["url"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from exc
+    if opts["requests"] is None and opts["duration_s"] is None:
+        raise click.UsageError("bound the run with --requests and/or --duration")
+    mode = opts["mode"] or (
+        "open" if opts["rate"] else "burst" if opts["burst_size"] else "ramp" if opts["ramp_to"] else "closed"
+    )
+    if mode == "open" and not opts["rate"]:
+        raise click.UsageError("--mode open needs --rate")
+    if opts["control_addr"]:
+        hostport(opts["control_addr"], "--control-addr")
+    shape = LoadShape(
+        mode=cast(Mode, mode),
+        concurrency=opts["concurrency"],
+        rate=opts["rate"] or 1.0,
+        arrival=opts["arrival"],
+        burst_size=opts["burst_size"] or 10,
+        burst_interval_s=opts["burst_interval_s"],
+        ramp_to=opts["ramp_to"] or opts["concurrency"],
+        ramp_by=opts["ramp_by"],
+        ramp_step_s=opts["ramp_step_s"],
+        requests=opts["requests"],
+        duration_s=opts["duration_s"],
+        timeout_s=opts["timeout_s"],
+    )
+    config = BenchConfig(
+        target=target,
+        kind=opts["kind"],
+        shape=shape,
+        processes=opts["processes"],
+        prompts_path=opts["prompts_path"],
+        max_tokens=opts["max_tokens"],
+        model=opts["model"],
+        control_addr=opts["control_addr"],
+        progress=not opts["quiet"],
+        seed=opts["seed"],
+    )
+    result: dict[str, Any] = {}
+
+    async def go() -> None:
+        result["report"], result["samples"] = await run_bench(config)
+
+    run_loop(go())
+    report = result["report"]
+    if opts["output"] == "json":
+        out = reports.as_json(report)
+    elif opts["output"] == "html":
+        out = reports.html_page(report, result["samples"])
+    else:
+        out = reports.text(report)
+    if opts["output_file"]:
+        with open(opts["output_file"], "w", encoding="utf-8") as fh:
+            fh.write(out)
+        click.echo(reports.text(report), err=True)
+    else:
+        click.echo(out)
+    sys.exit(0 if report["summary"]["succeeded"] else 1)

@@ -1,0 +1,89 @@
+"""What the commands share: the event-loop runner, option groups and error translation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+from pydantic import BaseModel, ValidationError
+
+from inferno.config import split_hostport
+from inferno.errors import ConfigError
+from inferno.http.loop import run_loop
+
+__all__ = [
+    "LOG_FORMATS",
+    "build",
+    "build_sections",
+    "hostport",
+    "logging_options",
+    "model_options",
+    "run_loop",
+    "section_options",
+]
+
+LOG_FORMATS = click.Choice(["text", "json"])
+
+
+def build(factory: Any, **kwargs: Any) -> Any:
+    """A config object, or a usage error naming the bad value."""
+    try:
+        return factory(**kwargs)
+    except (ValidationError, ConfigError) as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def hostport(value: str, flag: str) -> tuple[str, int]:
+    try:
+        return split_hostport(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from exc
+
+
+def logging_options(fn: Any) -> Any:
+    fn = click.option(
+        "--log-prompts", is_flag=True, help="Log full prompt text at DEBUG (off: lengths only)."
+    )(fn)
+    fn = click.option("--log-level", default="INFO", show_default=True)(fn)
+    fn = click.option("--log-format", type=LOG_FORMATS, default="text", show_default=True)(fn)
+    return fn
+
+
+def model_options(fields: dict[str, Any], prefix: str = "") -> Callable[[Any], Any]:
+    """One flag per pydantic field, with its default and description, so the CLI,
+    the environment variables and the config never drift apart."""
+
+    def decorate(fn: Any) -> Any:
+        for name, field in reversed(fields.items()):
+            default = field.default
+            fn = click.option(
+                f"--{prefix}{name}".replace("_", "-"),
+                f"{prefix}{name}".replace("-", "_"),
+                type=str if default is None else type(default),
+                default=default,
+                show_default=default is not None,
+                help=field.description,
+            )(fn)
+        return fn
+
+    return decorate
+
+
+def section_options(sections: dict[str, type[BaseModel]]) -> Callable[[Any], Any]:
+    """Flags named ``--<section>-<field>`` for each config section."""
+
+    def decorate(fn: Any) -> Any:
+        for section, model in reversed(sections.items()):
+            fn = model_options(dict(model.model_fields), prefix=f"{section}-")(fn)
+        return fn
+
+    return decorate
+
+
+def build_sections(opts: dict[str, Any], sections: dict[str, type[BaseModel]]) -> dict[str, Any]:
+    built = {}
+    for section, model in sections.items():
+        values = {name: opts.pop(f"{section}_{name}") for name in model.model_fields}
+        built[section] = build(model, **values)
+    return built

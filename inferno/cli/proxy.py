@@ -1,0 +1,100 @@
+"""``inferno proxy``: the load-balancing proxy."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+from pydantic import BaseModel
+
+from inferno.cli.common import build, build_sections, hostport, logging_options, run_loop, section_options
+from inferno.config import (
+    AdmissionConfig,
+    DeadlineConfig,
+    HealthCheckConfig,
+    HttpConfig,
+    OutlierConfig,
+    ProxyConfig,
+    RegistryConfig,
+    RetryConfig,
+    UpstreamConfig,
+)
+from inferno.errors import InfernoError
+from inferno.observability.logging import setup_logging
+from inferno.policies import available_policies
+
+logger = logging.getLogger(__name__)
+
+# Each proxy setting group becomes flags named --<section>-<field>, with the model's
+# default and description, so the CLI, the env vars and the config never drift apart.
+PROXY_SECTIONS: dict[str, type[BaseModel]] = {
+    "health": HealthCheckConfig,
+    "registry": RegistryConfig,
+    "upstream": UpstreamConfig,
+    "retry": RetryConfig,
+    "deadline": DeadlineConfig,
+    "outlier": OutlierConfig,
+    "admission": AdmissionConfig,
+    "http": HttpConfig,
+}
+
+
+@click.command()
+@click.option(
+    "--listen-addr",
+    default="0.0.0.0:8080",
+    show_default=True,
+    envvar=["INFERNO_PROXY_LISTEN_ADDR", "INFERNO_LISTEN_ADDR"],
+    help="Data port.",
+)
+@click.option(
+    "--ops-addr",
+    default="0.0.0.0:6100",
+    show_default=True,
+    help="Ops port: /health /livez /metrics /workers /registration /queue/status.",
+)
+@click.option("--backend-servers", default="", help="Static backends: host:port[=weight],...")
+@click.option("--policy", type=click.Choice(available_policies()), default="round_robin", show_default=True)
+@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True)
+@click.option("--max-tokens-limit", type=int, default=4096, show_default=True)
+@click.option(
+    "--grace-s",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="On SIGTERM, time to finish in-flight requests.",
+)
+@click.option("--seed", type=int, default=None, help="Seed for randomised policies.")
+@section_options(PROXY_SECTIONS)
+@logging_options
+def proxy(**opts: Any) -> None:
+    """Run the load-balancing proxy."""
+    listen = hostport(opts["listen_addr"], "--listen-addr")
+    ops = hostport(opts["ops_addr"], "--ops-addr")
+    sections = build_sections(opts, PROXY_SECTIONS)
+    config: ProxyConfig = build(
+        ProxyConfig,
+        listen_host=listen[0],
+        listen_port=listen[1],
+        ops_host=ops[0],
+        ops_port=ops[1],
+        backend_servers=tuple(s for s in opts["backend_servers"].split(",") if s.strip()),
+        policy=opts["policy"],
+        max_body_bytes=opts["max_body_bytes"],
+        max_tokens_limit=opts["max_tokens_limit"],
+        log_format=opts["log_format"],
+        log_level=opts["log_level"],
+        log_prompts=opts["log_prompts"],
+        seed=opts["seed"],
+        **sections,
+    )
+    setup_logging(config.log_level, config.log_format)
+    from inferno.proxy.server import run_proxy
+
+    try:
+        run_loop(run_proxy(config, grace_s=opts["grace_s"]))
+    except (InfernoError, OSError) as exc:
+        logger.error("Proxy failed to start: %s", exc)
+        sys.exit(1)

@@ -1,0 +1,33 @@
+"""``inferno up``: a local cluster of a proxy and N backends, supervised."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from inferno.cli.common import LOG_FORMATS
+from inferno.engines import available_engines
+from inferno.policies import available_policies
+
+
+@click.command()
+@click.option("--backends", type=click.IntRange(1, 16), default=2, show_default=True)
+@click.option("--engine", type=click.Choice(available_engines()), default="llamacpp", show_default=True)
+@click.option("--policy", type=click.Choice(available_policies()), default="round_robin", show_default=True)
+@click.option("--free-ports", is_flag=True, help="Pick free ports instead of 8080/6100/300N/620N.")
+@click.option("--ready-timeout-s", type=float, default=180.0, show_default=True)
+@click.option("--log-format", type=LOG_FORMATS, default="text", show_default=True)
+def up(**opts: Any) -> None:
+    """Start a local cluster: one proxy and N backends on 127.0.0.1."""
+    from inferno.launcher import make_plan, run_up
+
+    plan = make_plan(
+        opts["backends"],
+        free_ports=opts["free_ports"],
+        engine=opts["engine"],
+        policy=opts["policy"],
+        log_format=opts["log_format"],
+    )
+    sys.exit(run_up(plan, ready_timeout_s=opts["ready_timeout_s"]))

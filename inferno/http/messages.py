@@ -1,0 +1,135 @@
+"""One request as parsed, and the writer of its one response (whole, streamed or HEAD)."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Protocol
+
+Header = tuple[bytes, bytes]
+
+_STATUS_LINES: dict[int, bytes] = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+
+
+class Connection(Protocol):
+    """What a ``Responder`` needs from its connection (``HttpProtocol``)."""
+
+    closed: bool
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def response_done(self, keep_alive: bool) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = f"HTTP/1.1 {status} Unknown\r\n".encode()
+    return line
+
+
+class Request:
+    """One parsed request. Header names are lower-cased bytes."""
+
+    __slots__ = ("body", "headers", "method", "path", "peer", "query")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        peer: str,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.peer = peer
+
+    def header(self, name: bytes) -> str | None:
+        value = self.headers.get(name)
+        if value is None:
+            return None
+        return value.decode("latin-1")
+
+
+class Responder:
+    """Writes exactly one response for one request, whole or streamed.
+
+    For a HEAD request the headers (with the GET body's length) go out, the body never.
+    """
+
+    __slots__ = ("_conn", "_head", "_keep_alive", "finished", "started")
+
+    def __init__(self, conn: Connection, keep_alive: bool, head: bool = False) -> None:
+        self._conn = conn
+        self._keep_alive = keep_alive
+        self._head = head
+        self.started = False
+        self.finished = False
+
+    @property
+    def client_connected(self) -> bool:
+        return not self._conn.closed
+
+    def send(self, status: int, headers: list[Header] | bytes, body: bytes) -> None:
+        """Send a complete response. ``headers`` may be pre-encoded ``b"Name: v\\r\\n"`` lines."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self.finished = True
+        encoded = headers if isinstance(headers, bytes) else _encode_headers(headers)
+        conn_hdr = b"" if self._keep_alive else b"Connection: close\r\n"
+        self._conn.write(
+            b"".join(
+                (
+                    status_line(status),
+                    encoded,
+                    conn_hdr,
+                    b"Content-Length: ",
+                    str(len(body)).encode(),
+                    b"\r\n\r\n",
+                    b"" if self._head else body,
+                )
+            )
+        )
+        self._conn.response_done(self._keep_alive)
+
+    def start_stream(self, status: int, headers: list[Header] | bytes) -> None:
+        """Start a chunked response; follow with ``write`` calls and ``end_stream``."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        encoded = headers if isinstance(headers, bytes) else _encode_headers(headers)
+        conn_hdr = b"" if self._keep_alive else b"Connection: close\r\n"
+        self._conn.write(status_line(status) + encoded + conn_hdr + b"Transfer-Encoding: chunked\r\n\r\n")
+
+    async def write(self, data: bytes) -> None:
+        """Write one chunk, waiting while the client's socket buffer is full."""
+        if not data or self._head:
+            return
+        self._conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        await self._conn.drain()
+
+    def end_stream(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if not self._head:
+            self._conn.write(b"0\r\n\r\n")
+        self._conn.response_done(self._keep_alive)
+
+    def abort(self) -> None:
+        """Close the connection without finishing the response."""
+        self.finished = True
+        self._conn.close()
+
+
+def _encode_headers(headers: list[Header]) -> bytes:
+    return b"".join(name + b": " + value + b"\r\n" for name, value in headers)

@@ -1,0 +1,95 @@
+"""The proxy's Prometheus collector: its counters and the registry's state, at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from inferno.observability.metrics import ProxyStats
+from inferno.registry.breaker import BreakerState
+from inferno.registry.registry import WorkerRegistry
+
+
+class ProxyCollector(Collector):
+    def __init__(self, stats: ProxyStats, registry: WorkerRegistry) -> None:
+        self._stats = stats
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        requests = CounterMetricFamily(
+            "inferno_requests",
+            "Requests answered, by backend and HTTP status",
+            labels=["backend", "code"],
+        )
+        errors = CounterMetricFamily(
+            "inferno_request_errors",
+            "Failed upstream attempts, by backend and reason",
+            labels=["backend", "reason"],
+        )
+        latency = HistogramMetricFamily(
+            "inferno_request_duration_seconds",
+            "Time from request arrival to the end of the response, by backend",
+            labels=["backend"],
+        )
+        for address, backend in stats.backends.items():
+            for code, count in backend.requests.items():
+                requests.add_metric([address, str(code)], count)
+            for reason, count in backend.errors.items():
+                errors.add_metric([address, reason], count)
+            latency.add_metric([address], backend.latency.buckets(), backend.latency.sum)
+        for code, count in stats.local_responses.items():
+            requests.add_metric(["none", str(code)], count)
+        yield requests
+        yield errors
+        yield latency
+        yield CounterMetricFamily(
+            "inferno_retries", "Requests re-sent to another backend", value=stats.retries
+        )
+        yield GaugeMetricFamily(
+            "inferno_in_flight_requests",
+            "Requests being served by the proxy",
+            value=stats.in_flight,
+        )
+        per_backend = GaugeMetricFamily(
+            "inferno_backend_in_flight_requests",
+            "In-flight requests per backend at this proxy",
+            labels=["backend"],
+        )
+        healthy = GaugeMetricFamily(
+            "inferno_backend_healthy",
+            "1 if the backend is routable, else 0",
+            labels=["backend", "node_id", "status"],
+        )
+        circuit = GaugeMetricFamily(
+            "inferno_backend_circuit_state",
+            "Circuit breaker state per backend (1 for the current state)",
+            labels=["backend", "state"],
+        )
+        suspect = GaugeMetricFamily(
+            "inferno_backend_suspect", "1 if the backend is slow but alive", labels=["backend"]
+        )
+        for worker in self._registry.all():
+            per_backend.add_metric([worker.address], worker.in_flight)
+            healthy.add_metric(
+                [worker.address, worker.node_id, worker.status.value], 1 if worker.routable else 0
+            )
+            for state in BreakerState:
+                circuit.add_metric([worker.address, state.value], 1 if worker.breaker.state is state else 0)
+            suspect.add_metric([worker.address], 1 if worker.suspect else 0)
+        yield per_backend
+        yield healthy
+        yield circuit
+        yield suspect
+        by_status = GaugeMetricFamily("inferno_backends", "Known backends by status", labels=["status"])
+        for status, count in self._registry.counts().items():
+            if status != "total":
+                by_status.add_metric([status], count)
+        yield by_status

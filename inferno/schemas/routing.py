@@ -1,0 +1,32 @@
+"""What the proxy knows about a request when it routes it: priority and context."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Priority(enum.IntEnum):
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
+
+
+PRIORITIES: dict[str, Priority] = {
+    "high": Priority.HIGH,
+    "normal": Priority.NORMAL,
+    "low": Priority.LOW,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What a policy may know about the request it is routing."""
+
+    request_id: str
+    model: str | None = None
+    #: ``X-Session-ID`` header or the OpenAI ``user`` field
+    session_key: str | None = None
+    #: the first characters of the prompt, for prefix affinity
+    prompt_prefix: str = ""
+    priority: Priority = Priority.NORMAL
