@@ -24,12 +24,6 @@ PROXY_CORE = "0"
 LOAD_CORE = "1" if (os.cpu_count() or 1) > 1 else "0"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of the processes (and their reaped children)."""
     total = 0.0

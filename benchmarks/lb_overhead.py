@@ -37,7 +37,6 @@ from benchmarks.common import (
     Procs,
     checkout,
     fake_backend,
-    free_port,
     inferno,
     machine,
     median,
@@ -46,6 +45,7 @@ from benchmarks.common import (
     wait_port,
     write_result,
 )
+from inferno.launcher import free_port
 
 BODY = '{"prompt":"hello there","max_tokens":16}'
 WRK_SCRIPT = f"""wrk.method = "POST"

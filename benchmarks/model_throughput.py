@@ -25,17 +25,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (
-    HOST,
-    RESULTS,
-    free_port,
-    inferno,
-    machine,
-    procs,
-    proxy_cmd,
-    wait_port,
-    write_result,
-)
+from benchmarks.common import HOST, RESULTS, inferno, machine, procs, proxy_cmd, wait_port, write_result
+from inferno.launcher import free_port
 
 
 def run_cell(port: int, concurrency: int, duration: float, max_tokens: int) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from benchmarks.common import (
     HOST,
     RESULTS,
     fake_backend,
-    free_port,
     inferno,
     machine,
     procs,
@@ -34,6 +33,7 @@ from benchmarks.common import (
     write_result,
 )
 from inferno.bench.report import _svg_lines
+from inferno.launcher import free_port
 
 
 def slope_per_hour(points: list[tuple[float, float]]) -> float:

@@ -212,11 +212,13 @@ class BackendConfig(_Frozen):
     engine: str = "llamacpp"
     #: the engine's own options, validated by its ``Options`` model (inferno.engines)
     engine_options: dict[str, Any] = Field(default_factory=dict)
-    heartbeat_interval_s: float = Field(2.0, gt=0)
-    register_timeout_s: float = Field(2.0, gt=0)
-    max_body_bytes: int = Field(1 << 20, ge=1024)
-    max_tokens_limit: int = Field(4096, ge=1)
-    drain_grace_s: float = Field(30.0, ge=0)
+    heartbeat_interval_s: float = Field(
+        2.0, gt=0, description="heartbeat period; also the cap of the retry backoff while the proxy is down"
+    )
+    register_timeout_s: float = Field(2.0, gt=0, description="deadline of each registration call")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
+    max_tokens_limit: int = Field(4096, ge=1, description="larger max_tokens gets 400")
+    drain_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, time to finish in-flight work")
     #: enable the /simulate/* fault-injection endpoints (never in production)
     chaos: bool = False
     http: HttpConfig = HttpConfig()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,15 +22,10 @@ from inferno.config import (
     RegistryConfig,
     UpstreamConfig,
 )
+from inferno.launcher import free_port
 from inferno.proxy.server import ProxyServer
 
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def proxy_config(**overrides: Any) -> ProxyConfig:

@@ -19,9 +19,10 @@ from inferno.bench import report as reports
 from inferno.bench.runner import LoadShape, Runner
 from inferno.bench.stats import Sample, error_class, summarize
 from inferno.bench.workload import Workload, load_prompts
-from inferno.errors import BadRequest, InfernoError, NotFound
+from inferno.errors import BadRequest
 from inferno.http.loop import run_loop
-from inferno.http.responses import JSON_HEADERS, dumps, error_body
+from inferno.http.responses import JSON_HEADERS, dumps
+from inferno.http.router import Router
 from inferno.http.server import HttpServer, Request, Responder
 
 
@@ -75,6 +76,9 @@ class Recorder:
         return time.perf_counter() - self.started
 
 
+TEXT_HEADERS = b"Content-Type: text/plain\r\n"
+
+
 class Control:
     """``--control-addr``: steer a long run. JSON by default, ``?format=text`` for text."""
 
@@ -83,51 +87,55 @@ class Control:
         self._set = set_parallelism
         self._get = get_parallelism
 
+        self._router = Router()
+        self._router.add("GET", "/stats", self._stats)
+        self._router.add("GET", "/nodes", self._nodes)
+        self._router.add("GET", "/fails", self._fails)
+        self._router.add("POST", "/reset", self._reset)
+        self._router.add("POST", "/parallelism", self._parallelism)
+
     async def __call__(self, request: Request, responder: Responder) -> None:
-        try:
-            query = urllib.parse.parse_qs(request.query)
-            as_text = query.get("format") == ["text"]
-            path, method = request.path, request.method
-            if path == "/stats" and method == "GET":
-                summary = summarize(self._rec.samples, self._rec.elapsed())
-                summary["parallelism"] = self._get()
-                if as_text:
-                    body = reports.text({"meta": {}, "summary": summary}).encode()
-                    responder.send(200, b"Content-Type: text/plain\r\n", body)
-                    return
-                responder.send(200, JSON_HEADERS, dumps(summary))
-            elif path == "/reset" and method == "POST":
-                self._rec.reset()
-                responder.send(200, JSON_HEADERS, b'{"status":"reset"}')
-            elif path == "/parallelism" and method == "POST":
-                value = query.get("value", [""])[0]
-                if not value.isdigit() or not 1 <= int(value) <= 100_000:
-                    raise BadRequest("value must be an integer from 1 to 100000", param="value")
-                self._set(int(value))
-                responder.send(200, JSON_HEADERS, dumps({"parallelism": int(value)}))
-            elif path == "/nodes" and method == "GET":
-                nodes = summarize(self._rec.samples, self._rec.elapsed())["backends"]
-                if as_text:
-                    lines = [f"{name} {v['count']} {v['share'] * 100:.1f}%" for name, v in nodes.items()]
-                    responder.send(200, b"Content-Type: text/plain\r\n", "\n".join(lines).encode())
-                    return
-                responder.send(200, JSON_HEADERS, dumps(nodes))
-            elif path == "/fails" and method == "GET":
-                errors = summarize(self._rec.samples, self._rec.elapsed())["errors"]
-                if as_text:
-                    body = "\n".join(f"{k} {v}" for k, v in errors.items()).encode()
-                    responder.send(200, b"Content-Type: text/plain\r\n", body)
-                    return
-                responder.send(
-                    200, JSON_HEADERS, dumps({"errors": errors, "recent": list(self._rec.failures)})
-                )
-            else:
-                raise NotFound(
-                    "control endpoints: GET /stats /nodes /fails, POST /reset /parallelism?value=N"
-                )
-        except InfernoError as exc:
-            status, body = error_body(exc)
-            responder.send(status, JSON_HEADERS, body)
+        await self._router(request, responder)
+
+    @staticmethod
+    def _as_text(request: Request) -> bool:
+        return urllib.parse.parse_qs(request.query).get("format") == ["text"]
+
+    async def _stats(self, request: Request, responder: Responder) -> None:
+        summary = summarize(self._rec.samples, self._rec.elapsed())
+        summary["parallelism"] = self._get()
+        if self._as_text(request):
+            body = reports.text({"meta": {}, "summary": summary}).encode()
+            responder.send(200, TEXT_HEADERS, body)
+            return
+        responder.send(200, JSON_HEADERS, dumps(summary))
+
+    async def _reset(self, request: Request, responder: Responder) -> None:
+        self._rec.reset()
+        responder.send(200, JSON_HEADERS, b'{"status":"reset"}')
+
+    async def _parallelism(self, request: Request, responder: Responder) -> None:
+        value = urllib.parse.parse_qs(request.query).get("value", [""])[0]
+        if not value.isdigit() or not 1 <= int(value) <= 100_000:
+            raise BadRequest("value must be an integer from 1 to 100000", param="value")
+        self._set(int(value))
+        responder.send(200, JSON_HEADERS, dumps({"parallelism": int(value)}))
+
+    async def _nodes(self, request: Request, responder: Responder) -> None:
+        nodes = summarize(self._rec.samples, self._rec.elapsed())["backends"]
+        if self._as_text(request):
+            lines = [f"{name} {v['count']} {v['share'] * 100:.1f}%" for name, v in nodes.items()]
+            responder.send(200, TEXT_HEADERS, "\n".join(lines).encode())
+            return
+        responder.send(200, JSON_HEADERS, dumps(nodes))
+
+    async def _fails(self, request: Request, responder: Responder) -> None:
+        errors = summarize(self._rec.samples, self._rec.elapsed())["errors"]
+        if self._as_text(request):
+            body = "\n".join(f"{k} {v}" for k, v in errors.items()).encode()
+            responder.send(200, TEXT_HEADERS, body)
+            return
+        responder.send(200, JSON_HEADERS, dumps({"errors": errors, "recent": list(self._rec.failures)}))
 
 
 def _share(total: int, index: int, parts: int) -> int:

@@ -42,6 +42,14 @@ def _engine_fields() -> dict[str, Any]:
 
 
 ENGINE_FIELDS = _engine_fields()
+#: BackendConfig fields offered as flags as they are, generated from the config
+TUNABLES = (
+    "heartbeat_interval_s",
+    "register_timeout_s",
+    "drain_grace_s",
+    "max_body_bytes",
+    "max_tokens_limit",
+)
 
 
 @click.command()
@@ -71,9 +79,7 @@ ENGINE_FIELDS = _engine_fields()
     help="Model runtime ('smollm2': the llamacpp engine's old name); 'fake' is a TEST engine.",
 )
 @model_options(ENGINE_FIELDS)
-@click.option("--heartbeat-interval-s", type=float, default=2.0, show_default=True)
-@click.option("--drain-grace-s", type=float, default=30.0, show_default=True)
-@click.option("--max-tokens-limit", type=int, default=4096, show_default=True)
+@model_options({name: BackendConfig.model_fields[name] for name in TUNABLES})
 @click.option("--chaos", is_flag=True, help="Enable /simulate/* fault injection (tests only).")
 @section_options(BACKEND_SECTIONS)
 @logging_options
@@ -99,10 +105,8 @@ def backend(**opts: Any) -> None:
         node_id=opts["node_id"],
         engine=opts["engine"],
         engine_options={name: opts[name] for name in own},
-        heartbeat_interval_s=opts["heartbeat_interval_s"],
-        drain_grace_s=opts["drain_grace_s"],
-        max_tokens_limit=opts["max_tokens_limit"],
         chaos=opts["chaos"],
+        **{name: opts[name] for name in TUNABLES},
         log_format=opts["log_format"],
         log_level=opts["log_level"],
         log_prompts=opts["log_prompts"],

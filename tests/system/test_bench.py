@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import HOST, free_port
+from inferno.launcher import free_port
+from tests.conftest import HOST
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import HOST, free_port, start_process_cluster
+from inferno.launcher import free_port
+from tests.conftest import HOST, start_process_cluster
 
 pytestmark = pytest.mark.slow
 
