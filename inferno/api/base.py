@@ -19,21 +19,22 @@ from inferno.schemas.openai import check_max_tokens
 
 @dataclass(frozen=True, slots=True)
 class ParsedText:
-    """A validated text-generation request: what to route on and what to run."""
+    """A validated text-generation request: what the proxy routes on.
+
+    ``body`` is the validated model; the backend turns it into an engine request
+    with ``TextAPI.generation`` (the proxy never needs one, so never builds one).
+    """
 
     model: str | None
     stream: bool
-    generation: GenerationRequest
+    max_tokens: int
     #: the prompt's text, for prefix affinity and the logged length
     prompt: str
     #: the body's session field (``session_id`` or OpenAI ``user``)
     session: str | None
     #: the body's priority field
     priority: str | None
-
-    @property
-    def max_tokens(self) -> int:
-        return self.generation.max_tokens
+    body: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,10 @@ class TextAPI(ABC):
         parsed = self.parse(body)
         check_max_tokens(parsed.max_tokens, max_tokens_limit)
         return parsed
+
+    @abstractmethod
+    def generation(self, parsed: ParsedText) -> GenerationRequest:
+        """What the engine runs for this request (backend side)."""
 
     @abstractmethod
     def render_whole(self, result: GenerationResult, meta: RenderMeta) -> dict[str, Any]: ...

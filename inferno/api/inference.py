@@ -18,14 +18,19 @@ class InferenceAPI(TextAPI):
 
     def from_model(self, inf: InferenceRequest) -> ParsedText:
         """A parsed ``/inference`` body (batch items arrive already decoded)."""
-        generation = GenerationRequest(
+        return ParsedText(
+            inf.model, inf.stream, inf.max_tokens, inf.prompt, inf.session_id, inf.priority, inf
+        )
+
+    def generation(self, parsed: ParsedText) -> GenerationRequest:
+        inf: InferenceRequest = parsed.body
+        return GenerationRequest(
             max_tokens=inf.max_tokens,
             temperature=inf.temperature,
             top_p=inf.top_p,
             seed=inf.seed,
             messages=(("user", inf.prompt),),
         )
-        return ParsedText(inf.model, inf.stream, generation, inf.prompt, inf.session_id, inf.priority)
 
     def render_whole(self, result: GenerationResult, meta: RenderMeta) -> dict[str, Any]:
         return {

@@ -17,16 +17,21 @@ class ChatAPI(TextAPI):
 
     def parse(self, body: bytes) -> ParsedText:
         chat = parse_body(ChatCompletionRequest, body)
-        generation = GenerationRequest(
-            max_tokens=chat.effective_max_tokens(DEFAULT_CHAT_MAX_TOKENS),
+        max_tokens = chat.effective_max_tokens(DEFAULT_CHAT_MAX_TOKENS)
+        return ParsedText(
+            chat.model, chat.stream, max_tokens, chat.prompt_text(), chat.user, chat.priority, chat
+        )
+
+    def generation(self, parsed: ParsedText) -> GenerationRequest:
+        chat: ChatCompletionRequest = parsed.body
+        return GenerationRequest(
+            max_tokens=parsed.max_tokens,
             temperature=chat.temperature,
             top_p=chat.top_p,
             seed=chat.seed,
             stop=chat.stop_tuple(),
             messages=tuple(("system" if m.role == "developer" else m.role, m.text()) for m in chat.messages),
         )
-        prompt = "\n".join(content for _, content in generation.messages or ())
-        return ParsedText(chat.model, chat.stream, generation, prompt, chat.user, chat.priority)
 
     def render_whole(self, result: GenerationResult, meta: RenderMeta) -> dict[str, Any]:
         return {
@@ -65,7 +70,13 @@ class CompletionAPI(TextAPI):
 
     def parse(self, body: bytes) -> ParsedText:
         comp = parse_body(CompletionRequest, body)
-        generation = GenerationRequest(
+        return ParsedText(
+            comp.model, comp.stream, comp.max_tokens, comp.prompt, comp.user, comp.priority, comp
+        )
+
+    def generation(self, parsed: ParsedText) -> GenerationRequest:
+        comp: CompletionRequest = parsed.body
+        return GenerationRequest(
             max_tokens=comp.max_tokens,
             temperature=comp.temperature,
             top_p=comp.top_p,
@@ -73,7 +84,6 @@ class CompletionAPI(TextAPI):
             stop=comp.stop_tuple(),
             prompt=comp.prompt,
         )
-        return ParsedText(comp.model, comp.stream, generation, comp.prompt, comp.user, comp.priority)
 
     def render_whole(self, result: GenerationResult, meta: RenderMeta) -> dict[str, Any]:
         return {

@@ -11,6 +11,7 @@ from inferno.api import TEXT_APIS, ParsedText, RenderMeta, TextAPI
 from inferno.backend.chaos import Chaos
 from inferno.backend.service import InferenceService
 from inferno.config import BackendConfig
+from inferno.engines.base import GenerationRequest
 from inferno.errors import Draining, EngineError, InfernoError, Loading, ModelNotFound
 from inferno.http.request_id import RequestIdFactory
 from inferno.http.responses import JSON_HEADERS, SSE_HEADERS, dumps, error_body
@@ -100,7 +101,7 @@ class BackendApp:
             raise Loading("backend is still loading its model; retry shortly")
         if self._service.draining:
             raise Draining("backend is draining; retry on another backend")
-        gen = parsed.generation
+        gen = api.generation(parsed)
         if logger.isEnabledFor(logging.INFO):
             logger.info(
                 "Processing inference request %s (%s, prompt %d chars, max_tokens %d)",
@@ -120,7 +121,7 @@ class BackendApp:
                 t_gen = time.perf_counter()
                 meta = RenderMeta(rid, engine.model_id, self._node, int(time.time()), queued_s * 1000.0)
                 if parsed.stream:
-                    tokens = await self._stream(responder, headers, api, parsed, meta)
+                    tokens = await self._stream(responder, headers, api, gen, meta)
                 else:
                     result = await engine.generate(gen)
                     tokens = result.completion_tokens
@@ -154,12 +155,12 @@ class BackendApp:
         )
 
     async def _stream(
-        self, responder: Responder, headers: bytes, api: TextAPI, parsed: ParsedText, meta: RenderMeta
+        self, responder: Responder, headers: bytes, api: TextAPI, gen: GenerationRequest, meta: RenderMeta
     ) -> int:
         """Server-sent events, one per token, flushed as generated; ends with [DONE]."""
         responder.start_stream(200, headers.replace(JSON_HEADERS, SSE_HEADERS))
         tokens = 0
-        deltas = self._service.engine.stream(parsed.generation)
+        deltas = self._service.engine.stream(gen)
         try:
             first = True
             async for delta in deltas:

@@ -7,7 +7,6 @@ field); the chosen engine receives the values of its own fields.
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import click
@@ -19,13 +18,11 @@ from inferno.cli.common import (
     hostport,
     logging_options,
     model_options,
-    run_loop,
     section_options,
+    serve,
 )
 from inferno.config import BACKEND_OPS_PORT, BackendConfig, HttpConfig
 from inferno.engines import Engine, available_engines
-from inferno.errors import InfernoError
-from inferno.observability.logging import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +109,6 @@ def backend(**opts: Any) -> None:
         log_prompts=opts["log_prompts"],
         **sections,
     )
-    setup_logging(config.log_level, config.log_format)
     from inferno.backend.server import run_backend
 
-    try:
-        run_loop(run_backend(config))
-    except (InfernoError, OSError) as exc:
-        logger.error("Backend failed to start: %s", exc)
-        sys.exit(1)
+    serve(lambda: run_backend(config), config.log_level, config.log_format, "Backend")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import click
 from pydantic import BaseModel, ValidationError
 
 from inferno.config import split_hostport
-from inferno.errors import ConfigError
+from inferno.errors import ConfigError, InfernoError
 from inferno.http.loop import run_loop
+from inferno.observability.logging import setup_logging
 
 __all__ = [
     "LOG_FORMATS",
@@ -21,9 +24,22 @@ __all__ = [
     "model_options",
     "run_loop",
     "section_options",
+    "serve",
 ]
 
+logger = logging.getLogger(__name__)
+
 LOG_FORMATS = click.Choice(["text", "json"])
+
+
+def serve(run: Callable[[], Coroutine[Any, Any, None]], log_level: str, log_format: str, what: str) -> None:
+    """Configure logging, run a server to its end; a failure to start exits 1 with the reason."""
+    setup_logging(log_level, log_format)
+    try:
+        run_loop(run())
+    except (InfernoError, OSError) as exc:
+        logger.error("%s failed to start: %s", what, exc)
+        sys.exit(1)
 
 
 def build(factory: Any, **kwargs: Any) -> Any:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import click
 from pydantic import BaseModel
 
-from inferno.cli.common import build, build_sections, hostport, logging_options, run_loop, section_options
+from inferno.cli.common import build, build_sections, hostport, logging_options, section_options, serve
 from inferno.config import (
     AdmissionConfig,
     DeadlineConfig,
@@ -21,8 +20,6 @@ from inferno.config import (
     RetryConfig,
     UpstreamConfig,
 )
-from inferno.errors import InfernoError
-from inferno.observability.logging import setup_logging
 from inferno.policies import available_policies
 
 logger = logging.getLogger(__name__)
@@ -90,11 +87,6 @@ def proxy(**opts: Any) -> None:
         seed=opts["seed"],
         **sections,
     )
-    setup_logging(config.log_level, config.log_format)
     from inferno.proxy.server import run_proxy
 
-    try:
-        run_loop(run_proxy(config, grace_s=opts["grace_s"]))
-    except (InfernoError, OSError) as exc:
-        logger.error("Proxy failed to start: %s", exc)
-        sys.exit(1)
+    serve(lambda: run_proxy(config, grace_s=opts["grace_s"]), config.log_level, config.log_format, "Proxy")
