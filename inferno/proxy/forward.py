@@ -151,8 +151,10 @@ class Forwarder:
                 if stream and response.status == 200:
                     # Hold the headers until the first chunk: a backend that fails before
                     # it sends anything is retried elsewhere instead of breaking a stream.
+                    # Headers and first chunk share one first-byte budget.
+                    left = max(0.001, first_byte - (self._clock() - t_send))
                     try:
-                        response.unshift(await response.next_chunk(first_byte))
+                        response.unshift(await response.next_chunk(left))
                     except BaseException:
                         response.close()
                         raise

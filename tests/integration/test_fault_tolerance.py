@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import time
 from collections import Counter
 from typing import Any
 
 import httpx
 
+from inferno.backend.server import BackendServer
 from inferno.config import (
     AdmissionConfig,
     OutlierConfig,
     UpstreamConfig,
 )
+from inferno.proxy.server import ProxyServer
 from inferno.registry.worker import WorkerStatus
-from tests.conftest import HOST, wait_for
+from tests.conftest import HOST, backend_config, proxy_config, wait_for
 
 
 def data_url(backend: Any) -> str:
@@ -317,3 +321,57 @@ async def test_flapping_backend_follows_the_probe_thresholds_exactly(
     await asyncio.sleep(0.2)
     watch()
     assert transitions == ["unhealthy", "healthy"], transitions
+
+
+async def test_stream_headers_and_first_chunk_share_one_first_byte_budget(client: httpx.AsyncClient) -> None:
+    """A backend that trickles headers, then its first chunk, each just inside the budget,
+    is cut off at the budget and the stream is served elsewhere."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: (\d+)", head)
+                if length:
+                    await reader.readexactly(int(length.group(1)))
+                if head.startswith(b"GET /health"):
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    await writer.drain()
+                    continue
+                await asyncio.sleep(0.6)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                await writer.drain()
+                await asyncio.sleep(0.6)
+                event = b'data: {"text": "late"}\n\n'
+                writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
+                await writer.drain()
+
+    rogue = await asyncio.start_server(trickle, HOST, 0)
+    rogue_addr = f"{HOST}:{rogue.sockets[0].getsockname()[1]}"
+    proxy = ProxyServer(
+        proxy_config(
+            backend_servers=(rogue_addr,),
+            upstream=UpstreamConfig(connect_timeout_s=1.0, stream_first_byte_timeout_s=1.0),
+        )
+    )
+    await proxy.start()
+    good = BackendServer(backend_config(f"{HOST}:{proxy.ops_address[1]}", node_id="good"))
+    await good.start()
+    try:
+        await wait_for(lambda: len(proxy.registry.routable()) == 2)
+        url = f"http://{HOST}:{proxy.data_address[1]}/inference"
+        served = []
+        for _ in range(2):  # round robin: one of the two starts on the rogue
+            started = time.monotonic()
+            r = await client.post(url, json={"prompt": "x", "max_tokens": 2, "stream": True})
+            elapsed = time.monotonic() - started
+            assert r.status_code == 200 and b"late" not in r.content, r.content[:200]
+            served.append((r.headers["x-inferno-backend"], elapsed))
+        assert [node for node, _ in served] == ["good", "good"], served
+        assert max(elapsed for _, elapsed in served) < 1.15, served
+    finally:
+        await good.aclose()
+        await proxy.aclose()
+        rogue.close()
