@@ -6,13 +6,15 @@ variables; nothing here reads the environment itself.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from inferno.errors import ConfigError
 
 LogFormat = Literal["text", "json"]
+_MODEL_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 
 
 def split_hostport(value: str, *, default_host: str = "0.0.0.0") -> tuple[str, int]:
@@ -194,6 +196,18 @@ class ProxyConfig(_Frozen):
     #: log full prompt text at DEBUG (off: only lengths are logged)
     log_prompts: bool = False
     seed: int | None = None
+    #: alias -> served model id, so OpenAI clients work unchanged (``--model-alias A=B``)
+    model_aliases: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("model_aliases")
+    @classmethod
+    def _aliases(cls, value: dict[str, str]) -> dict[str, str]:
+        for alias, target in value.items():
+            if not _MODEL_ID.fullmatch(alias) or not _MODEL_ID.fullmatch(target):
+                raise ValueError("model ids are 1-128 characters from [A-Za-z0-9_.:@-]")
+            if target in value:
+                raise ValueError(f"alias {alias!r} points at another alias {target!r}")
+        return value
 
 
 #: the backend's ops port by default: distinct from the proxy's 6100 so both fit on one host

@@ -64,6 +64,13 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
     help="On SIGTERM, time to finish in-flight requests.",
 )
 @click.option("--seed", type=int, default=None, help="Seed for randomised policies.")
+@click.option(
+    "--model-alias",
+    multiple=True,
+    metavar="ALIAS=MODEL",
+    help="Serve MODEL under another name too, e.g. gpt-4o-mini=smollm2-135m-instruct (repeatable; "
+    "in the environment, separate several with spaces).",
+)
 @section_options(PROXY_SECTIONS)
 @logging_options
 def proxy(**opts: Any) -> None:
@@ -85,8 +92,19 @@ def proxy(**opts: Any) -> None:
         log_level=opts["log_level"],
         log_prompts=opts["log_prompts"],
         seed=opts["seed"],
+        model_aliases=_aliases(opts["model_alias"]),
         **sections,
     )
     from inferno.proxy.server import run_proxy
 
     serve(lambda: run_proxy(config, grace_s=opts["grace_s"]), config.log_level, config.log_format, "Proxy")
+
+
+def _aliases(specs: tuple[str, ...]) -> dict[str, str]:
+    aliases: dict[str, str] = {}
+    for spec in specs:
+        alias, sep, target = spec.partition("=")
+        if not sep or not alias.strip() or not target.strip():
+            raise click.BadParameter(f"expected ALIAS=MODEL, got {spec!r}", param_hint="--model-alias")
+        aliases[alias.strip()] = target.strip()
+    return aliases

@@ -6,6 +6,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import orjson
+
 from inferno.api import INFERENCE, TEXT_APIS, ParsedText, TextAPI
 from inferno.config import ProxyConfig
 from inferno.errors import BadRequest, InfernoError
@@ -20,6 +22,14 @@ from inferno.registry.registry import WorkerRegistry
 from inferno.schemas import PRIORITIES, InferenceRequest, Priority, RequestContext, check_max_tokens
 
 logger = logging.getLogger(__name__)
+
+
+def with_model(body: bytes, model: str | None) -> bytes:
+    """The request body with its ``model`` field replaced (aliases only; rare path)."""
+    data = orjson.loads(body)
+    data["model"] = model
+    return orjson.dumps(data)
+
 
 PREFIX_CHARS = 256
 #: a data-port route: the request, its responder, its request id and arrival time
@@ -76,7 +86,10 @@ class ProxyApp:
             parsed = api.parse_checked(request.body, self._cfg.max_tokens_limit)
             self._log_prompt(rid, parsed.prompt)
             ctx = self._context(request, rid, parsed)
-            job = Job(ctx, path, request.body, parsed.max_tokens, t0, self._deadline(request, t0))
+            body = request.body
+            if ctx.model != parsed.model:
+                body = with_model(body, ctx.model)  # an alias: the backend sees the real id
+            job = Job(ctx, path, body, parsed.max_tokens, t0, self._deadline(request, t0))
             await self._forwarder.forward(responder, job, stream=parsed.stream, splice_timings=splice)
 
         return route
@@ -86,13 +99,16 @@ class ProxyApp:
         self._send_local(responder, rid, 200, body)
 
     async def _models(self, request: Request, responder: Responder, rid: str, t0: float) -> None:
-        models = {
-            "object": "list",
-            "data": [
-                {"id": model, "object": "model", "created": 0, "owned_by": "inferno"}
-                for model in self._registry.models()
-            ],
-        }
+        served = self._registry.models()
+        data: list[dict[str, object]] = [
+            {"id": model, "object": "model", "created": 0, "owned_by": "inferno"} for model in served
+        ]
+        data += [
+            {"id": alias, "object": "model", "created": 0, "owned_by": "inferno", "alias_of": target}
+            for alias, target in self._cfg.model_aliases.items()
+            if target in served
+        ]
+        models = {"object": "list", "data": data}
         self._send_local(responder, rid, 200, dumps(models))
 
     def _deadline(self, request: Request, t0: float) -> float:
@@ -131,9 +147,12 @@ class ProxyApp:
         return field
 
     def _context(self, request: Request, rid: str, parsed: ParsedText) -> RequestContext:
+        model = parsed.model
+        if model is not None:
+            model = self._cfg.model_aliases.get(model, model)
         return RequestContext(
             request_id=rid,
-            model=parsed.model,
+            model=model,
             session_key=self._session(request, parsed.session),
             prompt_prefix=parsed.prompt[:PREFIX_CHARS],
             priority=self._priority(request, parsed.priority),

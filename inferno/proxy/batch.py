@@ -60,6 +60,8 @@ class BatchRunner:
             if body.stream:
                 raise BadRequest("stream is not supported inside a batch", param="stream")
             ctx, max_tokens = self._contextualize(request, rid, body)
+            if ctx.model != body.model:  # an alias: the backend sees the real id
+                item = {**item, "model": ctx.model}
             job = Job(ctx, b"/inference", orjson.dumps(item), max_tokens, t0, deadline)
             outcome = await self._forwarder.call(job, splice_timings=True)
         except InfernoError as exc:

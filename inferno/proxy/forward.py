@@ -285,6 +285,9 @@ class Forwarder:
             worker.address.encode(),
             b"\r\n",
         ]
+        if ctx.model is not None and ctx.model in worker.models:
+            # Only an id the backend registered (validated) ever becomes a header value.
+            parts += [b"X-Inferno-Model: ", ctx.model.encode(), b"\r\n"]
         if timing:
             parts += [b"Server-Timing: ", timing, b"\r\n"]
         return b"".join(parts)

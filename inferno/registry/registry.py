@@ -78,8 +78,9 @@ class WorkerRegistry:
         return pool
 
     def models(self) -> list[str]:
+        """Ids of the models some healthy backend serves, in registration order."""
         seen: dict[str, None] = {}
-        for worker in self._workers.values():
+        for worker in self._routable:
             for model in worker.models:
                 seen.setdefault(model, None)
         return list(seen)
