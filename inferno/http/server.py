@@ -82,7 +82,6 @@ class ServerState:
         self.connections: set[HttpProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepted = 0
-        self.refused = 0
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -130,7 +129,6 @@ class HttpProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         if len(self._state.connections) >= self._limits.max_connections:
             # Over the port's budget: say so and go, without reading anything.
-            self._state.refused += 1
             self._transport.write(_error_bytes(TooManyConnections("too many connections; retry later")))
             self._transport.close()
             self.closed = True
@@ -435,16 +433,8 @@ class HttpServer:
         return len(self._state.tasks)
 
     @property
-    def connections(self) -> int:
-        return len(self._state.connections)
-
-    @property
     def connections_accepted(self) -> int:
         return self._state.accepted
-
-    @property
-    def connections_refused(self) -> int:
-        return self._state.refused
 
     def stop_accepting(self) -> None:
         if self._server is not None:
