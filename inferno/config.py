@@ -173,6 +173,17 @@ class AdmissionConfig(_Frozen):
     max_batch_items: int = Field(64, ge=1)
 
 
+class AffinityConfig(_Frozen):
+    """The ``prefix_affinity`` policy (docs/policies.md)."""
+
+    prefix_tokens: int = Field(
+        32, ge=1, le=256, description="leading words of the prompt that make its affinity key"
+    )
+    load_factor: float = Field(
+        1.25, ge=1.0, le=10.0, description="skip a backend above this x the average in-flight load"
+    )
+
+
 class ProxyConfig(_Frozen):
     listen_host: str = "0.0.0.0"
     listen_port: int = 8080
@@ -188,8 +199,9 @@ class ProxyConfig(_Frozen):
     deadline: DeadlineConfig = DeadlineConfig()
     outlier: OutlierConfig = OutlierConfig()
     admission: AdmissionConfig = AdmissionConfig()
+    affinity: AffinityConfig = AffinityConfig()
     http: HttpConfig = HttpConfig()
-    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_body_bytes: int = Field(8 << 20, ge=1024)
     max_tokens_limit: int = Field(4096, ge=1)
     log_format: LogFormat = "text"
     log_level: str = "INFO"
@@ -209,6 +221,23 @@ class ProxyConfig(_Frozen):
                 raise ValueError(f"alias {alias!r} points at another alias {target!r}")
         return value
 
+    #: model -> the models to try, in order, when none of its backends can answer
+    #: (``--fallback A=B,C``)
+    fallbacks: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _fallbacks(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for model, chain in value.items():
+            if not chain or len(chain) > 8:
+                raise ValueError("a fallback chain names 1 to 8 models")
+            for name in (model, *chain):
+                if not _MODEL_ID.fullmatch(name):
+                    raise ValueError("model ids are 1-128 characters from [A-Za-z0-9_.:@-]")
+            if model in chain or len(set(chain)) != len(chain):
+                raise ValueError(f"the fallback chain of {model!r} repeats a model")
+        return value
+
 
 #: the backend's ops port by default: distinct from the proxy's 6100 so both fit on one host
 BACKEND_OPS_PORT = 6300
@@ -222,15 +251,28 @@ class BackendConfig(_Frozen):
     discovery_lb: str | None = None
     advertise_addr: str | None = None
     node_id: str | None = None
-    #: a registered engine name (validated when the engine is created)
-    engine: str = "llamacpp"
-    #: the engine's own options, validated by its ``Options`` model (inferno.engines)
+    #: registered engine names, one model each (validated when the engines are created);
+    #: a string is split on commas
+    engine: tuple[str, ...] = ("llamacpp",)
+    #: the engines' options; each engine takes the keys its ``Options`` model declares
     engine_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engines(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(","))
+        if isinstance(value, (tuple, list)) and (not value or not all(value)):
+            raise ValueError("name one or more engines, separated by commas")
+        return value
+
     heartbeat_interval_s: float = Field(
         2.0, gt=0, description="heartbeat period; also the cap of the retry backoff while the proxy is down"
     )
     register_timeout_s: float = Field(2.0, gt=0, description="deadline of each registration call")
-    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
+    max_body_bytes: int = Field(
+        8 << 20, ge=1024, description="larger request bodies get 413 (base64 images need room)"
+    )
     max_tokens_limit: int = Field(4096, ge=1, description="larger max_tokens gets 400")
     drain_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, time to finish in-flight work")
     #: enable the /simulate/* fault-injection endpoints (never in production)

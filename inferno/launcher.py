@@ -36,7 +36,8 @@ class ClusterPlan:
     proxy_port: int
     ops_port: int
     backend_ports: tuple[tuple[int, int], ...]  # (data, ops) per backend
-    engine: str
+    #: each backend's ``--engine`` value (comma-separated engines)
+    engines: tuple[str, ...]
     policy: str
     log_format: str
     threads_per_backend: int
@@ -59,6 +60,26 @@ def port_in_use(port: int) -> bool:
     return False
 
 
+def parse_models(spec: str) -> tuple[str, ...]:
+    """``--models llamacpp*2,minilm+efficientnet-lite0``: one ``--engine`` value per
+    backend. Groups are comma-separated; ``+`` puts engines in one backend; ``*N``
+    repeats a group."""
+    out: list[str] = []
+    for group in (g.strip() for g in spec.split(",")):
+        if not group:
+            raise ValueError("empty group in --models")
+        engines, _, count = group.partition("*")
+        if count and not (count.isdigit() and 1 <= int(count) <= 16):
+            raise ValueError(f"bad count in {group!r}: use *1 to *16")
+        names = [e.strip() for e in engines.split("+")]
+        if not all(names):
+            raise ValueError(f"empty engine name in {group!r}")
+        out += [",".join(names)] * int(count or 1)
+    if len(out) > 16:
+        raise ValueError("at most 16 backends")
+    return tuple(out)
+
+
 def make_plan(
     backends: int,
     *,
@@ -67,7 +88,11 @@ def make_plan(
     policy: str,
     log_format: str,
     extra_backend_args: tuple[str, ...] = (),
+    models: tuple[str, ...] = (),
 ) -> ClusterPlan:
+    """``models`` (from ``parse_models``) overrides ``backends`` and ``engine``."""
+    engines = models or (engine,) * backends
+    backends = len(engines)
     if free_ports:
         proxy_port, ops_port = free_port(), free_port()
         ports = tuple((free_port(), free_port()) for _ in range(backends))
@@ -81,7 +106,7 @@ def make_plan(
                 f"them, or run `inferno up --free-ports`."
             )
     threads = max(1, (os.cpu_count() or 2) // max(1, backends))
-    return ClusterPlan(proxy_port, ops_port, ports, engine, policy, log_format, threads, extra_backend_args)
+    return ClusterPlan(proxy_port, ops_port, ports, engines, policy, log_format, threads, extra_backend_args)
 
 
 def _die_with_parent() -> None:
@@ -218,7 +243,7 @@ class Launcher:
                         "--node-id",
                         f"backend-{i}",
                         "--engine",
-                        p.engine,
+                        p.engines[i - 1],
                         "--threads",
                         str(p.threads_per_backend),
                         "--log-format",
@@ -318,28 +343,47 @@ class Launcher:
                     child.wait(timeout=5)
 
 
-def banner(cluster: Launcher, model: str) -> str:
+def banner(cluster: Launcher, models: dict[str, str]) -> str:
+    """What is up and a ready-to-paste example per model kind (``models``: task -> id)."""
     url = cluster.proxy_url
     lines = [
         "",
         "Inferno is up.",
-        f"  proxy       {url}   (POST /inference, /v1/chat/completions, /v1/completions)",
+        f"  proxy       {url}   (POST /inference, /v1/chat/completions, /v1/completions, /v1/embeddings)",
         f"  ops         {cluster.ops_url}   (/health /workers /metrics)",
     ]
     for i, (data_port, ops_port) in enumerate(cluster.plan.backend_ports, start=1):
         child = cluster.backends[i - 1].popen if i <= len(cluster.backends) else None
         pid = f"   pid {child.pid}" if child is not None else ""
-        lines.append(f"  backend-{i}   http://{HOST}:{data_port}   ops http://{HOST}:{ops_port}{pid}")
+        engines = cluster.plan.engines[i - 1]
+        lines.append(
+            f"  backend-{i}   http://{HOST}:{data_port}   ops http://{HOST}:{ops_port}{pid}   ({engines})"
+        )
+    lines += ["", "Try it:"]
+    text = models.get("text-generation")
+    if text is not None:
+        lines += [
+            f"  curl -s {url}/inference -H 'Content-Type: application/json' \\",
+            '    -d \'{"prompt": "What is the capital of France?", "max_tokens": 48}\'',
+            "",
+            f"  curl -sN {url}/v1/chat/completions -H 'Content-Type: application/json' \\",
+            f'    -d \'{{"model": "{text}", "stream": true, '
+            '"messages": [{"role": "user", "content": "Tell me a short fact."}]}\'',
+            "",
+        ]
+    if "embeddings" in models:
+        lines += [
+            f"  curl -s {url}/v1/embeddings -H 'Content-Type: application/json' \\",
+            f'    -d \'{{"model": "{models["embeddings"]}", "input": ["a cat", "a dog"]}}\'',
+            "",
+        ]
+    if "image-classification" in models:
+        lines += [
+            "  base64 -w0 photo.jpg | jq -Rc '{data: ., model_type: \"any\", top_k: 3}' \\",
+            f"    | curl -s {url}/inference -H 'Content-Type: application/json' -d @-",
+            "",
+        ]
     lines += [
-        "",
-        "Try it:",
-        f"  curl -s {url}/inference -H 'Content-Type: application/json' \\",
-        '    -d \'{"prompt": "What is the capital of France?", "max_tokens": 48}\'',
-        "",
-        f"  curl -sN {url}/v1/chat/completions -H 'Content-Type: application/json' \\",
-        f'    -d \'{{"model": "{model}", "stream": true, '
-        '"messages": [{"role": "user", "content": "Tell me a short fact."}]}\'',
-        "",
         "Press Ctrl-C to stop.",
         f"INFERNO_READY proxy={url} ops={cluster.ops_url}",
     ]
@@ -359,13 +403,14 @@ def run_up(plan: ClusterPlan, *, ready_timeout_s: float = 180.0) -> int:
             return 1
         if cluster._stop:
             return 0
-        model = "fake" if plan.engine == "fake" else "smollm2-135m-instruct"
-        with contextlib.suppress(OSError, ValueError):
-            _, models = _get_json(f"{cluster.proxy_url}/v1/models")
-            data = models.get("data")
-            if isinstance(data, list) and data:
-                model = str(data[0]["id"])
-        print(banner(cluster, model), flush=True)
+        models: dict[str, str] = {}
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            _, listing = _get_json(f"{cluster.proxy_url}/v1/models")
+            entries = listing["data"]
+            assert isinstance(entries, list)
+            for entry in entries:
+                models.setdefault(str(entry.get("task", "text-generation")), str(entry["id"]))
+        print(banner(cluster, models), flush=True)
         return cluster.supervise()
     finally:
         cluster.stop()

@@ -1,10 +1,10 @@
 """The adapter interface: one per API shape, shared by the proxy and the backend.
 
-An adapter owns everything that differs between ``/inference``,
-``/v1/chat/completions`` and ``/v1/completions``: parsing a body into what the
-proxy routes on and what the engine runs, and rendering a whole answer or one
-stream chunk. Adding an API shape is one adapter file; nothing compares kind
-strings.
+An adapter owns everything that differs between the API shapes (``/inference``,
+``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``): parsing a
+body into what the proxy routes on (model, task, priority) and what the engine
+runs, and rendering a whole answer or one stream chunk. Adding an API shape is
+one adapter file; nothing compares kind strings.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from inferno.engines.base import Delta, GenerationRequest, GenerationResult
 from inferno.schemas.openai import check_max_tokens
+from inferno.schemas.registration import Task
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,9 @@ class ParsedText:
     #: the body's priority field
     priority: str | None
     body: Any
+    task: Task = "text-generation"
+    #: the body field that names the model (``model_type`` for images)
+    model_field: str = "model"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +53,8 @@ class RenderMeta:
     inference_ms: float = 0.0
 
 
-class TextAPI(ABC):
-    """One text-generation API shape."""
+class API(ABC):
+    """One API shape: what the proxy parses to route a request."""
 
     path: ClassVar[str]
 
@@ -62,6 +66,10 @@ class TextAPI(ABC):
         parsed = self.parse(body)
         check_max_tokens(parsed.max_tokens, max_tokens_limit)
         return parsed
+
+
+class TextAPI(API):
+    """One text-generation API shape."""
 
     @abstractmethod
     def generation(self, parsed: ParsedText) -> GenerationRequest:

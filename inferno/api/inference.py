@@ -1,23 +1,69 @@
-"""``POST /inference``: Inferno's own shape, with timings and the serving backend."""
+"""``POST /inference``: Inferno's own shape, for text and for images.
+
+A body with ``data`` (a base64 image) is an image classification; any other body
+is a text generation. Both answer with timings and the serving backend.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from typing import Any
 
+import orjson
+
 from inferno.api.base import ParsedText, RenderMeta, TextAPI, usage
-from inferno.engines.base import Delta, GenerationRequest, GenerationResult
-from inferno.schemas.openai import InferenceRequest, parse_body
+from inferno.engines.base import Delta, GenerationRequest, GenerationResult, Prediction
+from inferno.errors import BadRequest
+from inferno.schemas.openai import ImageRequest, InferenceRequest, parse_obj
+
+
+def image_bytes(data: str) -> bytes:
+    """The image file in ``data``: standard or URL-safe base64, or a ``data:`` URL."""
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    try:
+        return base64.b64decode(data.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("data is not valid base64", param="data") from None
+
+
+#: an image is one unit of work for the per-try timeout (docs/deadlines.md)
+IMAGE_WORK_TOKENS = 1
 
 
 class InferenceAPI(TextAPI):
     path = "/inference"
 
     def parse(self, body: bytes) -> ParsedText:
-        return self.from_model(parse_body(InferenceRequest, body))
+        if not body:
+            raise BadRequest("request body is empty; expected a JSON object")
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadRequest("request body is not valid JSON") from None
+        return self.from_dict(data)
+
+    def from_dict(self, data: Any) -> ParsedText:
+        """A decoded ``/inference`` body (or one batch item): image or text."""
+        if isinstance(data, dict) and "data" in data:
+            image = parse_obj(ImageRequest, data)
+            field = "model" if image.model_type is None and image.model is not None else "model_type"
+            return ParsedText(
+                image.requested_model(),
+                False,
+                IMAGE_WORK_TOKENS,
+                "",
+                image.session_id,
+                image.priority,
+                image,
+                task="image-classification",
+                model_field=field,
+            )
+        return self.from_model(parse_obj(InferenceRequest, data))
 
     def from_model(self, inf: InferenceRequest) -> ParsedText:
-        """A parsed ``/inference`` body (batch items arrive already decoded)."""
         return ParsedText(
             inf.model, inf.stream, inf.max_tokens, inf.prompt, inf.session_id, inf.priority, inf
         )
@@ -42,6 +88,25 @@ class InferenceAPI(TextAPI):
             "text": result.text,
             "finish_reason": result.finish_reason,
             "usage": usage(result.prompt_tokens, result.completion_tokens),
+            "backend_timings": {
+                "queue_ms": round(meta.queue_ms, 3),
+                "inference_ms": round(meta.inference_ms, 3),
+            },
+        }
+
+    def render_predictions(self, predictions: list[Prediction], meta: RenderMeta) -> dict[str, Any]:
+        return {
+            "id": f"inf-{uuid.uuid4().hex[:12]}",
+            "object": "classification",
+            "request_id": meta.request_id,
+            "model": meta.model,
+            "predictions": [
+                {"class": p.label, "confidence": round(p.confidence, 6), "index": p.index}
+                for p in predictions
+            ],
+            "worker_id": meta.node_id,
+            "backend": meta.node_id,
+            "processing_time": round(meta.inference_ms / 1000.0, 6),
             "backend_timings": {
                 "queue_ms": round(meta.queue_ms, 3),
                 "inference_ms": round(meta.inference_ms, 3),

@@ -1,22 +1,35 @@
-"""The backend's data port: the text APIs (one adapter each), /health and /v1/models."""
+"""The backend's data port: the APIs (one adapter each), /health and /v1/models.
+
+Each request names a model (or none: the first engine able to do its task) and
+runs on that model's engine, in one of its slots.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-from inferno.api import TEXT_APIS, ParsedText, RenderMeta, TextAPI
+from inferno.api import EMBEDDINGS, INFERENCE, TEXT_APIS, ParsedText, RenderMeta, TextAPI
+from inferno.api.inference import image_bytes
 from inferno.backend.chaos import Chaos
 from inferno.backend.service import InferenceService
 from inferno.config import BackendConfig
-from inferno.engines.base import GenerationRequest
-from inferno.errors import Draining, EngineError, InfernoError, Loading, ModelNotFound
+from inferno.engines.base import (
+    EmbeddingEngine,
+    Engine,
+    GenerationRequest,
+    ImageClassificationEngine,
+    TextGenerationEngine,
+)
+from inferno.errors import BadRequest, Draining, EngineError, InfernoError, Loading
 from inferno.http.request_id import RequestIdFactory
 from inferno.http.responses import JSON_HEADERS, SSE_HEADERS, dumps, error_body
 from inferno.http.router import RouteTable
 from inferno.http.server import Request, Responder
+from inferno.schemas.openai import EmbeddingRequest, ImageRequest
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +42,12 @@ def health(service: InferenceService, node_id: str, chaos: Chaos | None) -> tupl
     status = service.status()
     if status == "ok" and chaos is not None and chaos.health_ok() is False:
         status = "unavailable"
-    body = {"status": status, "node_id": node_id, "model": service.engine.model_id}
+    body = {
+        "status": status,
+        "node_id": node_id,
+        "model": service.engine.model_id,
+        "models": list(service.engines),
+    }
     return (200 if status == "ok" else 503), dumps(body)
 
 
@@ -46,6 +64,7 @@ class BackendApp:
         self._routes: RouteTable[BackendRoute] = RouteTable()
         for path, api in TEXT_APIS.items():
             self._routes.add("POST", path, self._generate_route(api))
+        self._routes.add("POST", EMBEDDINGS.path, self._embeddings)
         self._routes.add("GET", "/health", self._health)
         self._routes.add("GET", "/v1/models", self._models)
         if self.chaos is not None:
@@ -72,7 +91,8 @@ class BackendApp:
     async def _models(self, request: Request, responder: Responder, rid: str, headers: bytes) -> None:
         data = [
             {"id": spec.id, "object": "model", "created": 0, "owned_by": "inferno", "task": spec.task}
-            for spec in self._service.engine.models()
+            for engine in self._service.engines.values()
+            for spec in engine.models()
         ]
         responder.send(200, headers, dumps({"object": "list", "data": data}))
 
@@ -83,30 +103,98 @@ class BackendApp:
     def _generate_route(self, api: TextAPI) -> BackendRoute:
         async def route(request: Request, responder: Responder, rid: str, headers: bytes) -> None:
             parsed = api.parse_checked(request.body, self._cfg.max_tokens_limit)
-            await self._generate(responder, headers, rid, api, parsed)
+            if parsed.task == "image-classification":
+                await self._classify(responder, headers, rid, parsed)
+            else:
+                await self._generate(responder, headers, rid, api, parsed)
 
         return route
+
+    def _engine(self, parsed: ParsedText) -> Engine:
+        """The engine for this request, once the backend is ready and not draining."""
+        engine = self._service.engine_for(parsed.model, parsed.task)
+        if not self._service.ready:
+            raise Loading("backend is still loading its model; retry shortly")
+        if self._service.draining:
+            raise Draining("backend is draining; retry on another backend")
+        return engine
+
+    # -- embeddings and images -----------------------------------------------------------
+    async def _embeddings(self, request: Request, responder: Responder, rid: str, headers: bytes) -> None:
+        parsed = EMBEDDINGS.parse(request.body)
+        engine = self._engine(parsed)
+        assert isinstance(engine, EmbeddingEngine)
+        req: EmbeddingRequest = parsed.body
+        texts = req.texts()
+        logger.info(
+            "Processing embeddings request %s (model %s, %d inputs)", rid, engine.model_id, len(texts)
+        )
+        async with self._task(engine, rid, len(texts)) as (queue_ms, t_slot):
+            result = await engine.embed(texts)
+            meta = self._meta(rid, engine, queue_ms, t_slot)
+            responder.send(200, headers, dumps(EMBEDDINGS.render(result, req, meta)))
+
+    async def _classify(self, responder: Responder, headers: bytes, rid: str, parsed: ParsedText) -> None:
+        engine = self._engine(parsed)
+        assert isinstance(engine, ImageClassificationEngine)
+        req: ImageRequest = parsed.body
+        image = image_bytes(req.data)
+        logger.info(
+            "Processing image request %s (model %s, %d bytes, top_k %d)",
+            rid,
+            engine.model_id,
+            len(image),
+            req.top_k,
+        )
+        async with self._task(engine, rid, 1) as (queue_ms, t_slot):
+            predictions = await engine.classify(image, req.top_k)
+            meta = self._meta(rid, engine, queue_ms, t_slot)
+            responder.send(200, headers, dumps(INFERENCE.render_predictions(predictions, meta)))
+
+    def _meta(self, rid: str, engine: Engine, queue_ms: float, t_slot: float) -> RenderMeta:
+        inference_ms = (time.perf_counter() - t_slot) * 1000.0
+        return RenderMeta(rid, engine.model_id, self._node, int(time.time()), queue_ms, inference_ms)
+
+    @contextlib.asynccontextmanager
+    async def _task(self, engine: Engine, rid: str, items: int) -> AsyncIterator[tuple[float, float]]:
+        """A slot of ``engine`` (yields the queue time in ms and when the slot was taken),
+        and the counting and logging around one request."""
+        started = time.perf_counter()
+        model = engine.model_id
+        try:
+            if self.chaos is not None:
+                await self.chaos.before_request()
+            async with self._service.slot(model) as queued_s:
+                yield queued_s * 1000.0, time.perf_counter()
+        except BadRequest:
+            raise
+        except (EngineError, InfernoError):
+            self._service.failed(model)
+            logger.exception("Inference failed for request %s", rid)
+            raise
+        duration = time.perf_counter() - started
+        self._service.completed(0, duration, 0.0, model=model, items=items)
+        logger.info(
+            "Inference completed in %dms for request %s (model %s, %d items)",
+            round(duration * 1000),
+            rid,
+            model,
+            items,
+        )
 
     # -- generation ----------------------------------------------------------------------
     async def _generate(
         self, responder: Responder, headers: bytes, rid: str, api: TextAPI, parsed: ParsedText
     ) -> None:
-        engine = self._service.engine
-        if parsed.model is not None and parsed.model != engine.model_id:
-            raise ModelNotFound(
-                f"the requested model is not served here; this backend serves {engine.model_id!r}",
-                param="model",
-            )
-        if not self._service.ready:
-            raise Loading("backend is still loading its model; retry shortly")
-        if self._service.draining:
-            raise Draining("backend is draining; retry on another backend")
+        engine = self._engine(parsed)
+        assert isinstance(engine, TextGenerationEngine)
         gen = api.generation(parsed)
         if logger.isEnabledFor(logging.INFO):
             logger.info(
-                "Processing inference request %s (%s, prompt %d chars, max_tokens %d)",
+                "Processing inference request %s (%s, model %s, prompt %d chars, max_tokens %d)",
                 rid,
                 api.path,
+                engine.model_id,
                 len(parsed.prompt),
                 gen.max_tokens,
             )
@@ -117,11 +205,11 @@ class BackendApp:
         try:
             if self.chaos is not None:
                 await self.chaos.before_request()
-            async with self._service.slot() as queued_s:
+            async with self._service.slot(engine.model_id) as queued_s:
                 t_gen = time.perf_counter()
                 meta = RenderMeta(rid, engine.model_id, self._node, int(time.time()), queued_s * 1000.0)
                 if parsed.stream:
-                    tokens = await self._stream(responder, headers, api, gen, meta)
+                    tokens = await self._stream(responder, headers, api, engine, gen, meta)
                 else:
                     result = await engine.generate(gen)
                     tokens = result.completion_tokens
@@ -142,11 +230,11 @@ class BackendApp:
             )
             raise
         except EngineError:
-            self._service.requests_failed += 1
+            self._service.failed(engine.model_id)
             logger.exception("Inference failed for request %s", rid)
             raise
         duration = time.perf_counter() - started
-        self._service.completed(tokens, duration, time.perf_counter() - t_gen)
+        self._service.completed(tokens, duration, time.perf_counter() - t_gen, model=engine.model_id)
         logger.info(
             "Inference completed in %dms for request %s (%d tokens)",
             round(duration * 1000),
@@ -155,12 +243,18 @@ class BackendApp:
         )
 
     async def _stream(
-        self, responder: Responder, headers: bytes, api: TextAPI, gen: GenerationRequest, meta: RenderMeta
+        self,
+        responder: Responder,
+        headers: bytes,
+        api: TextAPI,
+        engine: TextGenerationEngine,
+        gen: GenerationRequest,
+        meta: RenderMeta,
     ) -> int:
         """Server-sent events, one per token, flushed as generated; ends with [DONE]."""
         responder.start_stream(200, headers.replace(JSON_HEADERS, SSE_HEADERS))
         tokens = 0
-        deltas = self._service.engine.stream(gen)
+        deltas = engine.stream(gen)
         try:
             first = True
             async for delta in deltas:

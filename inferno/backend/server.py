@@ -7,6 +7,7 @@ import logging
 import signal
 import socket
 import urllib.parse
+from collections.abc import Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -14,7 +15,7 @@ from inferno.backend.app import BackendApp, health
 from inferno.backend.registrar import Registrar
 from inferno.backend.service import BackendCollector, InferenceService
 from inferno.config import BackendConfig
-from inferno.engines.base import Engine, TextGenerationEngine
+from inferno.engines.base import Engine
 from inferno.errors import ConfigError
 from inferno.http.responses import JSON_HEADERS, dumps
 from inferno.http.router import Router
@@ -38,14 +39,30 @@ def default_advertise_host(listen_host: str) -> str:
     return "0.0.0.0" if address.startswith("127.") else address
 
 
+def create_engines(config: BackendConfig) -> list[Engine]:
+    """The configured engines, each given the options its own model declares; an
+    option no chosen engine takes is a configuration error, not silently dropped."""
+    models = Engine.options_models()
+    unknown = [name for name in config.engine if name not in models]
+    if unknown:
+        raise ConfigError(f"unknown engine {unknown[0]!r}; choose from {sorted(models)}")
+    taken = {key for name in config.engine for key in models[name].model_fields}
+    stray = sorted(set(config.engine_options) - taken)
+    if stray:
+        raise ConfigError(f"no chosen engine ({', '.join(config.engine)}) takes the options {stray}")
+    return [
+        Engine.create(
+            name, {k: v for k, v in config.engine_options.items() if k in models[name].model_fields}
+        )
+        for name in config.engine
+    ]
+
+
 class BackendServer:
-    def __init__(self, config: BackendConfig, engine: Engine | None = None) -> None:
+    def __init__(self, config: BackendConfig, engines: Sequence[Engine] | None = None) -> None:
         self.config = config
-        created = engine or Engine.create(config.engine, config.engine_options)
-        if not isinstance(created, TextGenerationEngine):
-            raise ConfigError(f"engine {config.engine!r} does not generate text; the backend serves text")
-        self.engine = created
-        self.service = InferenceService(self.engine)
+        self.engines = list(engines) if engines is not None else create_engines(config)
+        self.service = InferenceService(self.engines)
         self.node_id = config.node_id or f"{socket.gethostname()}-{config.listen_port}"
         self.app = BackendApp(config, self.service, self.node_id)
         ops_limits = limits_from(config.http, max_body_bytes=64 * 1024, ops=True)
@@ -70,7 +87,8 @@ class BackendServer:
         self.data_address = await self.data_server.start(cfg.listen_host, cfg.listen_port)
         try:
             self.ops_address = await self._ops.start(cfg.ops_host, cfg.ops_port)
-            await self.engine.start()
+            for engine in self.engines:
+                await engine.start()
         except BaseException:
             await self.data_server.aclose()
             await self._ops.aclose()
@@ -80,12 +98,12 @@ class BackendServer:
             f"{default_advertise_host(cfg.listen_host)}:{self.data_address[1]}"
         )
         logger.info(
-            "Starting backend server on %s:%d (node %s, engine %s, model %s)",
+            "Starting backend server on %s:%d (node %s, engines %s, models %s)",
             cfg.listen_host,
             self.data_address[1],
             self.node_id,
-            self.engine.name,
-            self.engine.model_id,
+            ",".join(e.name for e in self.engines),
+            ",".join(f"{e.model_id}[{e.task}]" for e in self.engines),
         )
         if cfg.discovery_lb:
             self.registrar = Registrar(
@@ -106,7 +124,7 @@ class BackendServer:
         return RegistrationPayload(
             address=self.advertise_addr,
             node_id=self.node_id,
-            models=tuple(self.engine.models()),
+            models=tuple(spec for engine in self.engines for spec in engine.models()),
             vitals=self.service.vitals(),
             state="draining" if self.service.draining else "active",
             ops_address=f"{ops_host}:{self.ops_address[1]}",
@@ -130,7 +148,8 @@ class BackendServer:
             await self.registrar.aclose()
         await self.data_server.aclose()
         await self._ops.aclose()
-        await self.engine.aclose()
+        for engine in self.engines:
+            await engine.aclose()
         logger.info("Backend stopped")
 
     def _ops_router(self) -> Router:

@@ -1,4 +1,8 @@
-"""InferenceService: admission to engine slots, and the backend's vitals."""
+"""InferenceService: the backend's engines, admission to their slots, and vitals.
+
+A backend may run several engines (one model each). Each has its own slots; the
+counters are kept per model for the metrics and summed for the vitals.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,15 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from inferno.engines.base import TextGenerationEngine
+from inferno.engines.base import Engine
+from inferno.errors import ConfigError, ModelNotFound
 from inferno.observability.metrics import Histogram
 from inferno.schemas.registration import NodeVitals
 
@@ -42,12 +48,31 @@ class RateMeter:
             self._total -= self._events.popleft()[1]
 
 
-class InferenceService:
-    """Bounds concurrent generations to the engine's slots and counts everything."""
+@dataclass(slots=True)
+class ModelCounters:
+    requests_served: int = 0
+    requests_failed: int = 0
+    tokens_generated: int = 0
+    #: texts embedded or images classified
+    items: int = 0
+    latency: Histogram = field(default_factory=Histogram)
 
-    def __init__(self, engine: TextGenerationEngine, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.engine = engine
-        self._slots = asyncio.Semaphore(engine.slots)
+
+class InferenceService:
+    """Bounds concurrent work to each engine's slots and counts everything."""
+
+    def __init__(self, engines: Sequence[Engine], *, clock: Callable[[], float] = time.monotonic) -> None:
+        if not engines:
+            raise ConfigError("a backend needs at least one engine")
+        self.engines: dict[str, Engine] = {}
+        for engine in engines:
+            if engine.model_id in self.engines:
+                raise ConfigError(f"two engines serve the model {engine.model_id!r}")
+            self.engines[engine.model_id] = engine
+        #: the first engine: what /health names
+        self.engine = engines[0]
+        self._slots = {model: asyncio.Semaphore(e.slots) for model, e in self.engines.items()}
+        self.per_model = {model: ModelCounters() for model in self.engines}
         self.in_flight = 0
         self.queued = 0
         self.requests_served = 0
@@ -62,6 +87,19 @@ class InferenceService:
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # prime: the next call reports usage since now
 
+    def engine_for(self, model: str | None, task: str) -> Engine:
+        """The engine serving ``model`` (or, with no model, the first one doing ``task``)."""
+        engine = self.engines.get(model) if model is not None else None
+        if engine is None and model is None:
+            engine = next((e for e in self.engines.values() if e.task == task), None)
+        if engine is None or engine.task != task:
+            served = [f"{m} ({e.task})" for m, e in self.engines.items()]
+            raise ModelNotFound(
+                f"the requested {task} model is not served here; this backend serves {served}",
+                param="model",
+            )
+        return engine
+
     def status(self) -> str:
         """``loading``, ``draining`` or ``ok``: what /health reports."""
         if not self.ready:
@@ -69,12 +107,13 @@ class InferenceService:
         return "draining" if self.draining else "ok"
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[float]:
-        """Wait for a free slot; yields the seconds spent waiting."""
+    async def slot(self, model: str) -> AsyncIterator[float]:
+        """Wait for a free slot of ``model``'s engine; yields the seconds spent waiting."""
+        slots = self._slots[model]
         waited = time.perf_counter()
         self.queued += 1
         try:
-            await self._slots.acquire()
+            await slots.acquire()
         finally:
             self.queued -= 1
         self.in_flight += 1
@@ -82,10 +121,22 @@ class InferenceService:
             yield time.perf_counter() - waited
         finally:
             self.in_flight -= 1
-            self._slots.release()
+            slots.release()
 
-    def completed(self, tokens: int, duration_s: float, generation_s: float) -> None:
+    def failed(self, model: str) -> None:
+        self.requests_failed += 1
+        self.per_model[model].requests_failed += 1
+
+    def completed(
+        self, tokens: int, duration_s: float, generation_s: float, *, model: str = "", items: int = 0
+    ) -> None:
         self.requests_served += 1
+        counters = self.per_model.get(model)
+        if counters is not None:
+            counters.requests_served += 1
+            counters.tokens_generated += tokens
+            counters.items += items
+            counters.latency.observe(duration_s)
         if tokens >= 4 and generation_s > 0:
             # EWMA of one generation's speed: the proxy sizes per-try timeouts from it.
             speed = tokens / generation_s
@@ -107,7 +158,7 @@ class InferenceService:
             tokens_per_s=round(self.tokens.rate(), 2),
             cpu_percent=cpu,
             rss_bytes=rss,
-            slots=self.engine.slots,
+            slots=sum(e.slots for e in self.engines.values()),
             decode_tokens_per_s=round(self.decode_tokens_per_s, 2),
         )
 
@@ -150,3 +201,21 @@ class BackendCollector(Collector):
         )
         hist.add_metric(node, s.latency.buckets(), s.latency.sum)
         yield hist
+        by_model = ["node_id", "model", "task"]
+        served = CounterMetricFamily("inferno_backend_model_requests", "Requests completed", labels=by_model)
+        failed = CounterMetricFamily(
+            "inferno_backend_model_request_errors", "Requests failed", labels=by_model
+        )
+        items = CounterMetricFamily(
+            "inferno_backend_model_items", "Texts embedded or images classified", labels=by_model
+        )
+        durations = HistogramMetricFamily(
+            "inferno_backend_model_duration_seconds", "Time per request, per model", labels=by_model
+        )
+        for model, counters in s.per_model.items():
+            key = [self._node, model, s.engines[model].task]
+            served.add_metric(key, counters.requests_served)
+            failed.add_metric(key, counters.requests_failed)
+            items.add_metric(key, counters.items)
+            durations.add_metric(key, counters.latency.buckets(), counters.latency.sum)
+        yield from (served, failed, items, durations)

@@ -26,6 +26,19 @@ from inferno.engines import Engine, available_engines
 
 logger = logging.getLogger(__name__)
 
+
+def engine_list(value: str) -> tuple[str, ...]:
+    """``--engine a,b``: registered engine names, each at most once."""
+    names = tuple(part.strip() for part in value.split(",") if part.strip())
+    known = available_engines()
+    for name in names:
+        if name not in known:
+            raise click.BadParameter(f"unknown engine {name!r}; choose from {', '.join(known)}")
+    if not names or len(set(names)) != len(names):
+        raise click.BadParameter("name one or more engines, each once", param_hint="--engine")
+    return names
+
+
 BACKEND_SECTIONS: dict[str, type[BaseModel]] = {"http": HttpConfig}
 
 
@@ -70,10 +83,14 @@ TUNABLES = (
 @click.option("--node-id", default=None, help="Stable name (default: hostname-port).")
 @click.option(
     "--engine",
-    type=click.Choice(available_engines()),
     default="llamacpp",
     show_default=True,
-    help="Model runtime ('smollm2': the llamacpp engine's old name); 'fake' is a TEST engine.",
+    callback=lambda ctx, param, value: engine_list(value),
+    help=(
+        "Model runtimes, comma-separated, one model each: "
+        + ", ".join(available_engines())
+        + " ('smollm2': the llamacpp engine's old name; 'fake' is a TEST engine)."
+    ),
 )
 @model_options(ENGINE_FIELDS)
 @model_options({name: BackendConfig.model_fields[name] for name in TUNABLES})
@@ -90,7 +107,8 @@ def backend(**opts: Any) -> None:
     if listen[1] and listen[1] == ops[1] and listen[0] == ops[0]:
         raise click.BadParameter("the data and ops ports must differ", param_hint="--ops-addr")
     sections = build_sections(opts, BACKEND_SECTIONS)
-    own = Engine.options_models()[opts["engine"]].model_fields
+    models = Engine.options_models()
+    own = {name for engine in opts["engine"] for name in models[engine].model_fields}
     config: BackendConfig = build(
         BackendConfig,
         listen_host=listen[0],
@@ -101,7 +119,7 @@ def backend(**opts: Any) -> None:
         advertise_addr=opts["advertise_addr"],
         node_id=opts["node_id"],
         engine=opts["engine"],
-        engine_options={name: opts[name] for name in own},
+        engine_options={name: opts[name] for name in sorted(own)},
         chaos=opts["chaos"],
         **{name: opts[name] for name in TUNABLES},
         log_format=opts["log_format"],

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from inferno.cli.common import build, build_sections, hostport, logging_options, section_options, serve
 from inferno.config import (
     AdmissionConfig,
+    AffinityConfig,
     DeadlineConfig,
     HealthCheckConfig,
     HttpConfig,
@@ -34,6 +35,7 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
     "deadline": DeadlineConfig,
     "outlier": OutlierConfig,
     "admission": AdmissionConfig,
+    "affinity": AffinityConfig,
     "http": HttpConfig,
 }
 
@@ -71,6 +73,13 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
     help="Serve MODEL under another name too, e.g. gpt-4o-mini=smollm2-135m-instruct (repeatable; "
     "in the environment, separate several with spaces).",
 )
+@click.option(
+    "--fallback",
+    multiple=True,
+    metavar="MODEL=B[,C]",
+    help="When no backend of MODEL can answer (none routable, or every try failed before the "
+    "first byte), send the request to B, then C (repeatable).",
+)
 @section_options(PROXY_SECTIONS)
 @logging_options
 def proxy(**opts: Any) -> None:
@@ -93,6 +102,7 @@ def proxy(**opts: Any) -> None:
         log_prompts=opts["log_prompts"],
         seed=opts["seed"],
         model_aliases=_aliases(opts["model_alias"]),
+        fallbacks=_fallbacks(opts["fallback"]),
         **sections,
     )
     from inferno.proxy.server import run_proxy
@@ -108,3 +118,16 @@ def _aliases(specs: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"expected ALIAS=MODEL, got {spec!r}", param_hint="--model-alias")
         aliases[alias.strip()] = target.strip()
     return aliases
+
+
+def _fallbacks(specs: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    chains: dict[str, tuple[str, ...]] = {}
+    for spec in specs:
+        model, sep, rest = spec.partition("=")
+        chain = tuple(part.strip() for part in rest.split(",") if part.strip())
+        if not sep or not model.strip() or not chain:
+            raise click.BadParameter(
+                f"expected MODEL=FALLBACK[,FALLBACK...], got {spec!r}", param_hint="--fallback"
+            )
+        chains[model.strip()] = chain
+    return chains

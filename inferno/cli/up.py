@@ -15,19 +15,37 @@ from inferno.policies import available_policies
 @click.command()
 @click.option("--backends", type=click.IntRange(1, 16), default=2, show_default=True)
 @click.option("--engine", type=click.Choice(available_engines()), default="llamacpp", show_default=True)
+@click.option(
+    "--models",
+    default=None,
+    help=(
+        "A mixed cluster, one group per backend: engines joined by '+', '*N' repeats a group, "
+        "e.g. 'llamacpp*2,minilm+efficientnet-lite0'. Overrides --backends and --engine."
+    ),
+)
 @click.option("--policy", type=click.Choice(available_policies()), default="round_robin", show_default=True)
 @click.option("--free-ports", is_flag=True, help="Pick free ports instead of 8080/6100/300N/620N.")
 @click.option("--ready-timeout-s", type=float, default=180.0, show_default=True)
 @click.option("--log-format", type=LOG_FORMATS, default="text", show_default=True)
 def up(**opts: Any) -> None:
     """Start a local cluster: one proxy and N backends on 127.0.0.1."""
-    from inferno.launcher import make_plan, run_up
+    from inferno.launcher import make_plan, parse_models, run_up
 
+    models: tuple[str, ...] = ()
+    if opts["models"]:
+        try:
+            models = parse_models(opts["models"])
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--models") from None
+        unknown = {e for group in models for e in group.split(",")} - set(available_engines())
+        if unknown:
+            raise click.BadParameter(f"unknown engine(s) {sorted(unknown)}", param_hint="--models")
     plan = make_plan(
         opts["backends"],
         free_ports=opts["free_ports"],
         engine=opts["engine"],
         policy=opts["policy"],
         log_format=opts["log_format"],
+        models=models,
     )
     sys.exit(run_up(plan, ready_timeout_s=opts["ready_timeout_s"]))

@@ -1,6 +1,6 @@
 """Model runtimes, one interface per task, registered by name (``Engine.create``)."""
 
-from inferno.engines import fake, llamacpp  # noqa: F401  (registers engines)
+from inferno.engines import fake, llamacpp, minilm  # noqa: F401  (registers engines)
 from inferno.engines.base import (
     Delta,
     EmbeddingEngine,
@@ -11,6 +11,7 @@ from inferno.engines.base import (
     ImageClassificationEngine,
     TextGenerationEngine,
 )
+from inferno.engines.vision import engine as _vision  # noqa: F401
 
 
 def available_engines() -> list[str]:

@@ -67,6 +67,8 @@ class Embeddings:
 class Prediction:
     label: str
     confidence: float
+    #: the class index (ImageNet-1k order for the bundled classifier)
+    index: int = -1
 
 
 class Engine(ABC):

@@ -78,6 +78,10 @@ class ProxyStats:
         self.local_responses: dict[int, int] = {}
         self.in_flight = 0
         self.retries = 0
+        #: requests that went to a fallback model
+        self.fallbacks = 0
+        #: per served model: requests by status and latency
+        self.models: dict[str, BackendStats] = {}
 
     def backend(self, address: str) -> BackendStats:
         stats = self.backends.get(address)
@@ -85,10 +89,16 @@ class ProxyStats:
             stats = self.backends[address] = BackendStats()
         return stats
 
-    def record(self, address: str, status: int, duration_s: float) -> None:
+    def record(self, address: str, status: int, duration_s: float, model: str = "") -> None:
         stats = self.backend(address)
         stats.requests[status] = stats.requests.get(status, 0) + 1
         stats.latency.observe(duration_s)
+        if model:
+            per_model = self.models.get(model)
+            if per_model is None:
+                per_model = self.models[model] = BackendStats()
+            per_model.requests[status] = per_model.requests.get(status, 0) + 1
+            per_model.latency.observe(duration_s)
 
     def record_error(self, address: str, reason: str) -> None:
         stats = self.backend(address)

@@ -5,6 +5,7 @@ from inferno.policies import (  # noqa: F401  (importing registers the policies)
     least_connections,
     least_loaded,
     power_of_two,
+    prefix_affinity,
     random_choice,
     round_robin,
     weighted,

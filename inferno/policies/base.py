@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
 
+from inferno.config import AffinityConfig
 from inferno.errors import ConfigError
 from inferno.registry.worker import WorkerInfo
 from inferno.schemas.routing import RequestContext
@@ -34,7 +35,7 @@ class LoadBalancingPolicy(ABC):
             cls.name = name
             LoadBalancingPolicy._registry[name] = cls
 
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(self, rng: random.Random | None = None, *, affinity: AffinityConfig | None = None) -> None:
         self.rng = rng if rng is not None else random.Random()
 
     @abstractmethod
@@ -42,12 +43,14 @@ class LoadBalancingPolicy(ABC):
         """Return one of ``candidates``."""
 
     @classmethod
-    def create(cls, name: str, rng: random.Random | None = None) -> LoadBalancingPolicy:
+    def create(
+        cls, name: str, rng: random.Random | None = None, *, affinity: AffinityConfig | None = None
+    ) -> LoadBalancingPolicy:
         try:
             policy_cls = cls._registry[name]
         except KeyError:
             raise ConfigError(f"unknown policy {name!r}; choose from {sorted(cls._registry)}") from None
-        return policy_cls(rng)
+        return policy_cls(rng, affinity=affinity)
 
     @classmethod
     def names(cls) -> list[str]:

@@ -13,6 +13,7 @@ import hashlib
 import random
 from collections.abc import Sequence
 
+from inferno.config import AffinityConfig
 from inferno.policies.base import LoadBalancingPolicy
 from inferno.registry.worker import WorkerInfo
 from inferno.schemas.routing import RequestContext
@@ -25,7 +26,7 @@ def _hash(data: str) -> int:
 
 
 class ConsistentHashPolicy(LoadBalancingPolicy, name="consistent_hash"):
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(self, rng: random.Random | None = None, *, affinity: AffinityConfig | None = None) -> None:
         super().__init__(rng)
         self._members: tuple[str, ...] = ()
         self._points: list[int] = []
@@ -40,7 +41,7 @@ class ConsistentHashPolicy(LoadBalancingPolicy, name="consistent_hash"):
 
     @staticmethod
     def key(ctx: RequestContext) -> str:
-        return ctx.session_key if ctx.session_key is not None else "prefix:" + ctx.prompt_prefix
+        return ctx.session_key if ctx.session_key is not None else "prefix:" + ctx.prompt_prefix[:256]
 
     def choose(self, ctx: RequestContext, candidates: Sequence[WorkerInfo]) -> WorkerInfo:
         if candidates is not self._last:

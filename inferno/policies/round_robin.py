@@ -5,13 +5,14 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from inferno.config import AffinityConfig
 from inferno.policies.base import LoadBalancingPolicy
 from inferno.registry.worker import WorkerInfo
 from inferno.schemas.routing import RequestContext
 
 
 class RoundRobinPolicy(LoadBalancingPolicy, name="round_robin"):
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(self, rng: random.Random | None = None, *, affinity: AffinityConfig | None = None) -> None:
         super().__init__(rng)
         self._next = 0
 

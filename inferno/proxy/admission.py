@@ -66,7 +66,7 @@ class AdmissionController:
         return worker.vitals.slots or DEFAULT_LIMIT
 
     def _eligible(self, ctx: RequestContext, tried: frozenset[str]) -> Sequence[WorkerInfo]:
-        pool = self._registry.routable_for(ctx.model)
+        pool = self._registry.routable_for(ctx.model, ctx.task)
         if not tried:
             return pool
         return [w for w in pool if w.address not in tried]
@@ -127,6 +127,14 @@ class AdmissionController:
                 f"the requested model is not served by any backend; available: {self._registry.models()}",
                 param="model",
             )
+        workers = self._registry.all()
+        if ctx.model is None and workers and not self._registry.routable_for(None, ctx.task):
+            # Backends exist, but none (healthy or not) does this task: a client error.
+            if not any(ctx.task in w.tasks.values() or not w.models for w in workers):
+                raise ModelNotFound(
+                    f"no backend serves a {ctx.task} model; available: {self._registry.models()}",
+                    param="model",
+                )
         if tried:
             raise NoBackendAvailable(
                 f"all backends failed for this request ({len(tried)} tried) and none is left"

@@ -6,9 +6,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import orjson
-
-from inferno.api import INFERENCE, TEXT_APIS, ParsedText, TextAPI
+from inferno.api import API, APIS, INFERENCE, ParsedText
 from inferno.config import ProxyConfig
 from inferno.errors import BadRequest, InfernoError
 from inferno.http.request_id import RequestIdFactory
@@ -17,21 +15,15 @@ from inferno.http.router import RouteTable
 from inferno.http.server import Request, Responder
 from inferno.observability.metrics import ProxyStats
 from inferno.proxy.batch import BatchRunner
-from inferno.proxy.forward import Forwarder, Job
+from inferno.proxy.forward import Forwarder, Job, with_model
 from inferno.registry.registry import WorkerRegistry
-from inferno.schemas import PRIORITIES, InferenceRequest, Priority, RequestContext, check_max_tokens
+from inferno.schemas import PRIORITIES, Priority, RequestContext, check_max_tokens
 
 logger = logging.getLogger(__name__)
 
 
-def with_model(body: bytes, model: str | None) -> bytes:
-    """The request body with its ``model`` field replaced (aliases only; rare path)."""
-    data = orjson.loads(body)
-    data["model"] = model
-    return orjson.dumps(data)
-
-
-PREFIX_CHARS = 256
+#: how much of the prompt the routing context carries (prefix affinity reads its first words)
+PREFIX_CHARS = 2048
 #: a data-port route: the request, its responder, its request id and arrival time
 ProxyRoute = Callable[[Request, Responder, str, float], Awaitable[None]]
 
@@ -57,7 +49,7 @@ class ProxyApp:
         self._clock = clock
         self._batch = BatchRunner(forwarder, config.admission.max_batch_items, self.inference_context)
         self._routes: RouteTable[ProxyRoute] = RouteTable()
-        for path, api in TEXT_APIS.items():
+        for path, api in APIS.items():
             self._routes.add("POST", path, self._forward_route(api))
         self._routes.add("POST", "/batch_inference", self._batch_route)
         self._routes.add("GET", "/v1/models", self._models)
@@ -78,7 +70,7 @@ class ProxyApp:
             self._stats.in_flight -= 1
 
     # -- routes --------------------------------------------------------------------------
-    def _forward_route(self, api: TextAPI) -> ProxyRoute:
+    def _forward_route(self, api: API) -> ProxyRoute:
         path = api.path.encode()
         splice = api.path == "/inference"
 
@@ -88,8 +80,10 @@ class ProxyApp:
             ctx = self._context(request, rid, parsed)
             body = request.body
             if ctx.model != parsed.model:
-                body = with_model(body, ctx.model)  # an alias: the backend sees the real id
-            job = Job(ctx, path, body, parsed.max_tokens, t0, self._deadline(request, t0))
+                # an alias: the backend sees the real id
+                body = with_model(body, parsed.model_field, ctx.model)
+            deadline = self._deadline(request, t0)
+            job = Job(ctx, path, body, parsed.max_tokens, t0, deadline, parsed.model_field)
             await self._forwarder.forward(responder, job, stream=parsed.stream, splice_timings=splice)
 
         return route
@@ -99,12 +93,20 @@ class ProxyApp:
         self._send_local(responder, rid, 200, body)
 
     async def _models(self, request: Request, responder: Responder, rid: str, t0: float) -> None:
-        served = self._registry.models()
+        served = self._registry.model_tasks()
         data: list[dict[str, object]] = [
-            {"id": model, "object": "model", "created": 0, "owned_by": "inferno"} for model in served
+            {"id": model, "object": "model", "created": 0, "owned_by": "inferno", "task": task}
+            for model, task in served.items()
         ]
         data += [
-            {"id": alias, "object": "model", "created": 0, "owned_by": "inferno", "alias_of": target}
+            {
+                "id": alias,
+                "object": "model",
+                "created": 0,
+                "owned_by": "inferno",
+                "task": served[target],
+                "alias_of": target,
+            }
             for alias, target in self._cfg.model_aliases.items()
             if target in served
         ]
@@ -156,16 +158,17 @@ class ProxyApp:
             session_key=self._session(request, parsed.session),
             prompt_prefix=parsed.prompt[:PREFIX_CHARS],
             priority=self._priority(request, parsed.priority),
+            task=parsed.task,
         )
 
     def inference_context(
-        self, request: Request, rid: str, body: InferenceRequest
-    ) -> tuple[RequestContext, int]:
-        """Routing context of one ``/inference`` item of a batch."""
-        parsed = INFERENCE.from_model(body)
+        self, request: Request, rid: str, item: object
+    ) -> tuple[RequestContext, ParsedText]:
+        """Routing context of one ``/inference`` item of a batch (text or image)."""
+        parsed = INFERENCE.from_dict(item)
         check_max_tokens(parsed.max_tokens, self._cfg.max_tokens_limit)
         self._log_prompt(rid, parsed.prompt)
-        return self._context(request, rid, parsed), parsed.max_tokens
+        return self._context(request, rid, parsed), parsed
 
     def _log_prompt(self, rid: str, prompt: str) -> None:
         if self._cfg.log_prompts and logger.isEnabledFor(logging.DEBUG):

@@ -1,4 +1,5 @@
-"""``POST /batch_inference``: fan a list of /inference requests out, answer in order.
+"""``POST /batch_inference``: fan a list of /inference requests (text or image) out,
+answer in order.
 
 Each item is validated and routed on its own (request id ``<id>.<index>``), so
 one bad or failed item never fails the batch: it gets its own status and error.
@@ -12,13 +13,14 @@ from typing import Any
 
 import orjson
 
+from inferno.api import ParsedText
 from inferno.errors import BadRequest, InfernoError
 from inferno.http.server import Request
-from inferno.proxy.forward import Forwarder, Job
-from inferno.schemas import InferenceRequest, parse_obj
+from inferno.proxy.forward import Forwarder, Job, with_model
 from inferno.schemas.routing import RequestContext
 
-Contextualize = Callable[[Request, str, InferenceRequest], tuple[RequestContext, int]]
+#: one item's routing context and parsed form, from the proxy app
+Contextualize = Callable[[Request, str, object], tuple[RequestContext, ParsedText]]
 
 
 class BatchRunner:
@@ -56,13 +58,13 @@ class BatchRunner:
         self, request: Request, rid: str, index: int, item: Any, t0: float, deadline: float
     ) -> dict[str, Any]:
         try:
-            body = parse_obj(InferenceRequest, item)
-            if body.stream:
+            ctx, parsed = self._contextualize(request, rid, item)
+            if parsed.stream:
                 raise BadRequest("stream is not supported inside a batch", param="stream")
-            ctx, max_tokens = self._contextualize(request, rid, body)
-            if ctx.model != body.model:  # an alias: the backend sees the real id
-                item = {**item, "model": ctx.model}
-            job = Job(ctx, b"/inference", orjson.dumps(item), max_tokens, t0, deadline)
+            body = orjson.dumps(item)
+            if ctx.model != parsed.model:  # an alias: the backend sees the real id
+                body = with_model(body, parsed.model_field, ctx.model)
+            job = Job(ctx, b"/inference", body, parsed.max_tokens, t0, deadline, parsed.model_field)
             outcome = await self._forwarder.call(job, splice_timings=True)
         except InfernoError as exc:
             return {

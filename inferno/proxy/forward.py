@@ -11,15 +11,20 @@ a backend. See docs/retries.md and docs/deadlines.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+import orjson
 
 from inferno.config import DeadlineConfig, RetryConfig, UpstreamConfig
 from inferno.errors import (
     DeadlineExceeded,
+    ModelNotFound,
+    NoBackendAvailable,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -61,6 +66,37 @@ class Job:
     max_tokens: int
     t0: float
     deadline: float
+    #: the body field naming the model (rewritten for aliases and fallbacks)
+    model_field: str = "model"
+
+    def for_model(self, model: str) -> Job:
+        """The same request sent to another model (a fallback)."""
+        ctx = dataclasses.replace(self.ctx, model=model)
+        body = with_model(self.body, self.model_field, model)
+        return Job(ctx, self.path, body, self.max_tokens, self.t0, self.deadline, self.model_field)
+
+
+def with_model(body: bytes, field: str, model: str | None) -> bytes:
+    """The request body with its model field replaced (aliases and fallbacks only)."""
+    data = orjson.loads(body)
+    for key in ("model", "model_type"):
+        if key == field or key in data:
+            data[key] = model
+    return orjson.dumps(data)
+
+
+def served_model(worker: WorkerInfo, ctx: RequestContext) -> str:
+    """The model that answered: the one asked for, else the backend's model for the task."""
+    if ctx.model is not None:
+        return ctx.model if ctx.model in worker.models else ""
+    for model in worker.models:
+        if worker.tasks.get(model, "text-generation") == ctx.task:
+            return model
+    return ""
+
+
+#: what makes a model's own tries give up and its fallback run
+FALLBACK_ON = (NoBackendAvailable, ModelNotFound, UpstreamError)
 
 
 class Forwarder:
@@ -74,9 +110,11 @@ class Forwarder:
         retry: RetryConfig,
         deadline: DeadlineConfig,
         *,
+        fallbacks: Mapping[str, tuple[str, ...]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
+        self._fallbacks = dict(fallbacks or {})
         self._registry = registry
         self._admission = admission
         self._pool = pool
@@ -112,8 +150,36 @@ class Forwarder:
         return self._rng.uniform(0.0, ceiling) / 1000.0
 
     # -- attempts ------------------------------------------------------------------------
-    async def _exchange(self, job: Job, *, stream: bool) -> tuple[WorkerInfo, UpstreamResponse, float]:
-        """Run attempts until one gets a response worth returning. The caller releases."""
+    async def _exchange(self, job: Job, *, stream: bool) -> tuple[Job, WorkerInfo, UpstreamResponse, float]:
+        """Tries on the job's model, then on each of its fallbacks in turn, until one
+        gets a response worth returning (the job that got it comes back too)."""
+        first = job.ctx.model
+        chain = self._fallbacks.get(first, ()) if first is not None else ()
+        if first is None or not chain:
+            return (job, *await self._tries(job, stream=stream, last=True))
+        models = (first, *chain)
+        for index, model in enumerate(models):
+            attempt = job if index == 0 else job.for_model(model)
+            try:
+                return (attempt, *await self._tries(attempt, stream=stream, last=index == len(models) - 1))
+            except FALLBACK_ON as exc:
+                if index == len(models) - 1:
+                    raise
+                self._stats.fallbacks += 1
+                logger.warning(
+                    "Falling back from model %s to %s for request %s: %s",
+                    model,
+                    models[index + 1],
+                    job.ctx.request_id,
+                    exc.message,
+                )
+        raise AssertionError("unreachable")
+
+    async def _tries(
+        self, job: Job, *, stream: bool, last: bool
+    ) -> tuple[WorkerInfo, UpstreamResponse, float]:
+        """Run attempts until one gets a response worth returning. The caller releases.
+        Unless this is the ``last`` model to try, a final 5xx raises instead."""
         ctx = job.ctx
         tried: frozenset[str] = frozenset()
         headers = b"Content-Type: application/json\r\nX-Request-ID: " + ctx.request_id.encode() + b"\r\n"
@@ -127,7 +193,7 @@ class Forwarder:
             worker = await self._admission.acquire(ctx, tried, timeout_s=remaining)
             address = worker.address
             fast_info(logger, "Routing request %s to %s", ctx.request_id, address)
-            pool = self._registry.routable_for(ctx.model)
+            pool = self._registry.routable_for(ctx.model, ctx.task)
             can_retry = attempt < max_attempts and len(pool) > len(tried) + 1
             if stream:
                 budget = self._up.stream_first_byte_timeout_s
@@ -178,7 +244,7 @@ class Forwarder:
             else:
                 self._on_failure(worker, failure)
             deadline_hit = self._clock() >= job.deadline
-            if upstream is not None and (not can_retry or deadline_hit):
+            if upstream is not None and ((not can_retry and last) or deadline_hit):
                 # Out of tries: the backend's own 5xx answer goes back to the client.
                 return worker, upstream, t_send
             self._admission.release(worker)
@@ -213,7 +279,7 @@ class Forwarder:
 
     # -- non-streamed --------------------------------------------------------------------
     async def call(self, job: Job, *, splice_timings: bool) -> Outcome:
-        worker, upstream, t_send = await self._exchange(job, stream=False)
+        job, worker, upstream, t_send = await self._exchange(job, stream=False)
         try:
             if upstream.status < 500:
                 self._registry.record_success(worker)
@@ -237,7 +303,7 @@ class Forwarder:
             )
             content_type = upstream.header(b"content-type") or b"application/json"
             headers = self._headers(worker, job.ctx, content_type, timing)
-            self._stats.record(worker.address, upstream.status, now - job.t0)
+            self._stats.record(worker.address, upstream.status, now - job.t0, served_model(worker, job.ctx))
             return Outcome(upstream.status, headers, body, worker)
         finally:
             self._admission.release(worker)
@@ -247,7 +313,7 @@ class Forwarder:
             outcome = await self.call(job, splice_timings=splice_timings)
             responder.send(outcome.status, outcome.headers, outcome.body)
             return
-        worker, upstream, t_send = await self._exchange(job, stream=True)
+        job, worker, upstream, t_send = await self._exchange(job, stream=True)
         try:
             if upstream.status != 200:
                 # An error before the stream began: answer it whole.
@@ -258,7 +324,9 @@ class Forwarder:
                 responder.send(upstream.status, self._headers(worker, job.ctx, content_type, b""), body)
             else:
                 await self._relay_stream(responder, upstream, worker, job, t_send)
-            self._stats.record(worker.address, upstream.status, self._clock() - job.t0)
+            self._stats.record(
+                worker.address, upstream.status, self._clock() - job.t0, served_model(worker, job.ctx)
+            )
         finally:
             self._admission.release(worker)
 
@@ -285,9 +353,10 @@ class Forwarder:
             worker.address.encode(),
             b"\r\n",
         ]
-        if ctx.model is not None and ctx.model in worker.models:
+        model = served_model(worker, ctx)
+        if model:
             # Only an id the backend registered (validated) ever becomes a header value.
-            parts += [b"X-Inferno-Model: ", ctx.model.encode(), b"\r\n"]
+            parts += [b"X-Inferno-Model: ", model.encode(), b"\r\n"]
         if timing:
             parts += [b"Server-Timing: ", timing, b"\r\n"]
         return b"".join(parts)

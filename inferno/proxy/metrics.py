@@ -53,6 +53,25 @@ class ProxyCollector(Collector):
         yield CounterMetricFamily(
             "inferno_retries", "Requests re-sent to another backend", value=stats.retries
         )
+        yield CounterMetricFamily(
+            "inferno_fallbacks", "Requests sent on to a fallback model", value=stats.fallbacks
+        )
+        model_requests = CounterMetricFamily(
+            "inferno_model_requests",
+            "Requests answered, by served model and HTTP status",
+            labels=["model", "code"],
+        )
+        model_latency = HistogramMetricFamily(
+            "inferno_model_request_duration_seconds",
+            "Time from request arrival to the end of the response, by served model",
+            labels=["model"],
+        )
+        for model, per_model in stats.models.items():
+            for code, count in per_model.requests.items():
+                model_requests.add_metric([model, str(code)], count)
+            model_latency.add_metric([model], per_model.latency.buckets(), per_model.latency.sum)
+        yield model_requests
+        yield model_latency
         yield GaugeMetricFamily(
             "inferno_in_flight_requests",
             "Requests being served by the proxy",

@@ -53,7 +53,7 @@ class ProxyServer:
         self.resolver = resolver or Resolver(timeout_s=config.registry.resolve_timeout_s)
         self.stats = ProxyStats()
         rng = random.Random(config.seed)
-        self.policy = LoadBalancingPolicy.create(config.policy, rng)
+        self.policy = LoadBalancingPolicy.create(config.policy, rng, affinity=config.affinity)
         self.admission = AdmissionController(config.admission, self.registry, self.policy, clock=clock)
         self.forwarder = Forwarder(
             self.registry,
@@ -63,6 +63,7 @@ class ProxyServer:
             config.upstream,
             config.retry,
             config.deadline,
+            fallbacks=config.fallbacks,
             clock=clock,
             rng=rng,
         )

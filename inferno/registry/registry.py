@@ -53,6 +53,8 @@ class WorkerRegistry:
         self._routable: tuple[WorkerInfo, ...] = ()
         #: model id -> routable workers serving it (plus those that list no models)
         self._by_model: dict[str, tuple[WorkerInfo, ...]] = {}
+        #: task -> routable workers able to do it (for requests that name no model)
+        self._by_task: dict[str, tuple[WorkerInfo, ...]] = {}
         self._anything: tuple[WorkerInfo, ...] = ()
         self._removal_listeners: list[Callable[[str], None]] = []
 
@@ -67,10 +69,11 @@ class WorkerRegistry:
         """Healthy workers, as a cached tuple rebuilt only when state changes."""
         return self._routable
 
-    def routable_for(self, model: str | None) -> tuple[WorkerInfo, ...]:
-        """The routable snapshot for one model: admission and retries both read it."""
+    def routable_for(self, model: str | None, task: str = "text-generation") -> tuple[WorkerInfo, ...]:
+        """The routable snapshot for one model (or, with none, for one task): admission
+        and retries both read it."""
         if model is None:
-            return self._routable
+            return self._by_task.get(task, self._anything)
         pool = self._by_model.get(model)
         if pool is None:
             # Backends that advertise no models serve anything (static ones, say).
@@ -79,11 +82,15 @@ class WorkerRegistry:
 
     def models(self) -> list[str]:
         """Ids of the models some healthy backend serves, in registration order."""
-        seen: dict[str, None] = {}
+        return list(self.model_tasks())
+
+    def model_tasks(self) -> dict[str, str]:
+        """Model id -> task, for the models some healthy backend serves."""
+        seen: dict[str, str] = {}
         for worker in self._routable:
             for model in worker.models:
-                seen.setdefault(model, None)
-        return list(seen)
+                seen.setdefault(model, worker.tasks.get(model, "text-generation"))
+        return seen
 
     def counts(self) -> dict[str, int]:
         counts = {status.value: 0 for status in WorkerStatus}
@@ -126,15 +133,22 @@ class WorkerRegistry:
                 wall=wall,
                 outlier=self._outlier,
             )
+            worker.tasks = {m.id: m.task for m in payload.models}
             self._workers[address] = worker
-            logger.info("Backend registered: %s (node %s)", address, payload.node_id)
+            logger.info(
+                "Backend registered: %s (node %s, models %s)",
+                address,
+                payload.node_id,
+                ",".join(worker.models) or "any",
+            )
             self._changed()
         worker.node_id = payload.node_id
         models = tuple(m.id for m in payload.models)
-        if models != worker.models:
+        tasks: dict[str, str] = {m.id: m.task for m in payload.models}
+        if models != worker.models or tasks != worker.tasks:
             worker.models = models
+            worker.tasks = tasks
             self._changed()
-        worker.tasks = {m.id: m.task for m in payload.models}
         worker.vitals = payload.vitals
         worker.ops_address = payload.ops_address
         if worker.weight != payload.weight:
@@ -281,10 +295,14 @@ class WorkerRegistry:
         self._routable = tuple(w for w in self._workers.values() if w.routable)
         self._anything = tuple(w for w in self._routable if not w.models)
         by_model: dict[str, list[WorkerInfo]] = {}
+        by_task: dict[str, list[WorkerInfo]] = {}
         for worker in self._routable:
             for model in worker.models:
                 by_model.setdefault(model, list(self._anything)).append(worker)
+            for task in dict.fromkeys(worker.tasks.get(m, "text-generation") for m in worker.models):
+                by_task.setdefault(task, list(self._anything)).append(worker)
         self._by_model = {model: tuple(pool) for model, pool in by_model.items()}
+        self._by_task = {task: tuple(pool) for task, pool in by_task.items()}
         for listener in self._change_listeners:
             listener()
 

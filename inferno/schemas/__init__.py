@@ -6,10 +6,13 @@ Nothing here imports from the proxy, the backend, the registry or the policies.
 """
 
 from inferno.schemas.openai import (
+    ANY_MODEL,
     MAX_PROMPT_CHARS,
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
+    EmbeddingRequest,
+    ImageRequest,
     InferenceRequest,
     check_max_tokens,
     parse_body,
@@ -26,12 +29,15 @@ from inferno.schemas.registration import (
 from inferno.schemas.routing import PRIORITIES, Priority, RequestContext
 
 __all__ = [
+    "ANY_MODEL",
     "MAX_PROMPT_CHARS",
     "PRIORITIES",
     "WILDCARD_HOSTS",
     "ChatCompletionRequest",
     "ChatMessage",
     "CompletionRequest",
+    "EmbeddingRequest",
+    "ImageRequest",
     "InferenceRequest",
     "ModelSpec",
     "NodeVitals",

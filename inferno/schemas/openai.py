@@ -165,3 +165,58 @@ def check_max_tokens(value: int, limit: int) -> int:
     if value > limit:
         raise BadRequest(f"max_tokens must be at most {limit}, got {value}", param="max_tokens")
     return value
+
+
+MAX_EMBEDDING_INPUTS = 2048
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI ``POST /v1/embeddings``: one string or a list of strings."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    input: str | list[str] = Field(max_length=MAX_EMBEDDING_INPUTS)
+    model: str | None = Field(None, max_length=128)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = Field(None, max_length=256)
+    priority: PriorityName | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, value: str | list[str]) -> str | list[str]:
+        texts = [value] if isinstance(value, str) else value
+        if not texts:
+            raise ValueError("input must not be empty")
+        if any(not text for text in texts):
+            raise ValueError("input strings must not be empty")
+        if sum(len(text) for text in texts) > MAX_PROMPT_CHARS * 4:
+            raise ValueError(f"input is over {MAX_PROMPT_CHARS * 4} characters in all")
+        return value
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+#: the ``model_type`` that lets the proxy pick any image classifier
+ANY_MODEL = "any"
+
+
+class ImageRequest(BaseModel):
+    """``POST /inference`` with an image: ``data`` is the base64-encoded file."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    data: str = Field(min_length=1)
+    model_type: str | None = Field(None, max_length=128)
+    model: str | None = Field(None, max_length=128)
+    top_k: int = Field(5, ge=1, le=1000)
+    priority: PriorityName | None = None
+    session_id: str | None = Field(None, max_length=256)
+
+    def requested_model(self) -> str | None:
+        """The named model, or None for ``any`` (either field; they must agree)."""
+        if self.model is not None and self.model_type is not None and self.model != self.model_type:
+            raise BadRequest("model and model_type name different models; give one", param="model_type")
+        name = self.model_type if self.model_type is not None else self.model
+        return None if name == ANY_MODEL else name

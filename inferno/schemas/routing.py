@@ -30,3 +30,5 @@ class RequestContext:
     #: the first characters of the prompt, for prefix affinity
     prompt_prefix: str = ""
     priority: Priority = Priority.NORMAL
+    #: what the request asks for; with no model, any backend able to do it is eligible
+    task: str = "text-generation"

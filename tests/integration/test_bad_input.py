@@ -75,7 +75,7 @@ async def test_oversized_body_is_413_and_server_survives(
     make_cluster: Any, client: httpx.AsyncClient
 ) -> None:
     cluster = await make_cluster(1)
-    huge = b'{"prompt": "' + b"a" * (2 << 20) + b'"}'
+    huge = b'{"prompt": "' + b"a" * (9 << 20) + b'"}'
     r = await client.post(f"{cluster.url}/inference", content=huge)
     assert r.status_code == 413 and "exceeds" in r.json()["error"]["message"]
     r = await client.post(f"{cluster.url}/inference", json={"prompt": "x", "max_tokens": 1})

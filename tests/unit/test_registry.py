@@ -178,5 +178,8 @@ def test_routable_snapshot_per_model() -> None:
     assert [w.address for w in reg.routable_for("m1")] == ["s:1", "a:1"]
     assert [w.address for w in reg.routable_for("m2")] == ["s:1", "b:1"]
     assert [w.address for w in reg.routable_for("other")] == ["s:1"]
-    assert len(reg.routable_for(None)) == 3
+    # With no model named, the pool is every backend able to do the task.
+    assert [w.address for w in reg.routable_for(None)] == ["s:1", "a:1"]
+    assert [w.address for w in reg.routable_for(None, "embeddings")] == ["s:1", "b:1"]
+    assert [w.address for w in reg.routable_for(None, "image-classification")] == ["s:1"]
     assert reg.get("b:1").tasks == {"m2": "embeddings"}  # type: ignore[union-attr]

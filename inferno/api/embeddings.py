@@ -1,0 +1,57 @@
+"""``POST /v1/embeddings``: the OpenAI shape, floats or base64 little-endian float32."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from typing import Any
+
+from inferno.api.base import API, ParsedText, RenderMeta
+from inferno.engines.base import Embeddings
+from inferno.errors import BadRequest
+from inferno.schemas.openai import EmbeddingRequest, parse_body
+
+PREFIX_CHARS = 256
+
+
+class EmbeddingsAPI(API):
+    path = "/v1/embeddings"
+
+    def parse(self, body: bytes) -> ParsedText:
+        req = parse_body(EmbeddingRequest, body)
+        texts = req.texts()
+        # One unit of work per text for the per-try timeout (docs/deadlines.md).
+        return ParsedText(
+            req.model,
+            False,
+            len(texts),
+            texts[0][:PREFIX_CHARS],
+            req.user,
+            req.priority,
+            req,
+            task="embeddings",
+        )
+
+    def render(self, result: Embeddings, req: EmbeddingRequest, meta: RenderMeta) -> dict[str, Any]:
+        dims = len(result.vectors[0]) if result.vectors else 0
+        if req.dimensions is not None and req.dimensions != dims:
+            raise BadRequest(
+                f"this model returns {dims} dimensions; dimensions cannot change it", param="dimensions"
+            )
+        data: list[dict[str, Any]] = []
+        for index, vector in enumerate(result.vectors):
+            value: Any = vector
+            if req.encoding_format == "base64":
+                value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": value})
+        return {
+            "object": "list",
+            "data": data,
+            "model": meta.model,
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+            "backend": meta.node_id,
+            "backend_timings": {
+                "queue_ms": round(meta.queue_ms, 3),
+                "inference_ms": round(meta.inference_ms, 3),
+            },
+        }

