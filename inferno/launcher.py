@@ -379,7 +379,7 @@ def banner(cluster: Launcher, models: dict[str, str]) -> str:
         ]
     if "image-classification" in models:
         lines += [
-            "  base64 -w0 photo.jpg | jq -Rc '{data: ., model_type: \"any\", top_k: 3}' \\",
+            '  printf \'{"model_type": "any", "top_k": 3, "data": "%s"}\' "$(base64 -w0 photo.jpg)" \\',
             f"    | curl -s {url}/inference -H 'Content-Type: application/json' -d @-",
             "",
         ]

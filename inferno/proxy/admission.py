@@ -128,13 +128,17 @@ class AdmissionController:
                 param="model",
             )
         workers = self._registry.all()
-        if ctx.model is None and workers and not self._registry.routable_for(None, ctx.task):
-            # Backends exist, but none (healthy or not) does this task: a client error.
-            if not any(ctx.task in w.tasks.values() or not w.models for w in workers):
-                raise ModelNotFound(
-                    f"no backend serves a {ctx.task} model; available: {self._registry.models()}",
-                    param="model",
-                )
+        # Backends exist, but none (healthy or not) does this task: a client error.
+        if (
+            ctx.model is None
+            and workers
+            and not self._registry.routable_for(None, ctx.task)
+            and not any(ctx.task in w.tasks.values() or not w.models for w in workers)
+        ):
+            raise ModelNotFound(
+                f"no backend serves a {ctx.task} model; available: {self._registry.models()}",
+                param="model",
+            )
         if tried:
             raise NoBackendAvailable(
                 f"all backends failed for this request ({len(tried)} tried) and none is left"

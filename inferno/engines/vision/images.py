@@ -41,7 +41,11 @@ def load_image(raw: bytes, max_pixels: int) -> Image.Image:
             return image.convert("RGB")
     except BadRequest:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadRequest(
+            f"image has too many pixels; at most {max_pixels} are accepted", param="data"
+        ) from None
+    except UnidentifiedImageError:
         raise BadRequest("data is not a supported image (JPEG, PNG, WebP, GIF, BMP)", param="data") from None
     except (OSError, ValueError, SyntaxError, EOFError):
         raise BadRequest("the image is corrupt or truncated", param="data") from None
