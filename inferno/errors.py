@@ -18,6 +18,7 @@
     │   ├── Draining                 503 from a backend that is shutting down (retried elsewhere)
     │   └── Loading                  503 from a backend still loading its model (retried elsewhere)
     ├── TooManyConnections           503: the port's connection budget is spent
+    ├── BodyBufferFull               503: the port's request-body memory budget is spent
     ├── UpstreamError                a backend failed us (translated from socket/parser errors)
     │   ├── UpstreamConnectError     connection refused / unreachable / connect timeout
     │   ├── UpstreamTimeout          no (complete) answer by the deadline
@@ -157,6 +158,15 @@ class Loading(NoBackendAvailable):
 class TooManyConnections(InfernoError):
     status = 503
     code = "too_many_connections"
+    kind = "service_unavailable"
+
+    def headers(self) -> bytes:
+        return b"Retry-After: 1\r\n"
+
+
+class BodyBufferFull(InfernoError):
+    status = 503
+    code = "server_busy"
     kind = "service_unavailable"
 
     def headers(self) -> bytes:

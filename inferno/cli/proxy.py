@@ -56,7 +56,13 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
 )
 @click.option("--backend-servers", default="", help="Static backends: host:port[=weight],...")
 @click.option("--policy", type=click.Choice(available_policies()), default="round_robin", show_default=True)
-@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True)
+@click.option(
+    "--max-body-bytes",
+    type=int,
+    default=ProxyConfig.model_fields["max_body_bytes"].default,
+    show_default=True,
+    help="Larger request bodies get 413 (base64 images need room).",
+)
 @click.option("--max-tokens-limit", type=int, default=4096, show_default=True)
 @click.option(
     "--grace-s",

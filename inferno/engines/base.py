@@ -9,15 +9,28 @@ and the raw option values, which the engine validates when it is created.
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from inferno.errors import ConfigError
+from inferno.errors import ConfigError, ModelMissing
 from inferno.schemas.registration import ModelSpec, Task
+
+
+def package_file(package: str, *parts: str, hint: str) -> Path:
+    """A data file inside an installed package, found without importing the package
+    (``importlib.util.find_spec``): model wheels often pull in heavy code on import."""
+    spec = importlib.util.find_spec(package)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location).joinpath(*parts)
+        if candidate.is_file():
+            return candidate
+    raise ModelMissing(f"{'/'.join(parts)} of package {package} is not installed. Install: {hint}")
 
 
 class EngineOptions(BaseModel):

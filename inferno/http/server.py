@@ -27,6 +27,7 @@ import httptools
 
 from inferno.errors import (
     BadRequest,
+    BodyBufferFull,
     ExpectationFailed,
     HeadersTooLarge,
     InfernoError,
@@ -82,6 +83,8 @@ class ServerState:
         self.connections: set[HttpProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepted = 0
+        #: request-body bytes held in memory by all connections (bounded by the limits)
+        self.buffered = 0
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -102,6 +105,8 @@ class HttpProtocol(asyncio.Protocol):
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._body_size = 0
+        #: body bytes this connection counts in ``ServerState.buffered``
+        self._held = 0
         self._keep_alive = True
         #: between the first byte of a message (or of the connection) and its headers' end
         self._in_head = True
@@ -152,6 +157,7 @@ class HttpProtocol(asyncio.Protocol):
             # The client is gone: stop whatever the handler is doing upstream.
             self._task.cancel()
         self._pending.clear()
+        self._release(self._held)
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionResetError("client disconnected"))
@@ -235,9 +241,13 @@ class HttpProtocol(asyncio.Protocol):
             self._reject(BadRequest("a request needs exactly one Host header"))
             return
         length = self._headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self._max_body:
-            self._reject(PayloadTooLarge(f"request body exceeds {self._max_body} bytes"))
-            return
+        if length is not None and length.isdigit():
+            if int(length) > self._max_body:
+                self._reject(PayloadTooLarge(f"request body exceeds {self._max_body} bytes"))
+                return
+            if self._state.buffered + int(length) > self._limits.max_buffered_body_bytes:
+                self._reject(BodyBufferFull("the server holds too much request data; retry shortly"))
+                return
         expect = self._headers.get(b"expect")
         if expect is not None:
             if expect.lower() != b"100-continue":
@@ -252,6 +262,12 @@ class HttpProtocol(asyncio.Protocol):
         if self._body_size > self._max_body:
             self._reject(PayloadTooLarge(f"request body exceeds {self._max_body} bytes"))
             return
+        state = self._state
+        if state.buffered + len(body) > self._limits.max_buffered_body_bytes:
+            self._reject(BodyBufferFull("the server holds too much request data; retry shortly"))
+            return
+        state.buffered += len(body)
+        self._held += len(body)
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -305,6 +321,7 @@ class HttpProtocol(asyncio.Protocol):
                 status, headers, body = error_response(exc)
                 responder.send(status, headers, body)
         finally:
+            self._release(len(request.body))
             if not responder.finished and not self.closed:
                 # A handler that returned without answering (or died mid-stream):
                 # the connection's framing is unknown, so close it.
@@ -325,10 +342,18 @@ class HttpProtocol(asyncio.Protocol):
         elif not self._in_message:
             self._deadline = self._loop.time() + self._limits.idle_timeout_s
 
+    def _release(self, size: int) -> None:
+        """Give back ``size`` body bytes of this connection's share of the budget."""
+        size = min(size, self._held)
+        self._held -= size
+        self._state.buffered -= size
+
     def _reject(self, exc: InfernoError) -> None:
         """Refuse the message being parsed: answer it after the ones before it, then close."""
         if self._rejected:
             return
+        self._release(sum(len(part) for part in self._body))
+        self._body = []
         self._rejected = True
         self._error = exc
         if self._task is None and not self._pending:

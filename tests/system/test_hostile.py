@@ -131,15 +131,15 @@ def test_header_and_url_limits_on_proxy_and_backend(cluster: ProcessCluster) -> 
 
 def test_413_reaches_the_client_and_expect_100_continue(cluster: ProcessCluster) -> None:
     for port in (_port(cluster.url), _backend_port(cluster)):
-        # A 2 MiB body sent in full: the answer must be a 413, not a reset.
-        body = b'{"prompt":"' + b"a" * (2 << 20) + b'"}'
+        # A 9 MiB body sent in full: the answer must be a 413, not a reset.
+        body = b'{"prompt":"' + b"a" * (9 << 20) + b'"}'
         answer = httpx.post(f"http://{HOST}:{port}/inference", content=body, timeout=10)
         assert answer.status_code == 413, answer.text
         assert answer.json()["error"]["code"] == "payload_too_large"
         # Expect: 100-continue with a body over the limit: 413 before any body is sent.
         with _connect(port) as sock:
             sock.sendall(
-                b"POST /inference HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\nExpect: 100-continue\r\n\r\n"
+                b"POST /inference HTTP/1.1\r\nHost: x\r\nContent-Length: 9000000\r\nExpect: 100-continue\r\n\r\n"
             )
             assert _status(_read_all(sock)) == 413
         # Expect: 100-continue within the limit: 100, then the real answer.
@@ -302,6 +302,10 @@ def test_registry_is_bounded(spawn: Any) -> None:
     # heartbeats of known backends still pass
     assert httpx.post(url, json={"address": f"{HOST}:20000", "node_id": "x0"}, timeout=5).status_code == 200
     assert len(cluster.workers()) == 4
+    # Nothing listens on the fake addresses: the first requests find that out (each
+    # refusal takes one out of routing at once), then everything goes to the real one.
+    for _ in range(3):
+        httpx.post(f"{cluster.url}/inference", json={"prompt": "x", "max_tokens": 1}, timeout=10)
     _still_serving(cluster)
 
 
@@ -402,4 +406,26 @@ def test_upstream_answers_are_bounded(spawn: Any, rogue: list[RogueBackend], mod
     assert bad.sent < 300 << 20, "the proxy read the rogue's whole answer"
     grown = _rss(cluster.proxy.pid) - before
     assert grown < 48 << 20, f"proxy grew {grown / 2**20:.1f} MiB"
+    _still_serving(cluster)
+
+
+def test_request_bodies_share_a_bounded_memory_budget(spawn: Any) -> None:
+    """Many connections each holding a big body cannot add up past the port's budget:
+    the next body gets 503 with Retry-After, and the budget comes back when they go."""
+    cluster = start_process_cluster(spawn, 1, proxy_args=("--http-max-buffered-body-bytes", str(2 << 20)))
+    port = _port(cluster.url)
+    padded = b'{"prompt":"x","max_tokens":1}' + b" " * 1_200_000
+    holders = []
+    for _ in range(2):  # each sends most of a 1.2 MB body, then stalls
+        sock = _connect(port)
+        head = _post(port, body=padded)
+        sock.sendall(head[: len(head) - 300_000])
+        holders.append(sock)
+    time.sleep(0.3)
+    refused = _exchange(port, _post(port, body=padded))
+    assert _status(refused) == 503 and b"Retry-After: 1" in refused and b"server_busy" in refused
+    for sock in holders:
+        sock.close()
+    time.sleep(0.3)
+    assert _status(_exchange(port, _post(port, body=padded))) == 200
     _still_serving(cluster)

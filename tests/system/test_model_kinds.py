@@ -201,7 +201,8 @@ def test_unknown_models_and_bad_embedding_input(mixed: Any) -> None:
     with httpx.Client(timeout=10) as http:
         r = http.post(f"{mixed.url}/v1/embeddings", json={"model": "no-such-model", "input": "x"})
         assert r.status_code == 404 and "all-minilm-l6-v2" in r.json()["error"]["message"]
-        for bad in ({"input": []}, {"input": [""]}, {"input": 3}, {}):
+        bads: list[dict[str, Any]] = [{"input": []}, {"input": [""]}, {"input": 3}, {}]
+        for bad in bads:
             r = http.post(f"{mixed.url}/v1/embeddings", json=bad)
             assert r.status_code == 400, (bad, r.text)
 

