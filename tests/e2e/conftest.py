@@ -133,7 +133,10 @@ def wait_converged(stack_name: str, replicas: dict[str, int], timeout_s: float) 
             ).split()
             if len(ids) != want:
                 return False
-        return len(healthy_workers()) == replicas["backend"]
+        media = replicas.get("backend-media", 0)
+        return len(healthy_workers()) == replicas["backend"] and (
+            not media or len(healthy_workers("image-classification")) == media
+        )
 
     try:
         _, waited = wait_until(f"{replicas} running and healthy", converged, timeout_s=timeout_s, step_s=0.5)

@@ -156,12 +156,56 @@ def ports_free(*ports: int) -> list[int]:
 
 
 # -- the proxy's view -----------------------------------------------------------------------
-def workers() -> list[dict[str, Any]]:
+def all_workers() -> list[dict[str, Any]]:
     return list(httpx.get(f"{OPS}/workers", timeout=3).json()["workers"])
 
 
-def healthy_workers() -> list[dict[str, Any]]:
-    return [w for w in workers() if w["status"] == "healthy"]
+def workers(task: str = "text-generation") -> list[dict[str, Any]]:
+    """The backends serving a model of ``task`` (text generation by default)."""
+    return [w for w in all_workers() if task in w["tasks"].values()]
+
+
+def healthy_workers(task: str = "text-generation") -> list[dict[str, Any]]:
+    return [w for w in workers(task) if w["status"] == "healthy"]
+
+
+PHOTO = ROOT / "tests" / "data" / "images" / "coffee.jpg"
+
+
+def all_model_kinds() -> list[str]:
+    """One request of each kind through the proxy (chat, embeddings, a photo), each
+    checked to be served by a backend that registered that model. Returns evidence."""
+    import base64
+
+    by_node = {w["node_id"]: w for w in all_workers()}
+    requests: list[tuple[str, str, dict[str, Any]]] = [
+        (
+            "/v1/chat/completions",
+            "smollm2-135m-instruct",
+            {"messages": [{"role": "user", "content": "Name a color."}], "max_tokens": 8},
+        ),
+        ("/v1/embeddings", "all-minilm-l6-v2", {"input": ["a cup of coffee", "an espresso"]}),
+        (
+            "/inference",
+            "efficientnet-lite0",
+            {"data": base64.b64encode(PHOTO.read_bytes()).decode(), "model_type": "any", "top_k": 3},
+        ),
+    ]
+    evidence = []
+    with httpx.Client(timeout=60) as http:
+        for path, model, body in requests:
+            r = http.post(f"{PROXY}{path}", json=body, headers={"X-Request-ID": f"e2e-{model}"})
+            assert r.status_code == 200, (path, r.text)
+            node = r.headers["x-inferno-backend"]
+            assert r.headers["x-inferno-model"] == model and r.json()["model"] == model
+            assert model in by_node[node]["models"], (model, node, by_node[node]["models"])
+            answer = r.json()
+            if path == "/v1/embeddings":
+                assert len(answer["data"]) == 2 and len(answer["data"][0]["embedding"]) == 384
+            elif path == "/inference":
+                assert answer["predictions"][0]["class"] == "espresso", answer["predictions"]
+            evidence.append(f"{path} {model} -> {node}")
+    return evidence
 
 
 # -- logs -----------------------------------------------------------------------------------

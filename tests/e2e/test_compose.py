@@ -18,6 +18,7 @@ from tests.e2e.harness import (
     PROXY,
     Report,
     Step,
+    all_model_kinds,
     compose_command,
     ensure_images,
     healthy_workers,
@@ -64,10 +65,12 @@ def compose(report: Report) -> Iterator[list[str]]:
                         "health=healthy",
                     ]
                 ).split()
-                return len(ids) == 3 and len(healthy_workers()) == 2
+                return (
+                    len(ids) == 4 and len(healthy_workers()) == 2 and len(healthy_workers("embeddings")) == 1
+                )
 
             check.details["seconds_to_healthy"] = round(
-                wait_until("3 healthy containers", healthy, 180)[1], 1
+                wait_until("4 healthy containers", healthy, 180)[1], 1
             )
         yield cmd
     finally:
@@ -110,6 +113,8 @@ def test_compose_end_to_end(compose: list[str], report: Report) -> None:
                 answered.append((rid, r.headers["x-inferno-backend"], r.headers["x-inferno-backend-addr"]))
         assert {node for _, node, _ in answered} == {"backend-1", "backend-2"}
         check.evidence = [f"{rid} -> {node} ({addr})" for rid, node, addr in answered]
+    with Step(report, "chat, embeddings and a photo, each served by a backend holding its model") as check:
+        check.evidence = all_model_kinds()
     with Step(report, "logs: start, registration, routing, execution") as check:
         proxy = _logs(compose, "proxy-lb")
         assert any("Starting proxy server on 0.0.0.0:8080" in line for line in proxy)

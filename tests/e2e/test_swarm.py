@@ -23,6 +23,7 @@ from tests.e2e.harness import (
     ROOT,
     Report,
     Step,
+    all_model_kinds,
     healthy_workers,
     run,
     service_logs,
@@ -35,6 +36,8 @@ from tests.loadgen import LoadResult, load
 pytestmark = pytest.mark.e2e
 MODEL = "smollm2-135m-instruct"
 LOAD_BODY = {"prompt": "Say hello.", "max_tokens": 8}
+#: the stack's services and their replicas: text backends plus one embeddings + image backend
+SERVICES = {"proxy-lb": 1, "backend": 2, "backend-media": 1}
 
 
 def _node_prefix(node_id: str) -> str:
@@ -45,7 +48,7 @@ def _node_prefix(node_id: str) -> str:
 
 def test_01_services_running_and_healthy(stack: str, report: Report) -> None:
     with Step(report, "services running and healthy") as check:
-        waited = wait_converged(stack, {"proxy-lb": 1, "backend": 2}, timeout_s=180)
+        waited = wait_converged(stack, SERVICES, timeout_s=180)
         check.details["seconds_to_healthy"] = round(waited, 1)
         check.evidence = service_ps(stack).splitlines()[:6]
         addresses = [w["address"] for w in workers()]
@@ -112,6 +115,11 @@ def test_02_inference_through_published_port(stack: str, report: Report, state: 
         state["answered"] = answered
         check.details["requests"] = len(answered)
         check.evidence = [f"{a['id']} -> {a['node']} ({a['addr']})" for a in answered]
+
+
+def test_02b_every_model_kind_reaches_a_backend_holding_it(stack: str, report: Report) -> None:
+    with Step(report, "chat, embeddings and a photo, each served by a backend holding its model") as check:
+        check.evidence = all_model_kinds()
 
 
 def test_03_both_replicas_served(stack: str, report: Report, state: dict[str, Any]) -> None:
@@ -268,7 +276,7 @@ def test_06_scale_out_and_in(stack: str, report: Report) -> None:
         report.facts["scale_out_s"] = round(out_s, 2)
         report.facts["scale_in_s"] = round(in_s, 2)
         run(["docker", "service", "scale", "--detach", f"{service}=2"])
-        wait_converged(stack, {"proxy-lb": 1, "backend": 2}, timeout_s=120)
+        wait_converged(stack, SERVICES, timeout_s=120)
 
 
 def test_07_rolling_update_under_load(stack: str, report: Report) -> None:
@@ -362,7 +370,7 @@ def test_09_proxy_health_summary(stack: str, report: Report) -> None:
         health = httpx.get(f"{OPS}/health", timeout=3).json()
         metrics = httpx.get(f"{OPS}/metrics", timeout=3).text
         check.details["health"] = health
-        assert health["status"] == "healthy" and health["healthy"] == 2
+        assert health["status"] == "healthy" and health["healthy"] == 3
         assert "inferno_requests_total" in metrics
 
 
