@@ -18,7 +18,7 @@ from typing import Any
 from inferno.bench import report as reports
 from inferno.bench.runner import LoadShape, Runner
 from inferno.bench.stats import Sample, error_class, summarize
-from inferno.bench.workload import Workload, load_prompts
+from inferno.bench.workload import Workload, load_images, load_prompts
 from inferno.errors import BadRequest
 from inferno.http.loop import run_loop
 from inferno.http.responses import JSON_HEADERS, dumps
@@ -35,6 +35,10 @@ class BenchConfig:
     prompts_path: str | None = None
     max_tokens: int = 32
     model: str | None = None
+    #: texts per embeddings request, items per batch request
+    items: int = 4
+    #: photos for the image kind (default: a synthetic one)
+    images: tuple[str, ...] = ()
     control_addr: str | None = None
     progress: bool = True
     seed: int = 0
@@ -160,6 +164,8 @@ def _child(index: int, cfg: BenchConfig, out: Any, parallelism: Any) -> None:
         load_prompts(cfg.prompts_path),
         max_tokens=cfg.max_tokens,
         model=cfg.model,
+        batch_size=cfg.items,
+        images=load_images(cfg.images) if cfg.kind == "image" else None,
         seed=cfg.seed + index,
     )
     runner = Runner(cfg.target, workload, share, buffer.append, seed=cfg.seed + index)
@@ -225,6 +231,8 @@ async def run_bench(cfg: BenchConfig) -> tuple[dict[str, Any], list[Sample]]:
             load_prompts(cfg.prompts_path),
             max_tokens=cfg.max_tokens,
             model=cfg.model,
+            batch_size=cfg.items,
+            images=load_images(cfg.images) if cfg.kind == "image" else None,
             seed=cfg.seed,
         )
         runner = Runner(cfg.target, workload, cfg.shape, recorder.add, seed=cfg.seed)

@@ -53,6 +53,14 @@ def text(report: dict[str, Any]) -> str:
         lines.append("time split (ms)   p50      p99")
         for name, v in split.items():
             lines.append(f"  {name:<16} {v['p50']:>7.2f} {v['p99']:>8.2f}")
+    models = {k: v for k, v in s.get("models", {}).items() if k != "-"}
+    if models:
+        lines.append("")
+        lines.append("model                           count   items/s   p50 ms   p99 ms")
+        for name, v in models.items():
+            lines.append(
+                f"  {name[:30]:<30} {v['count']:>5} {v['items_per_s']:>9.1f} {_ms(v['p50']):>8} {_ms(v['p99']):>8}"
+            )
     if s["backends"]:
         lines.append("")
         lines.append("backend                         count   share   p50 ms   p99 ms")

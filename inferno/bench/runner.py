@@ -91,13 +91,14 @@ class Runner:
             b"Content-Type: application/json\r\n",
             self.workload.next_body(),
         )
-        sample = Sample(start=begin - self.started, latency=0.0, status=0)
+        sample = Sample(start=begin - self.started, latency=0.0, status=0, items=self.workload.items)
         try:
             response = await self._pool.request(
                 self.target, data, stream=self.workload.streaming, timeouts=self._timeouts
             )
             sample.status = response.status
             sample.backend = (response.header(b"x-inferno-backend") or b"").decode("latin-1")
+            sample.model = (response.header(b"x-inferno-model") or b"").decode("latin-1")
             timing = response.header(b"server-timing")
             if timing:
                 parsed = parse_server_timing(timing.decode("latin-1"))

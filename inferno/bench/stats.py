@@ -21,6 +21,10 @@ class Sample:
     status: int
     error: str = ""
     backend: str = ""
+    #: the model that answered (``X-Inferno-Model``)
+    model: str = ""
+    #: work items in the request (texts, images, batch items)
+    items: int = 1
     ttft: float | None = None
     itl: list[float] = field(default_factory=list)
     tokens: int = 0
@@ -70,8 +74,11 @@ def summarize(samples: Sequence[Sample], elapsed_s: float) -> dict[str, Any]:
     statuses = Counter(str(s.status) if s.status else "none" for s in samples)
     errors = Counter(error_class(s) for s in samples if not s.ok)
     per_backend: dict[str, list[float]] = defaultdict(list)
+    per_model: dict[str, list[Sample]] = defaultdict(list)
     for s in ok:
         per_backend[s.backend or "-"].append(s.latency)
+        per_model[s.model or "-"].append(s)
+    items = sum(s.items for s in ok)
     summary: dict[str, Any] = {
         "requests": len(samples),
         "succeeded": len(ok),
@@ -81,9 +88,20 @@ def summarize(samples: Sequence[Sample], elapsed_s: float) -> dict[str, Any]:
         "latency_s": latency_summary(s.latency for s in ok),
         "statuses": dict(statuses),
         "errors": dict(errors),
+        "items": items,
+        "items_per_s": items / elapsed_s if elapsed_s > 0 else 0.0,
         "backends": {
             name: {"count": len(lat), "share": len(lat) / len(ok), **latency_summary(lat)}
             for name, lat in sorted(per_backend.items())
+        },
+        "models": {
+            name: {
+                "count": len(group),
+                "items": sum(s.items for s in group),
+                "items_per_s": sum(s.items for s in group) / elapsed_s if elapsed_s > 0 else 0.0,
+                **latency_summary(s.latency for s in group),
+            }
+            for name, group in sorted(per_model.items())
         },
     }
     ttfts = [s.ttft for s in ok if s.ttft is not None]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-KINDS = ("inference", "chat", "chat-stream", "batch")
+KINDS = ("inference", "chat", "chat-stream", "batch", "embeddings", "image")
 
 BUILTIN_PROMPTS = (
     "What is the capital of France?",
@@ -70,8 +70,32 @@ def load_prompts(path: str | None) -> list[Prompt]:
     return prompts
 
 
+def synthetic_image(seed: int = 0) -> bytes:
+    """A 320x240 JPEG of smooth colour gradients: something to classify when the user
+    gave no photo (``--image``)."""
+    import io
+
+    from PIL import Image
+
+    image = Image.new("RGB", (320, 240))
+    image.putdata(
+        [
+            ((x * 4 + seed) % 256, (y * 3 + 2 * seed) % 256, (x + y) % 256)
+            for y in range(240)
+            for x in range(320)
+        ]
+    )
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def load_images(paths: tuple[str, ...]) -> list[bytes]:
+    return [Path(p).read_bytes() for p in paths] if paths else [synthetic_image()]
+
+
 class Workload:
-    """Builds request bodies of one kind, cycling through the prompts."""
+    """Builds request bodies of one kind, cycling through the prompts (or images)."""
 
     def __init__(
         self,
@@ -81,6 +105,7 @@ class Workload:
         max_tokens: int,
         model: str | None = None,
         batch_size: int = 4,
+        images: list[bytes] | None = None,
         seed: int = 0,
     ) -> None:
         if kind not in KINDS:
@@ -92,6 +117,16 @@ class Workload:
         self._max_tokens = max_tokens
         self._model = model
         self._batch = batch_size
+        if kind == "image":
+            import base64
+
+            encoded = [base64.b64encode(image).decode() for image in images or [synthetic_image()]]
+            self._images = itertools.cycle(encoded)
+
+    @property
+    def items(self) -> int:
+        """Work items in one request: texts embedded, images classified, batch items."""
+        return self._batch if self.kind in ("embeddings", "batch") else 1
 
     @property
     def path(self) -> bytes:
@@ -100,6 +135,8 @@ class Workload:
             "chat": b"/v1/chat/completions",
             "chat-stream": b"/v1/chat/completions",
             "batch": b"/batch_inference",
+            "embeddings": b"/v1/embeddings",
+            "image": b"/inference",
         }[self.kind]
 
     @property
@@ -120,6 +157,14 @@ class Workload:
             return orjson.dumps(
                 {"requests": [self._inference(next(self._cycle)) for _ in range(self._batch)]}
             )
+        if self.kind == "embeddings":
+            texts = [prompt.text] + [next(self._cycle).text for _ in range(self._batch - 1)]
+            embed: dict[str, object] = {"input": texts}
+            if self._model:
+                embed["model"] = self._model
+            return orjson.dumps(embed)
+        if self.kind == "image":
+            return orjson.dumps({"data": next(self._images), "model_type": self._model or "any", "top_k": 5})
         messages = [{"role": "user", "content": prompt.text}]
         if prompt.system:
             messages.insert(0, {"role": "system", "content": prompt.system})

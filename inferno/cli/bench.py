@@ -14,10 +14,10 @@ from inferno.cli.common import hostport, run_loop
 @click.argument("url")
 @click.option(
     "--kind",
-    type=click.Choice(["inference", "chat", "chat-stream", "batch"]),
+    type=click.Choice(["inference", "chat", "chat-stream", "batch", "embeddings", "image"]),
     default="inference",
     show_default=True,
-    help="Request kind.",
+    help="Request kind: text (inference, chat, chat-stream, batch), embeddings or image.",
 )
 @click.option(
     "--mode",
@@ -57,7 +57,21 @@ from inferno.cli.common import hostport, run_loop
     help='JSONL file of {"prompt": ...} or {"messages": [...]} (default: built-in set).',
 )
 @click.option("--max-tokens", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--model", default=None)
+@click.option("--model", default=None, help="Model to ask for (for images: the model_type; default any).")
+@click.option(
+    "--items",
+    type=click.IntRange(1, 2048),
+    default=4,
+    show_default=True,
+    help="Texts per embeddings request; requests per batch.",
+)
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Photo(s) for --kind image, sent in turn (default: a synthetic 320x240 JPEG).",
+)
 @click.option("--timeout-s", type=float, default=120.0, show_default=True)
 @click.option("--output", type=click.Choice(["text", "json", "html"]), default="text", show_default=True)
 @click.option(
@@ -114,6 +128,8 @@ def bench(**opts: Any) -> None:
         prompts_path=opts["prompts_path"],
         max_tokens=opts["max_tokens"],
         model=opts["model"],
+        items=opts["items"],
+        images=tuple(opts["images"]),
         control_addr=opts["control_addr"],
         progress=not opts["quiet"],
         seed=opts["seed"],

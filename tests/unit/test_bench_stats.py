@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from inferno.bench.stats import Sample, parse_server_timing, percentile, summarize, timeline
-from inferno.bench.workload import Workload, load_prompts
+from inferno.bench.workload import Prompt, Workload, load_prompts
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -83,3 +83,27 @@ def test_workload_bodies_per_kind() -> None:
     assert inference.path == b"/inference" and json.loads(inference.next_body())["model"] == "m"
     with pytest.raises(ValueError):
         Workload("nope", prompts, max_tokens=5)
+
+
+def test_embedding_and_image_workloads_and_per_model_summary() -> None:
+    import base64
+
+    prompts = [Prompt("a"), Prompt("b"), Prompt("c")]
+    embed = Workload("embeddings", prompts, max_tokens=5, batch_size=3, model="all-minilm-l6-v2")
+    body = json.loads(embed.next_body())
+    assert embed.path == b"/v1/embeddings" and embed.items == 3
+    assert sorted(body["input"]) == ["a", "b", "c"] and body["model"] == "all-minilm-l6-v2"
+    image = Workload("image", prompts, max_tokens=5, images=[b"\xff\xd8fake"])
+    body = json.loads(image.next_body())
+    assert image.path == b"/inference" and image.items == 1
+    assert base64.b64decode(body["data"]) == b"\xff\xd8fake" and body["model_type"] == "any"
+    samples = [
+        Sample(start=0, latency=0.1, status=200, model="m1", items=4),
+        Sample(start=0, latency=0.2, status=200, model="m1", items=4),
+        Sample(start=0, latency=0.3, status=200, model="m2", items=1),
+        Sample(start=0, latency=0.3, status=500, model="m2", items=1),
+    ]
+    summary = summarize(samples, 2.0)
+    assert summary["items"] == 9 and summary["items_per_s"] == 4.5
+    assert summary["models"]["m1"]["count"] == 2 and summary["models"]["m1"]["items_per_s"] == 4.0
+    assert summary["models"]["m2"]["items"] == 1

@@ -107,3 +107,16 @@ def test_image_loader_bounds_and_formats() -> None:
     gray = load_image(_encode(Image.new("L", (256, 300)), "PNG"), 10**6)
     tensor = preprocess(gray)
     assert tensor.shape == (3, 224, 224) and tensor.dtype == np.float32
+
+
+def test_the_built_classifier_is_cached_readable_by_others_and_reused(tmp_path: Path) -> None:
+    import stat
+
+    from inferno.engines.vision.engine import onnx_model
+
+    model, origin = onnx_model(tmp_path)
+    assert origin.startswith("built")
+    (cached,) = tmp_path.glob("*.onnx")
+    assert stat.S_IMODE(cached.stat().st_mode) & 0o044 == 0o044  # a non-root container user reads it
+    again, origin = onnx_model(tmp_path)
+    assert again == model and origin.startswith("cache")

@@ -45,12 +45,16 @@ def onnx_model(cache_dir: Path) -> tuple[bytes, str]:
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     cached = cache_dir / f"efficientnet-lite0-{digest}-v{GRAPH_VERSION}.onnx"
     if cached.is_file():
-        return cached.read_bytes(), f"cache {cached}"
+        try:
+            return cached.read_bytes(), f"cache {cached}"
+        except OSError as exc:
+            logger.warning("Could not read the cached classifier %s (%s); building it", cached, exc)
     model = build_onnx(load_state_dict(weights))
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False, suffix=".tmp") as tmp:
             tmp.write(model)
+        os.chmod(tmp.name, 0o644)  # other users (a container's non-root one) read it too
         os.replace(tmp.name, cached)
         return model, f"built from {weights.name}, cached in {cached}"
     except OSError as exc:
