@@ -84,12 +84,16 @@ bench-deps:
 bench: install-dev bench-deps
 	$(BIN)/python benchmarks/lb_overhead.py $(if $(BASELINE),--baseline $(BASELINE))
 	$(BIN)/python benchmarks/model_throughput.py
+	$(BIN)/python benchmarks/model_kinds.py
+	$(BIN)/python benchmarks/prefix_affinity.py
 	$(BIN)/python benchmarks/soak.py --duration $(SOAK_S)
 	$(BIN)/python benchmarks/render_readme.py
 
 bench-quick: install-dev bench-deps
 	$(BIN)/python benchmarks/lb_overhead.py --quick
 	$(BIN)/python benchmarks/model_throughput.py --duration 4 --levels 1,4
+	$(BIN)/python benchmarks/model_kinds.py --duration 3 --repeats 1
+	$(BIN)/python benchmarks/prefix_affinity.py --duration 8 --repeats 1
 	$(BIN)/python benchmarks/soak.py --duration 60
 	$(BIN)/python benchmarks/render_readme.py
 
