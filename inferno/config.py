@@ -188,6 +188,12 @@ class AffinityConfig(_Frozen):
     load_factor: float = Field(
         1.25, ge=1.0, le=10.0, description="skip a backend above this x the average in-flight load"
     )
+    max_wait_s: float = Field(
+        2.0,
+        ge=0.0,
+        le=60.0,
+        description="how long a request waits for its busy home backend before taking any free one",
+    )
 
 
 class ProxyConfig(_Frozen):

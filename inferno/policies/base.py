@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from inferno.config import AffinityConfig
@@ -41,6 +41,14 @@ class LoadBalancingPolicy(ABC):
     @abstractmethod
     def choose(self, ctx: RequestContext, candidates: Sequence[WorkerInfo]) -> WorkerInfo:
         """Return one of ``candidates``."""
+
+    def home(
+        self, ctx: RequestContext, candidates: Sequence[WorkerInfo], load: Callable[[WorkerInfo], int]
+    ) -> WorkerInfo | None:
+        """The backend this request is worth waiting for when it is busy (an affinity
+        policy's answer among all routable ``candidates``, busy ones included, under
+        ``load``), or None: then it goes to whichever backend is free first."""
+        return None
 
     @classmethod
     def create(

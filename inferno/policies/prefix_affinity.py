@@ -9,6 +9,12 @@ first backend whose in-flight count is below ``ceil(load_factor x average)`` is
 chosen, so one hot prefix (a shared system prompt, say) spills over to the next
 backends on the ring instead of pinning all traffic to one node.
 
+The admission queue asks the policy for a request's *home* among all routable
+backends, busy ones included (load = in flight + already waiting for it): when
+the home is at its slot limit, the request waits for it at most
+``--affinity-max-wait-s`` instead of going cold to another backend, and the
+bounded-load rule moves new keys on once a home has its share of waiters.
+
 Memory is bounded: no per-key state at all, and at most ``MAX_RINGS`` rings (one
 per distinct candidate set, e.g. per model) are cached.
 """
@@ -20,7 +26,7 @@ import hashlib
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from inferno.config import AffinityConfig
 from inferno.policies.base import LoadBalancingPolicy
@@ -29,6 +35,10 @@ from inferno.schemas.routing import RequestContext
 
 VNODES = 100
 MAX_RINGS = 32
+
+
+def _in_flight(worker: WorkerInfo) -> int:
+    return worker.in_flight
 
 
 def _hash(data: str) -> int:
@@ -77,11 +87,21 @@ class PrefixAffinityPolicy(LoadBalancingPolicy, name="prefix_affinity"):
         return ring
 
     def choose(self, ctx: RequestContext, candidates: Sequence[WorkerInfo]) -> WorkerInfo:
+        return self._place(ctx, candidates, _in_flight)
+
+    def home(
+        self, ctx: RequestContext, candidates: Sequence[WorkerInfo], load: Callable[[WorkerInfo], int]
+    ) -> WorkerInfo | None:
+        return self._place(ctx, candidates, load)
+
+    def _place(
+        self, ctx: RequestContext, candidates: Sequence[WorkerInfo], load: Callable[[WorkerInfo], int]
+    ) -> WorkerInfo:
         if len(candidates) == 1:
             return candidates[0]
         ring = self._ring(candidates)
         by_address = {w.address: w for w in candidates}
-        total = sum(w.in_flight for w in candidates) + 1  # counting this request
+        total = sum(load(w) for w in candidates) + 1  # counting this request
         cap = math.ceil(self.load_factor * total / len(candidates))
         start = bisect.bisect(ring.points, _hash(self.key(ctx)))
         size = len(ring.points)
@@ -92,11 +112,11 @@ class PrefixAffinityPolicy(LoadBalancingPolicy, name="prefix_affinity"):
                 continue
             seen.add(address)
             worker = by_address[address]
-            if worker.in_flight < cap:
+            if load(worker) < cap:
                 if len(seen) > 1:
                     self.spilled += 1
                 return worker
             if len(seen) == len(candidates):
                 break
         # Unreachable in practice (someone is always below the cap); stay total.
-        return min(candidates, key=lambda w: w.in_flight)
+        return min(candidates, key=load)

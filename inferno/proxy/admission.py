@@ -38,6 +38,9 @@ class Waiter:
     tried: frozenset[str]
     arrival: float
     future: asyncio.Future[WorkerInfo] = field(repr=False)
+    #: the backend worth waiting for (affinity), until ``home_until``
+    home: WorkerInfo | None = None
+    home_until: float = 0.0
 
 
 class AdmissionController:
@@ -48,12 +51,18 @@ class AdmissionController:
         policy: LoadBalancingPolicy,
         *,
         clock: Callable[[], float] = time.monotonic,
+        affinity_wait_s: float = 0.0,
     ) -> None:
         self._cfg = config
         self._registry = registry
         self._policy = policy
         self._clock = clock
         self._waiters: list[Waiter] = []
+        # Affinity: only for a policy that names homes (the check costs others nothing).
+        self._affine = type(policy).home is not LoadBalancingPolicy.home
+        self._affinity_wait_s = affinity_wait_s
+        #: address -> waiters waiting for that backend as their home
+        self._home_waiting: dict[str, int] = {}
         self.served_from_queue = {p: 0 for p in Priority}
         registry.on_change(self.dispatch)
 
@@ -64,6 +73,10 @@ class AdmissionController:
         # No more than the backend runs at once: the rest wait here, where the deadline is
         # known, instead of in the backend, where waiting looks like a slow answer.
         return worker.vitals.slots or DEFAULT_LIMIT
+
+    def _load(self, worker: WorkerInfo) -> int:
+        """In flight at this proxy plus the requests waiting for it as their home."""
+        return worker.in_flight + self._home_waiting.get(worker.address, 0)
 
     def _eligible(self, ctx: RequestContext, tried: frozenset[str]) -> Sequence[WorkerInfo]:
         pool = self._registry.routable_for(ctx.model, ctx.task)
@@ -85,16 +98,29 @@ class AdmissionController:
         eligible = self._eligible(ctx, tried)
         if not eligible:
             self._raise_unavailable(ctx, tried)
+        home = self._policy.home(ctx, eligible, self._load) if self._affine else None
         if not self._waiters:
-            free = self._with_capacity(eligible)
-            if free:
-                worker = self._policy.choose(ctx, free)
-                worker.in_flight += 1
-                return worker
+            if home is not None:
+                if home.has_capacity(self.limit(home)):
+                    home.in_flight += 1
+                    return home
+            else:
+                free = self._with_capacity(eligible)
+                if free:
+                    worker = self._policy.choose(ctx, free)
+                    worker.in_flight += 1
+                    return worker
         if len(self._waiters) >= self._cfg.max_queue:
             raise Overloaded(f"the request queue is full ({self._cfg.max_queue}); retry later")
         loop = asyncio.get_running_loop()
-        waiter = Waiter(ctx, tried, self._clock(), loop.create_future())
+        now = self._clock()
+        waiter = Waiter(ctx, tried, now, loop.create_future())
+        wake: asyncio.TimerHandle | None = None
+        if home is not None and self._affinity_wait_s > 0:
+            waiter.home, waiter.home_until = home, now + self._affinity_wait_s
+            self._home_waiting[home.address] = self._home_waiting.get(home.address, 0) + 1
+            # When the wait for the home ends, any free backend will do.
+            wake = loop.call_later(self._affinity_wait_s, self.dispatch)
         self._waiters.append(waiter)
         timeout = min(timeout_s, self._cfg.queue_timeout_s)
         handle = loop.call_later(timeout, self._expire, waiter, timeout)
@@ -107,6 +133,15 @@ class AdmissionController:
             raise
         finally:
             handle.cancel()
+            if wake is not None:
+                wake.cancel()
+            if waiter.home is not None:
+                address = waiter.home.address
+                left = self._home_waiting.get(address, 1) - 1
+                if left > 0:
+                    self._home_waiting[address] = left
+                else:
+                    self._home_waiting.pop(address, None)
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
@@ -168,7 +203,13 @@ class AdmissionController:
             free = self._with_capacity(eligible)
             if not free:
                 continue
-            worker = self._policy.choose(waiter.ctx, free)
+            home = waiter.home
+            if home is not None and home in free:
+                worker = home
+            elif home is not None and now < waiter.home_until and home in eligible:
+                continue  # its home is busy, and worth waiting for a while longer
+            else:
+                worker = self._policy.choose(waiter.ctx, free)
             worker.in_flight += 1
             self.served_from_queue[waiter.ctx.priority] += 1
             waiter.future.set_result(worker)

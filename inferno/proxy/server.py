@@ -54,7 +54,13 @@ class ProxyServer:
         self.stats = ProxyStats()
         rng = random.Random(config.seed)
         self.policy = LoadBalancingPolicy.create(config.policy, rng, affinity=config.affinity)
-        self.admission = AdmissionController(config.admission, self.registry, self.policy, clock=clock)
+        self.admission = AdmissionController(
+            config.admission,
+            self.registry,
+            self.policy,
+            clock=clock,
+            affinity_wait_s=config.affinity.max_wait_s,
+        )
         self.forwarder = Forwarder(
             self.registry,
             self.admission,

@@ -173,3 +173,46 @@ def test_per_try_timeout_rule() -> None:
     short = Job(RequestContext("r"), b"/inference", b"{}", 256, clock.now, clock.now + 5)
     assert fwd.per_try_timeout(worker, short, can_retry=True) == pytest.approx(4.0)
     assert fwd.per_try_timeout(worker, short, can_retry=False) == pytest.approx(5.0)
+
+
+async def test_affinity_waits_a_bounded_time_for_a_busy_home_backend() -> None:
+    """prefix_affinity: a request whose home backend is at its slot limit waits for it
+    (its prefix is cached there) rather than going cold to a free backend; after
+    --affinity-max-wait-s it takes any free one."""
+    clock = FakeClock()
+    reg = WorkerRegistry(RegistryConfig(), HealthCheckConfig(), clock=clock, wall_clock=clock)
+    for i in range(2):
+        reg.register(RegistrationPayload(address=f"h:{i + 1}", node_id=f"n{i}"))
+    policy = LoadBalancingPolicy.create("prefix_affinity")
+    adm = AdmissionController(
+        AdmissionConfig(max_in_flight_per_backend=1), reg, policy, clock=clock, affinity_wait_s=2.0
+    )
+    shared = RequestContext("a", prompt_prefix="the same long document prefix")
+    home = await adm.acquire(shared, timeout_s=5)
+    waiting = asyncio.create_task(
+        adm.acquire(RequestContext("b", prompt_prefix=shared.prompt_prefix), timeout_s=5)
+    )
+    await asyncio.sleep(0)
+    assert not waiting.done()  # the other backend is free, but this one is its home
+    adm.release(home)
+    assert await waiting is home  # handed its home as soon as it freed (and holds it)
+    # Home busy again: after the wait bound the next one takes the free backend.
+    late = asyncio.create_task(
+        adm.acquire(RequestContext("d", prompt_prefix=shared.prompt_prefix), timeout_s=5)
+    )
+    await asyncio.sleep(0)
+    assert not late.done()
+    clock.now += 2.1
+    adm.dispatch()  # what the wait's timer does when it fires
+    other = await late
+    assert other is not home
+    assert adm._home_waiting == {}  # bookkeeping returns to zero
+
+
+async def test_round_robin_never_waits_for_a_home() -> None:
+    clock = FakeClock()
+    adm, reg = setup(clock)
+    reg.register(RegistrationPayload(address="h:2", node_id="n2"))
+    first = await adm.acquire(rc("a", Priority.NORMAL), timeout_s=5)
+    second = await adm.acquire(rc("b", Priority.NORMAL), timeout_s=5)
+    assert first is not second
