@@ -1,6 +1,6 @@
 """prefix_affinity vs round_robin: a shared-prefix chat workload on the real model.
 
-Two llama.cpp backends (2 slots each). The workload has ``--groups`` long shared
+Two llama.cpp backends (``--slots`` each, 4 by default). The workload has ``--groups`` long shared
 prefixes (a different "document" as the system prompt of each group) and short
 varying questions, sent as streaming chats in closed loop. With prefix affinity a
 group's requests land on one backend, whose llama.cpp slots keep that prefix in
@@ -87,7 +87,7 @@ def run_policy(policy: str, prompts: Path, args: argparse.Namespace, logdir: Pat
                     "--threads",
                     "1",
                     "--n-parallel",
-                    "2",
+                    str(args.slots),
                     "--log-level",
                     "WARNING",
                 ),
@@ -142,6 +142,7 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=4, choices=range(1, len(TOPICS) + 1))
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--slots", type=int, default=4, help="llama.cpp slots per backend")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="inferno-affinity-") as tmp:
@@ -175,7 +176,7 @@ def render(rows: list[dict[str, Any]], args: Any) -> str:
     lines = [
         "## prefix_affinity",
         "",
-        f"Two SmolLM2 backends (1 thread, 2 llama.cpp slots each) on {info['cores']} cores ({info['cpu']}); "
+        f"Two SmolLM2 backends (1 thread, {args.slots} llama.cpp slots each) on {info['cores']} cores ({info['cpu']}); "
         f"{args.groups} groups of streaming chats, each group sharing a ~350-token system prompt, "
         f"short varying questions, max_tokens {args.max_tokens}, closed loop at concurrency {args.concurrency}, "
         f"{args.duration:g} s per run, runs alternated ABAB ({args.repeats} each); medians.",
