@@ -21,6 +21,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROXY_CORE = "0"
+# The proxies and backends a benchmark starts share one cluster token.
+os.environ.setdefault("INFERNO_CLUSTER_TOKEN", "benchmark-cluster-token-0123456789")
 LOAD_CORE = "1" if (os.cpu_count() or 1) > 1 else "0"
 
 

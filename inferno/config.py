@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from inferno.errors import ConfigError
 
@@ -220,6 +220,14 @@ class ProxyConfig(_Frozen):
     #: log full prompt text at DEBUG (off: only lengths are logged)
     log_prompts: bool = False
     seed: int | None = None
+    #: the shared secret backends must present to register (inferno.security)
+    cluster_token: SecretStr | None = None
+    #: run without a cluster token (anyone reaching the ops port can register a backend)
+    insecure: bool = False
+    #: every data-port request needs an API key (``inferno keys create``)
+    require_api_key: bool = False
+    #: where the SQLite state (API keys, usage) lives
+    state_dir: str = ".inferno"
     #: alias -> served model id, so OpenAI clients work unchanged (``--model-alias A=B``)
     model_aliases: dict[str, str] = Field(default_factory=dict)
 
@@ -289,6 +297,8 @@ class BackendConfig(_Frozen):
     drain_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, time to finish in-flight work")
     #: enable the /simulate/* fault-injection endpoints (never in production)
     chaos: bool = False
+    #: the cluster token, sent with every registration (and needed by the chaos hooks)
+    cluster_token: SecretStr | None = None
     http: HttpConfig = HttpConfig()
     log_format: LogFormat = "text"
     log_level: str = "INFO"

@@ -3,6 +3,10 @@
     InfernoError
     ├── ClientError                  the caller's fault: always a 4xx, never counts against a backend
     │   ├── BadRequest               400: malformed JSON, wrong types, missing fields, bad values
+    │   ├── Unauthorized             401: a cluster-only endpoint without the cluster token
+    │   │   └── InvalidApiKey        401: a missing, unknown or revoked API key
+    │   ├── ModelNotAllowed          403: the API key may not use this model
+    │   ├── RateLimited              429: the API key is over its requests or tokens per minute
     │   ├── NotFound                 404: unknown path
     │   ├── MethodNotAllowed         405, with the ``Allow`` header
     │   ├── RequestTimeout           408: the request did not arrive in time
@@ -36,6 +40,8 @@ these at one boundary each: ``inferno.http.client`` for upstream calls and
 """
 
 from __future__ import annotations
+
+import math
 
 
 class InfernoError(Exception):
@@ -109,6 +115,41 @@ class RegistryFull(ClientError):
 
     def headers(self) -> bytes:
         return b"Retry-After: 5\r\n"
+
+
+class Unauthorized(ClientError):
+    status = 401
+    code = "unauthorized"
+    kind = "authentication_error"
+
+    def headers(self) -> bytes:
+        return b"WWW-Authenticate: Bearer\r\n"
+
+
+class InvalidApiKey(Unauthorized):
+    code = "invalid_api_key"
+    kind = "invalid_request_error"
+
+
+class ModelNotAllowed(ClientError):
+    status = 403
+    code = "model_not_allowed"
+
+
+class RateLimited(ClientError):
+    """Over a key's budget; carries the ``x-ratelimit-*`` headers and ``Retry-After``."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+    kind = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: float, headers: bytes = b"") -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self._headers = headers
+
+    def headers(self) -> bytes:
+        return b"Retry-After: %d\r\n" % max(1, math.ceil(self.retry_after_s)) + self._headers
 
 
 class ModelNotFound(ClientError):

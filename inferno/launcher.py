@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
+from inferno.security import TOKEN_ENV, new_token
+
 PR_SET_PDEATHSIG = 1
 HOST = "127.0.0.1"
 
@@ -115,10 +117,11 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
+def _spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "inferno", *args],
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **env} if env else None,
         preexec_fn=_die_with_parent,  # noqa: PLW1509 - Linux-only, no threads yet
     )
 
@@ -179,9 +182,10 @@ class Child:
     popen: subprocess.Popen[bytes] | None = None
     restart_at: float | None = None
     given_up: bool = False
+    env: dict[str, str] | None = None
 
     def spawn(self) -> None:
-        self.popen = _spawn(self.args)
+        self.popen = _spawn(self.args, self.env)
         self.policy.started()
         self.restart_at = None
 
@@ -201,6 +205,8 @@ class Launcher:
         self.proxy: Child | None = None
         self.backends: list[Child] = []
         self._stop = False
+        # The cluster's token: the caller's INFERNO_CLUSTER_TOKEN, else a fresh random one.
+        self.token = os.environ.get(TOKEN_ENV, "").strip() or new_token()
 
     @property
     def proxy_url(self) -> str:
@@ -254,7 +260,7 @@ class Launcher:
             )
 
     def _child(self, name: str, args: list[str]) -> Child:
-        child = Child(name, args, RestartPolicy(clock=self._clock))
+        child = Child(name, args, RestartPolicy(clock=self._clock), env={TOKEN_ENV: self.token})
         child.spawn()
         return child
 
@@ -351,6 +357,7 @@ def banner(cluster: Launcher, models: dict[str, str]) -> str:
         "Inferno is up.",
         f"  proxy       {url}   (POST /inference, /v1/chat/completions, /v1/completions, /v1/embeddings)",
         f"  ops         {cluster.ops_url}   (/health /workers /metrics)",
+        f"  token       INFERNO_CLUSTER_TOKEN={cluster.token}   (what another backend needs to join)",
     ]
     for i, (data_port, ops_port) in enumerate(cluster.plan.backend_ports, start=1):
         child = cluster.backends[i - 1].popen if i <= len(cluster.backends) else None

@@ -25,6 +25,10 @@ from inferno.config import (
 from inferno.launcher import free_port
 from inferno.proxy.server import ProxyServer
 
+#: every process a test starts shares this cluster token (a proxy refuses to start without one)
+TEST_TOKEN = "test-cluster-token-0123456789abcdef"
+os.environ.setdefault("INFERNO_CLUSTER_TOKEN", TEST_TOKEN)
+
 HOST = "127.0.0.1"
 
 

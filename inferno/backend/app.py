@@ -30,6 +30,7 @@ from inferno.http.responses import JSON_HEADERS, SSE_HEADERS, dumps, error_body
 from inferno.http.router import RouteTable
 from inferno.http.server import Request, Responder
 from inferno.schemas.openai import EmbeddingRequest, ImageRequest
+from inferno.security import ClusterAuth
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,10 @@ def health(service: InferenceService, node_id: str, chaos: Chaos | None) -> tupl
 class BackendApp:
     """Handler for the backend's data port (3000)."""
 
-    def __init__(self, config: BackendConfig, service: InferenceService, node_id: str) -> None:
+    def __init__(
+        self, config: BackendConfig, service: InferenceService, node_id: str, auth: ClusterAuth | None = None
+    ) -> None:
+        self._auth = auth or ClusterAuth(None)
         self._cfg = config
         self._service = service
         self._node = node_id
@@ -98,6 +102,8 @@ class BackendApp:
 
     async def _simulate(self, request: Request, responder: Responder, rid: str, headers: bytes) -> None:
         assert self.chaos is not None
+        # Fault injection needs --chaos and, when the cluster has one, the cluster token.
+        self._auth.check(request.headers, f"POST {request.path}", request.peer.rpartition(":")[0])
         self.chaos.handle(request, responder)
 
     def _generate_route(self, api: TextAPI) -> BackendRoute:

@@ -19,6 +19,7 @@ from inferno.errors import RegistrationRefused, UpstreamError
 from inferno.http.client import Timeouts, UpstreamPool, build_request
 from inferno.http.responses import dumps
 from inferno.schemas.registration import RegistrationPayload
+from inferno.security import ClusterAuth
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,10 @@ class Registrar:
         interval_s: float,
         timeout_s: float,
         pool: UpstreamPool | None = None,
+        auth: ClusterAuth | None = None,
     ) -> None:
+        #: the Authorization header with the cluster token (empty without one)
+        self._auth = (auth or ClusterAuth(None)).header()
         self._proxy = proxy_addr
         self._payload = payload
         self._interval = interval_s
@@ -75,7 +79,7 @@ class Registrar:
             b"POST",
             b"/registration",
             self._proxy.encode(),
-            b"Content-Type: application/json\r\n",
+            b"Content-Type: application/json\r\n" + self._auth,
             body,
         )
         response = await self._pool.request(self._proxy, request, timeouts=self._timeouts)
@@ -84,6 +88,12 @@ class Registrar:
             # with our peer address); deregistration uses it.
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 self.registered_address = str(orjson.loads(response.body)["address"])
+        if response.status == 401:
+            raise RegistrationRefused(
+                "the proxy wants the cluster token: set the same INFERNO_CLUSTER_TOKEN (or "
+                "--cluster-token-file) on the proxy and on this backend",
+                upstream_status=401,
+            )
         if response.status != 200:
             raise RegistrationRefused(
                 f"registration refused with {response.status}: {response.body[:200]!r}",
@@ -100,7 +110,7 @@ class Registrar:
             query = urllib.parse.urlencode({"address": self.registered_address}).encode()
         else:
             query = urllib.parse.urlencode({"node_id": node_id}).encode()
-        request = build_request(b"DELETE", b"/registration?" + query, self._proxy.encode(), b"", b"")
+        request = build_request(b"DELETE", b"/registration?" + query, self._proxy.encode(), self._auth, b"")
         try:
             response = await self._pool.request(self._proxy, request, timeouts=self._timeouts)
             logger.info("Deregistered from proxy %s (status %d)", self._proxy, response.status)

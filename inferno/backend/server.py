@@ -22,6 +22,7 @@ from inferno.http.router import Router
 from inferno.http.server import HttpServer, Request, Responder, fit_to_fd_limit, limits_from
 from inferno.observability.metrics import new_registry
 from inferno.schemas.registration import WILDCARD_HOSTS, RegistrationPayload
+from inferno.security import ClusterAuth
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,9 @@ class BackendServer:
         self.config = config
         self.engines = list(engines) if engines is not None else create_engines(config)
         self.service = InferenceService(self.engines)
+        self.auth = ClusterAuth(config.cluster_token.get_secret_value() if config.cluster_token else None)
         self.node_id = config.node_id or f"{socket.gethostname()}-{config.listen_port}"
-        self.app = BackendApp(config, self.service, self.node_id)
+        self.app = BackendApp(config, self.service, self.node_id, self.auth)
         ops_limits = limits_from(config.http, max_body_bytes=64 * 1024, ops=True)
         self.data_server = HttpServer(
             self.app,
@@ -111,6 +113,7 @@ class BackendServer:
                 self.registration,
                 interval_s=cfg.heartbeat_interval_s,
                 timeout_s=cfg.register_timeout_s,
+                auth=self.auth,
             )
             self.registrar.start()
         else:

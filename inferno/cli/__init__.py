@@ -13,6 +13,7 @@ import click
 
 from inferno.cli.backend import backend
 from inferno.cli.bench import bench
+from inferno.cli.keys import keys
 from inferno.cli.proxy import proxy
 from inferno.cli.up import up
 
@@ -23,6 +24,7 @@ def main() -> None:
     """Inferno: a load-balancing proxy and inference backends for language models."""
 
 
+main.add_command(keys)
 for _command in (proxy, backend, up, bench):
     main.add_command(_command)
     # Every option's help shows the environment variable that sets it.
@@ -30,4 +32,4 @@ for _command in (proxy, backend, up, bench):
         if isinstance(_param, click.Option):
             _param.show_envvar = True
 
-__all__ = ["backend", "bench", "main", "proxy", "up"]
+__all__ = ["backend", "bench", "keys", "main", "proxy", "up"]

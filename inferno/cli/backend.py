@@ -15,6 +15,8 @@ from pydantic import BaseModel
 from inferno.cli.common import (
     build,
     build_sections,
+    cluster_token,
+    cluster_token_option,
     hostport,
     logging_options,
     model_options,
@@ -96,6 +98,7 @@ TUNABLES = (
 @model_options({name: BackendConfig.model_fields[name] for name in TUNABLES})
 @click.option("--chaos", is_flag=True, help="Enable /simulate/* fault injection (tests only).")
 @section_options(BACKEND_SECTIONS)
+@cluster_token_option
 @logging_options
 def backend(**opts: Any) -> None:
     """Run an inference backend."""
@@ -121,6 +124,7 @@ def backend(**opts: Any) -> None:
         engine=opts["engine"],
         engine_options={name: opts[name] for name in sorted(own)},
         chaos=opts["chaos"],
+        cluster_token=cluster_token(opts["cluster_token_file"]),
         **{name: opts[name] for name in TUNABLES},
         log_format=opts["log_format"],
         log_level=opts["log_level"],

@@ -8,7 +8,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import click
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from inferno.config import split_hostport
 from inferno.errors import ConfigError, InfernoError
@@ -55,6 +55,28 @@ def hostport(value: str, flag: str) -> tuple[str, int]:
         return split_hostport(value)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint=flag) from exc
+
+
+def cluster_token_option(fn: Any) -> Any:
+    return click.option(
+        "--cluster-token-file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="File holding the cluster token (e.g. a Docker secret); without it the token comes "
+        "from INFERNO_CLUSTER_TOKEN.",
+    )(fn)
+
+
+def cluster_token(path: str | None) -> SecretStr | None:
+    """The cluster token from ``--cluster-token-file`` or ``INFERNO_CLUSTER_TOKEN``."""
+    from inferno.errors import ConfigError
+    from inferno.security import read_token
+
+    try:
+        token = read_token(path)
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message, param_hint="--cluster-token-file") from None
+    return SecretStr(token) if token else None
 
 
 def logging_options(fn: Any) -> Any:

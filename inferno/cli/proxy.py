@@ -8,7 +8,16 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
-from inferno.cli.common import build, build_sections, hostport, logging_options, section_options, serve
+from inferno.cli.common import (
+    build,
+    build_sections,
+    cluster_token,
+    cluster_token_option,
+    hostport,
+    logging_options,
+    section_options,
+    serve,
+)
 from inferno.config import (
     AdmissionConfig,
     AffinityConfig,
@@ -50,9 +59,27 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
 )
 @click.option(
     "--ops-addr",
-    default="0.0.0.0:6100",
+    default="127.0.0.1:6100",
     show_default=True,
-    help="Ops port: /health /livez /metrics /workers /registration /queue/status.",
+    help="Ops port: /health /livez /metrics /workers /registration /queue/status. Loopback by "
+    "default: bind it to a private network only (backends on other hosts register through it).",
+)
+@click.option(
+    "--require-api-key",
+    is_flag=True,
+    help="Every data-port request needs Authorization: Bearer <key> (inferno keys create).",
+)
+@click.option(
+    "--state-dir",
+    default=".inferno",
+    show_default=True,
+    help="Where the SQLite state (API keys, usage) lives.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Run without a cluster token: anyone who reaches the ops port can register a backend "
+    "and receive prompts. For local experiments only.",
 )
 @click.option("--backend-servers", default="", help="Static backends: host:port[=weight],...")
 @click.option("--policy", type=click.Choice(available_policies()), default="round_robin", show_default=True)
@@ -87,11 +114,18 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
     "first byte), send the request to B, then C (repeatable).",
 )
 @section_options(PROXY_SECTIONS)
+@cluster_token_option
 @logging_options
 def proxy(**opts: Any) -> None:
     """Run the load-balancing proxy."""
     listen = hostport(opts["listen_addr"], "--listen-addr")
     ops = hostport(opts["ops_addr"], "--ops-addr")
+    token = cluster_token(opts["cluster_token_file"])
+    if token is None and not opts["insecure"]:
+        raise click.UsageError(
+            "no cluster token: give --cluster-token-file PATH or set INFERNO_CLUSTER_TOKEN (the same on "
+            "every backend), or run with --insecure to let anyone who reaches the ops port register"
+        )
     sections = build_sections(opts, PROXY_SECTIONS)
     config: ProxyConfig = build(
         ProxyConfig,
@@ -109,6 +143,10 @@ def proxy(**opts: Any) -> None:
         seed=opts["seed"],
         model_aliases=_aliases(opts["model_alias"]),
         fallbacks=_fallbacks(opts["fallback"]),
+        cluster_token=token,
+        insecure=opts["insecure"],
+        require_api_key=opts["require_api_key"],
+        state_dir=opts["state_dir"],
         **sections,
     )
     from inferno.proxy.server import run_proxy

@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from inferno.api import API, APIS, INFERENCE, ParsedText
 from inferno.config import ProxyConfig
-from inferno.errors import BadRequest, InfernoError
+from inferno.errors import BadRequest, InfernoError, RateLimited
 from inferno.http.request_id import RequestIdFactory
 from inferno.http.responses import JSON_HEADERS, dumps, error_body
 from inferno.http.router import RouteTable
 from inferno.http.server import Request, Responder
 from inferno.observability.metrics import ProxyStats
 from inferno.proxy.batch import BatchRunner
+from inferno.proxy.clients import ClientGate
 from inferno.proxy.forward import Forwarder, Job, with_model
 from inferno.registry.registry import WorkerRegistry
 from inferno.schemas import PRIORITIES, Priority, RequestContext, check_max_tokens
+from inferno.security import ApiKey
 
 logger = logging.getLogger(__name__)
 
 
 #: how much of the prompt the routing context carries (prefix affinity reads its first words)
 PREFIX_CHARS = 2048
-#: a data-port route: the request, its responder, its request id and arrival time
-ProxyRoute = Callable[[Request, Responder, str, float], Awaitable[None]]
+#: a data-port route: the request, its responder, its request id, arrival time and API key
+ProxyRoute = Callable[[Request, Responder, str, float, ApiKey | None], Awaitable[None]]
 
 
 class ProxyApp:
@@ -40,7 +43,10 @@ class ProxyApp:
         *,
         ids: RequestIdFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
+        gate: ClientGate | None = None,
     ) -> None:
+        #: API keys, budgets and usage (``--require-api-key``), else None
+        self._gate = gate
         self._cfg = config
         self._registry = registry
         self._forwarder = forwarder
@@ -58,14 +64,20 @@ class ProxyApp:
         t0 = self._clock()
         rid = self._ids.accept_or_new(request.headers.get(b"x-request-id"))
         self._stats.in_flight += 1
+        key: ApiKey | None = None
         try:
+            if self._gate is not None:
+                key = self._gate.authenticate(request.headers)
             route = self._routes.match(request.method, request.path)
-            await route(request, responder, rid, t0)
+            await route(request, responder, rid, t0, key)
         except InfernoError as exc:
             if responder.started:
                 raise
             status, body = error_body(exc)
-            self._send_local(responder, rid, status, body, exc.headers())
+            extra = exc.headers()
+            if key is not None and self._gate is not None and not isinstance(exc, RateLimited):
+                extra += self._gate.headers_for(key)
+            self._send_local(responder, rid, status, body, extra)
         finally:
             self._stats.in_flight -= 1
 
@@ -74,7 +86,9 @@ class ProxyApp:
         path = api.path.encode()
         splice = api.path == "/inference"
 
-        async def route(request: Request, responder: Responder, rid: str, t0: float) -> None:
+        async def route(
+            request: Request, responder: Responder, rid: str, t0: float, key: ApiKey | None
+        ) -> None:
             parsed = api.parse_checked(request.body, self._cfg.max_tokens_limit)
             self._log_prompt(rid, parsed.prompt)
             ctx = self._context(request, rid, parsed)
@@ -84,15 +98,30 @@ class ProxyApp:
                 body = with_model(body, parsed.model_field, ctx.model)
             deadline = self._deadline(request, t0)
             job = Job(ctx, path, body, parsed.max_tokens, t0, deadline, parsed.model_field)
+            if key is not None:
+                self._charge(job, key)
             await self._forwarder.forward(responder, job, stream=parsed.stream, splice_timings=splice)
 
         return route
 
-    async def _batch_route(self, request: Request, responder: Responder, rid: str, t0: float) -> None:
-        body = await self._batch.run(request, rid, t0, self._deadline(request, t0))
-        self._send_local(responder, rid, 200, body)
+    def _charge(self, job: Job, key: ApiKey) -> None:
+        """Admit ``job`` under ``key``'s model list and budgets, and charge its usage."""
+        assert self._gate is not None
+        grant = self._gate.admit(key, job.ctx.model)
+        job.extra_headers = grant.headers()
+        job.on_usage = functools.partial(self._gate.settle, grant)
 
-    async def _models(self, request: Request, responder: Responder, rid: str, t0: float) -> None:
+    async def _batch_route(
+        self, request: Request, responder: Responder, rid: str, t0: float, key: ApiKey | None
+    ) -> None:
+        prepare = functools.partial(self._charge, key=key) if key is not None else None
+        body = await self._batch.run(request, rid, t0, self._deadline(request, t0), prepare)
+        extra = self._gate.headers_for(key) if key is not None and self._gate is not None else b""
+        self._send_local(responder, rid, 200, body, extra)
+
+    async def _models(
+        self, request: Request, responder: Responder, rid: str, t0: float, key: ApiKey | None
+    ) -> None:
         served = self._registry.model_tasks()
         data: list[dict[str, object]] = [
             {"id": model, "object": "model", "created": 0, "owned_by": "inferno", "task": task}
@@ -111,7 +140,8 @@ class ProxyApp:
             if target in served
         ]
         models = {"object": "list", "data": data}
-        self._send_local(responder, rid, 200, dumps(models))
+        extra = self._gate.headers_for(key) if key is not None and self._gate is not None else b""
+        self._send_local(responder, rid, 200, dumps(models), extra)
 
     def _deadline(self, request: Request, t0: float) -> float:
         """Overall deadline: the default, or ``X-Inferno-Timeout-Ms`` within the cap."""

@@ -29,7 +29,15 @@ class BatchRunner:
         self._max = max_items
         self._contextualize = contextualize
 
-    async def run(self, request: Request, rid: str, t0: float, deadline: float) -> bytes:
+    async def run(
+        self,
+        request: Request,
+        rid: str,
+        t0: float,
+        deadline: float,
+        prepare: Callable[[Job], None] | None = None,
+    ) -> bytes:
+        """``prepare`` admits each item's job (an API key's model list and budgets)."""
         try:
             data = orjson.loads(request.body)
         except orjson.JSONDecodeError:
@@ -41,7 +49,10 @@ class BatchRunner:
                 param="requests",
             )
         results = await asyncio.gather(
-            *(self._one(request, f"{rid}.{i}", i, item, t0, deadline) for i, item in enumerate(items))
+            *(
+                self._one(request, f"{rid}.{i}", i, item, t0, deadline, prepare)
+                for i, item in enumerate(items)
+            )
         )
         ok = sum(1 for r in results if r["status"] == 200)
         return orjson.dumps(
@@ -55,7 +66,14 @@ class BatchRunner:
         )
 
     async def _one(
-        self, request: Request, rid: str, index: int, item: Any, t0: float, deadline: float
+        self,
+        request: Request,
+        rid: str,
+        index: int,
+        item: Any,
+        t0: float,
+        deadline: float,
+        prepare: Callable[[Job], None] | None,
     ) -> dict[str, Any]:
         try:
             ctx, parsed = self._contextualize(request, rid, item)
@@ -65,6 +83,8 @@ class BatchRunner:
             if ctx.model != parsed.model:  # an alias: the backend sees the real id
                 body = with_model(body, parsed.model_field, ctx.model)
             job = Job(ctx, b"/inference", body, parsed.max_tokens, t0, deadline, parsed.model_field)
+            if prepare is not None:
+                prepare(job)
             outcome = await self._forwarder.call(job, splice_timings=True)
         except InfernoError as exc:
             return {

@@ -68,12 +68,37 @@ class Job:
     deadline: float
     #: the body field naming the model (rewritten for aliases and fallbacks)
     model_field: str = "model"
+    #: extra response headers (an API key's ``x-ratelimit-*``)
+    extra_headers: bytes = b""
+    #: called with (model, prompt tokens, completion tokens) once the answer's usage is seen
+    on_usage: Callable[[str, int, int], None] | None = None
 
     def for_model(self, model: str) -> Job:
         """The same request sent to another model (a fallback)."""
         ctx = dataclasses.replace(self.ctx, model=model)
         body = with_model(self.body, self.model_field, model)
-        return Job(ctx, self.path, body, self.max_tokens, self.t0, self.deadline, self.model_field)
+        return dataclasses.replace(self, ctx=ctx, body=body)
+
+
+def usage_of(data: bytes) -> tuple[int, int] | None:
+    """(prompt, completion) tokens from the last ``"usage"`` object in a JSON answer
+    or SSE chunk, read without decoding the whole thing (answers can be megabytes)."""
+    at = data.rfind(b'"usage":')
+    if at < 0:
+        return None
+    end = data.find(b"}", at)
+    if end < 0:
+        return None
+    try:
+        usage = orjson.loads(data[at + 8 : end + 1])
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return max(0, prompt), max(0, completion)
 
 
 def with_model(body: bytes, field: str, model: str | None) -> bytes:
@@ -302,8 +327,12 @@ class Forwarder:
                 total_ms,
             )
             content_type = upstream.header(b"content-type") or b"application/json"
-            headers = self._headers(worker, job.ctx, content_type, timing)
-            self._stats.record(worker.address, upstream.status, now - job.t0, served_model(worker, job.ctx))
+            headers = self._headers(worker, job.ctx, content_type, timing) + job.extra_headers
+            model = served_model(worker, job.ctx)
+            self._stats.record(worker.address, upstream.status, now - job.t0, model)
+            if job.on_usage is not None and upstream.status == 200:
+                used = usage_of(body)
+                job.on_usage(model, *(used or (0, 0)))
             return Outcome(upstream.status, headers, body, worker)
         finally:
             self._admission.release(worker)
@@ -321,7 +350,8 @@ class Forwarder:
                 content_type = upstream.header(b"content-type") or b"application/json"
                 if upstream.status < 500:
                     self._registry.record_success(worker)
-                responder.send(upstream.status, self._headers(worker, job.ctx, content_type, b""), body)
+                headers = self._headers(worker, job.ctx, content_type, b"") + job.extra_headers
+                responder.send(upstream.status, headers, body)
             else:
                 await self._relay_stream(responder, upstream, worker, job, t_send)
             self._stats.record(
@@ -374,9 +404,13 @@ class Forwarder:
         )
         content_type = upstream.header(b"content-type") or b"text/event-stream"
         responder.start_stream(
-            200, self._headers(worker, job.ctx, content_type, timing) + b"Cache-Control: no-cache\r\n"
+            200,
+            self._headers(worker, job.ctx, content_type, timing)
+            + b"Cache-Control: no-cache\r\n"
+            + job.extra_headers,
         )
         idle = self._up.stream_idle_timeout_s
+        used: tuple[int, int] | None = None
         slow = self._up.slow_chunk_s
         last = now
         was_slow = False
@@ -399,6 +433,8 @@ class Forwarder:
                     self._registry.mark_suspect(worker, f"{arrived - last:.1f}s between stream chunks")
                     was_slow = True
                 last = arrived
+                if job.on_usage is not None and b'"usage"' in chunk:
+                    used = usage_of(chunk) or used
                 await responder.write(chunk)
             self._registry.record_success(worker, slow=was_slow)
         except (UpstreamError, DeadlineExceeded) as exc:
@@ -414,4 +450,8 @@ class Forwarder:
         except BaseException:
             upstream.close()
             raise
+        finally:
+            if job.on_usage is not None:
+                # What was generated is charged even when the stream ended early.
+                job.on_usage(served_model(worker, job.ctx), *(used or (0, 0)))
         responder.end_stream()

@@ -13,14 +13,16 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from inferno.observability.metrics import ProxyStats
+from inferno.proxy.clients import ClientGate
 from inferno.registry.breaker import BreakerState
 from inferno.registry.registry import WorkerRegistry
 
 
 class ProxyCollector(Collector):
-    def __init__(self, stats: ProxyStats, registry: WorkerRegistry) -> None:
+    def __init__(self, stats: ProxyStats, registry: WorkerRegistry, gate: ClientGate | None = None) -> None:
         self._stats = stats
         self._registry = registry
+        self._gate = gate
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -72,6 +74,23 @@ class ProxyCollector(Collector):
             model_latency.add_metric([model], per_model.latency.buckets(), per_model.latency.sum)
         yield model_requests
         yield model_latency
+        if self._gate is not None:
+            labels = ["key", "model"]
+            requests_ = CounterMetricFamily(
+                "inferno_usage_requests", "Requests by API key and model", labels=labels
+            )
+            prompt = CounterMetricFamily(
+                "inferno_usage_prompt_tokens", "Prompt tokens by API key and model", labels=labels
+            )
+            completion = CounterMetricFamily(
+                "inferno_usage_completion_tokens", "Completion tokens by API key and model", labels=labels
+            )
+            for key_name, model, usage in self._gate.usage_by_name():
+                labels = [key_name, model]
+                requests_.add_metric(labels, usage.requests)
+                prompt.add_metric(labels, usage.prompt_tokens)
+                completion.add_metric(labels, usage.completion_tokens)
+            yield from (requests_, prompt, completion)
         yield GaugeMetricFamily(
             "inferno_in_flight_requests",
             "Requests being served by the proxy",

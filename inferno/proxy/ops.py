@@ -14,10 +14,12 @@ from inferno.http.responses import JSON_HEADERS, dumps
 from inferno.http.router import Router
 from inferno.http.server import Request, Responder
 from inferno.proxy.admission import AdmissionController
+from inferno.proxy.clients import ClientGate
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.resolver import Resolver
 from inferno.schemas import parse_body
 from inferno.schemas.registration import RegistrationPayload, check_address
+from inferno.security import ClusterAuth
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,11 @@ class ProxyOps:
         admission: AdmissionController,
         pool: UpstreamPool,
         resolver: Resolver,
+        auth: ClusterAuth | None = None,
+        gate: ClientGate | None = None,
     ) -> None:
+        self._auth = auth or ClusterAuth(None)
+        self._gate = gate
         self._registry = registry
         self._metrics = metrics
         self._admission = admission
@@ -47,16 +53,24 @@ class ProxyOps:
         router.add("GET", "/queue/status", self._queue)
         router.add("GET", "/vitals", self._vitals)
         router.add("GET", "/workers", self._workers)
+        router.add("GET", "/usage", self._usage)
         self._router = router
 
     async def __call__(self, request: Request, responder: Responder) -> None:
         await self._router(request, responder)
 
     async def _registration(self, request: Request, responder: Responder) -> None:
+        # Registration, heartbeats and deregistration change who receives prompts.
+        self._auth.check(request.headers, f"{request.method} /registration", request.peer.rpartition(":")[0])
         if request.method == "POST":
             await self._register(request, responder)
         else:
             self._deregister(request, responder)
+
+    async def _usage(self, request: Request, responder: Responder) -> None:
+        rows = self._gate.usage() if self._gate is not None else []
+        body = {"enabled": self._gate is not None, "usage": rows}
+        responder.send(200, JSON_HEADERS, dumps(body))
 
     async def _livez(self, request: Request, responder: Responder) -> None:
         responder.send(200, JSON_HEADERS, b'{"status":"alive"}')
@@ -84,7 +98,9 @@ class ProxyOps:
             status, code = "healthy", 200
         else:
             status, code = "degraded", 200
-        body = {"status": status, "healthy": healthy, "total": total, "backends": counts}
+        body: dict[str, object] = {"status": status, "healthy": healthy, "total": total, "backends": counts}
+        if not self._auth.enabled:
+            body["warning"] = "insecure: no cluster token, anyone reaching the ops port can register"
         responder.send(code, JSON_HEADERS, dumps(body))
 
     async def _vitals(self, request: Request, responder: Responder) -> None:

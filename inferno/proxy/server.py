@@ -8,6 +8,7 @@ import random
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from inferno.config import ProxyConfig
 from inferno.http.client import ResponseLimits, UpstreamPool
@@ -16,12 +17,14 @@ from inferno.observability.metrics import ProxyStats, new_registry
 from inferno.policies.base import LoadBalancingPolicy
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.app import ProxyApp
+from inferno.proxy.clients import ClientGate
 from inferno.proxy.forward import Forwarder
 from inferno.proxy.metrics import ProxyCollector
 from inferno.proxy.ops import ProxyOps
 from inferno.registry.health import HealthChecker
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.resolver import Resolver
+from inferno.security import ClusterAuth, KeyStore, UsageLedger, connect
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ class ProxyServer:
         self.stats = ProxyStats()
         rng = random.Random(config.seed)
         self.policy = LoadBalancingPolicy.create(config.policy, rng, affinity=config.affinity)
+        token = config.cluster_token.get_secret_value() if config.cluster_token else None
+        self.auth = ClusterAuth(token)
         self.admission = AdmissionController(
             config.admission,
             self.registry,
@@ -74,17 +79,21 @@ class ProxyServer:
             rng=rng,
         )
         self.health = HealthChecker(self.registry, self.pool, config.health, config.registry)
-        metrics = new_registry(ProxyCollector(self.stats, self.registry))
+        self.gate: ClientGate | None = None
+        if config.require_api_key:
+            db = connect(Path(config.state_dir))
+            self.gate = ClientGate(KeyStore(db), UsageLedger(db), clock=clock)
+        metrics = new_registry(ProxyCollector(self.stats, self.registry, self.gate))
         ops_limits = limits_from(config.http, max_body_bytes=OPS_MAX_BODY_BYTES, ops=True)
         self._data = HttpServer(
-            ProxyApp(config, self.registry, self.forwarder, self.stats, clock=clock),
+            ProxyApp(config, self.registry, self.forwarder, self.stats, clock=clock, gate=self.gate),
             limits=fit_to_fd_limit(
                 limits_from(config.http, max_body_bytes=config.max_body_bytes), ops_limits, "proxy"
             ),
             name="proxy",
         )
         self._ops = HttpServer(
-            ProxyOps(self.registry, metrics, self.admission, self.pool, self.resolver),
+            ProxyOps(self.registry, metrics, self.admission, self.pool, self.resolver, self.auth, self.gate),
             limits=ops_limits,
             name="ops",
         )
@@ -96,12 +105,23 @@ class ProxyServer:
         self.ops_address = await self._ops.start(cfg.ops_host, cfg.ops_port)
         self.data_address = await self._data.start(cfg.listen_host, cfg.listen_port)
         self.health.start()
+        if self.gate is not None:
+            self.gate.start()
         logger.info("Starting proxy server on %s:%d", cfg.listen_host, self.data_address[1])
         logger.info("Ops server on %s:%d (policy %s)", cfg.ops_host, self.ops_address[1], cfg.policy)
+        if not self.auth.enabled:
+            logger.warning(
+                "No cluster token: anyone who reaches the ops port (%s:%d) can register a backend "
+                "and receive prompts. Set INFERNO_CLUSTER_TOKEN or --cluster-token-file.",
+                cfg.ops_host,
+                self.ops_address[1],
+            )
 
     async def aclose(self, grace_s: float = 0.0) -> None:
         """Stop accepting, finish in-flight requests within ``grace_s``, then stop."""
         await self._data.aclose(grace_s)
+        if self.gate is not None:
+            await self.gate.aclose()  # writes the last usage out
         await self.health.aclose()
         await self._ops.aclose()
         await self.pool.aclose()

@@ -19,6 +19,7 @@ from tests.e2e.harness import (
     healthy_workers,
     ports_free,
     run,
+    token_file,
     wait_until,
 )
 
@@ -79,14 +80,15 @@ def swarm(report: Report) -> Iterator[str]:
 
 
 def _teardown(report: Report) -> None:
-    with Step(report, "tear down (stack, networks)") as check:
+    with Step(report, "tear down (stack, networks, secret)") as check:
         run(["docker", "stack", "rm", STACK], check=False, timeout_s=60)
         label = f"label={LABEL_KEY}={STACK}"
 
         def gone() -> bool:
             containers = run(["docker", "ps", "-aq", "--filter", label]).split()
             networks = run(["docker", "network", "ls", "-q", "--filter", label]).split()
-            return not containers and not networks
+            secrets = run(["docker", "secret", "ls", "-q", "--filter", label], check=False).split()
+            return not containers and not networks and not secrets
 
         _, waited = wait_until("stack containers and networks to be gone", gone, timeout_s=90, step_s=1)
         check.details["seconds_until_gone"] = round(waited, 1)
@@ -97,7 +99,11 @@ def stack(images: dict[str, Any], swarm: str, report: Report) -> Iterator[str]:
     busy = ports_free(8080, 6100)
     if busy:
         pytest.fail(f"ports {busy} on 127.0.0.1 are in use; stop what holds them before the e2e run")
-    env = {"INFERNO_STACK_LABEL": STACK, "INFERNO_IMAGE": IMAGE}
+    env = {
+        "INFERNO_STACK_LABEL": STACK,
+        "INFERNO_IMAGE": IMAGE,
+        "INFERNO_CLUSTER_TOKEN_FILE": str(token_file()),
+    }
     try:
         with Step(report, "docker stack deploy") as check:
             run(["docker", "stack", "deploy", "-c", "deploy/docker-stack.yml", STACK], env=env)

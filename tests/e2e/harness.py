@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -170,6 +171,60 @@ def healthy_workers(task: str = "text-generation") -> list[dict[str, Any]]:
 
 
 PHOTO = ROOT / "tests" / "data" / "images" / "coffee.jpg"
+#: the cluster token of the stack under test (a Docker secret made from this file)
+CLUSTER_TOKEN = "e2e-" + secrets.token_urlsafe(24)
+
+
+def token_file() -> Path:
+    """The token as a file for the stack's ``cluster_token`` secret (world-readable:
+    Compose bind-mounts it for the image's non-root user)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / "cluster-token"
+    path.write_text(CLUSTER_TOKEN + "\n")
+    path.chmod(0o644)
+    # Every later compose/stack command reads the same file (it parses the secrets).
+    os.environ["INFERNO_CLUSTER_TOKEN_FILE"] = str(path)
+    return path
+
+
+def unauthenticated_registration_inside(network: str, label: str) -> list[str]:
+    """From a throwaway container on the stack's own network: a registration without
+    the token, and one with a wrong token, must both get 401 from the proxy."""
+    script = (
+        "import json, urllib.request, urllib.error\n"
+        "out = []\n"
+        "for auth in (None, 'Bearer not-the-cluster-token-0000'):\n"
+        "    req = urllib.request.Request('http://proxy-lb:6100/registration', method='POST',\n"
+        "        data=json.dumps({'address': 'intruder:3000', 'node_id': 'intruder'}).encode(),\n"
+        "        headers={'Content-Type': 'application/json', **({'Authorization': auth} if auth else {})})\n"
+        "    try:\n"
+        "        out.append(urllib.request.urlopen(req, timeout=5).status)\n"
+        "    except urllib.error.HTTPError as exc:\n"
+        "        out.append(exc.code)\n"
+        "print(json.dumps(out))\n"
+    )
+    out = run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            network,
+            "--label",
+            label,
+            "--entrypoint",
+            "python",
+            IMAGE,
+            "-c",
+            script,
+        ],
+        timeout_s=60,
+    )
+    codes = json.loads(out.strip().splitlines()[-1])
+    assert codes == [401, 401], codes
+    names = [w["node_id"] for w in all_workers()]
+    assert "intruder" not in names, names
+    return [f"registration without a token -> {codes[0]}", f"with a wrong token -> {codes[1]}"]
 
 
 def all_model_kinds() -> list[str]:

@@ -24,6 +24,7 @@ from tests.e2e.harness import (
     healthy_workers,
     ports_free,
     run,
+    token_file,
     wait_until,
 )
 from tests.loadgen import load
@@ -48,7 +49,11 @@ def compose(report: Report) -> Iterator[list[str]]:
     if busy:
         pytest.fail(f"ports {busy} on 127.0.0.1 are in use")
     cmd = [*compose_command(), "-p", PROJECT, "-f", "deploy/docker-compose.yml"]
-    env = {"INFERNO_STACK_LABEL": PROJECT, "INFERNO_IMAGE": IMAGE}
+    env = {
+        "INFERNO_STACK_LABEL": PROJECT,
+        "INFERNO_IMAGE": IMAGE,
+        "INFERNO_CLUSTER_TOKEN_FILE": str(token_file()),
+    }
     try:
         with Step(report, "compose up") as check:
             run([*cmd, "up", "-d"], env=env, timeout_s=180)

@@ -28,6 +28,7 @@ from tests.e2e.harness import (
     run,
     service_logs,
     task_containers,
+    unauthenticated_registration_inside,
     wait_until,
     workers,
 )
@@ -120,6 +121,11 @@ def test_02_inference_through_published_port(stack: str, report: Report, state: 
 def test_02b_every_model_kind_reaches_a_backend_holding_it(stack: str, report: Report) -> None:
     with Step(report, "chat, embeddings and a photo, each served by a backend holding its model") as check:
         check.evidence = all_model_kinds()
+
+
+def test_02c_registration_without_the_token_is_refused_inside_the_cluster(stack: str, report: Report) -> None:
+    with Step(report, "a registration without the cluster token, from inside the cluster: 401") as check:
+        check.evidence = unauthenticated_registration_inside(f"{stack}_inferno", f"{LABEL_KEY}={stack}")
 
 
 def test_03_both_replicas_served(stack: str, report: Report, state: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ LAYERS: dict[str, int] = {
     "schemas": 0,
     "http": 0,
     "observability": 1,
+    "security": 1,
     "engines": 2,
     "api": 3,
     "registry": 4,

@@ -1,0 +1,178 @@
+"""Client authentication, per-key budgets and usage, on the proxy's data port.
+
+With ``--require-api-key`` every request needs ``Authorization: Bearer <key>``.
+The gate checks it against an in-memory snapshot of the key table (reloaded
+within a second of ``inferno keys create|revoke``), enforces the key's model list
+and its requests- and tokens-per-minute buckets, and hands back the
+``x-ratelimit-*`` headers every response carries. When the response is done, the
+real token usage is charged to the key's token bucket and to the usage ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from inferno.errors import InvalidApiKey, ModelNotAllowed, RateLimited
+from inferno.security import ApiKey, KeyStore, TokenBucket, Usage, UsageLedger, key_id, verify
+
+logger = logging.getLogger(__name__)
+
+#: how often the key table is checked for changes, and usage written out
+RELOAD_S = 1.0
+
+
+@dataclass(slots=True)
+class Grant:
+    """An admitted request's key and budgets."""
+
+    key: ApiKey
+    requests: TokenBucket | None
+    tokens: TokenBucket | None
+
+    def headers(self) -> bytes:
+        out = b""
+        if self.requests is not None:
+            out += b"x-ratelimit-limit-requests: %d\r\nx-ratelimit-remaining-requests: %d\r\n" % (
+                self.requests.capacity,
+                self.requests.remaining(),
+            )
+        if self.tokens is not None:
+            out += b"x-ratelimit-limit-tokens: %d\r\nx-ratelimit-remaining-tokens: %d\r\n" % (
+                self.tokens.capacity,
+                self.tokens.remaining(),
+            )
+        return out
+
+
+class ClientGate:
+    def __init__(
+        self, store: KeyStore, ledger: UsageLedger, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._store = store
+        self._ledger = ledger
+        self._clock = clock
+        self._keys: dict[str, ApiKey] = {}
+        self._buckets: dict[str, tuple[TokenBucket | None, TokenBucket | None]] = {}
+        self._version = -1
+        self._task: asyncio.Task[None] | None = None
+        self.reload()
+
+    # -- the key table -------------------------------------------------------------------
+    def reload(self) -> None:
+        version = self._store.version()
+        if version == self._version:
+            return
+        self._version = version
+        keys = {k.id: k for k in self._store.all()}
+        for ident, key in keys.items():
+            old = self._keys.get(ident)
+            if old is None or (old.rpm, old.tpm) != (key.rpm, key.tpm):
+                self._buckets[ident] = (
+                    TokenBucket(key.rpm, self._clock) if key.rpm else None,
+                    TokenBucket(key.tpm, self._clock) if key.tpm else None,
+                )
+        for ident in set(self._buckets) - set(keys):
+            del self._buckets[ident]
+        self._keys = keys
+        logger.info("API keys loaded: %d active", sum(1 for k in keys.values() if k.revoked is None))
+
+    async def run(self) -> None:
+        """Reload on change and write usage out, every second, off the event loop."""
+        while True:
+            await asyncio.sleep(RELOAD_S)
+            try:
+                await asyncio.to_thread(self._store.version)  # cheap; keeps the loop free of I/O
+                self.reload()
+                await self.flush()
+            except Exception:
+                logger.exception("API key reload or usage write failed")
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="client-gate")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    async def flush(self) -> None:
+        pending = self._ledger.take_pending()
+        if pending:
+            await asyncio.to_thread(self._ledger.write, pending)
+
+    # -- the request path ----------------------------------------------------------------
+    def authenticate(self, headers: Mapping[bytes, bytes]) -> ApiKey:
+        """The request's API key, or ``InvalidApiKey`` (missing, unknown or revoked)."""
+        raw = headers.get(b"authorization", b"")
+        key = raw[7:].decode("latin-1").strip() if raw[:7].lower() == b"bearer " else ""
+        ident = key_id(key) if key else None
+        record = self._keys.get(ident) if ident else None
+        if record is None or not verify(record, key):
+            raise InvalidApiKey(
+                "a valid API key is required: Authorization: Bearer <key> (inferno keys create)"
+            )
+        return record
+
+    def headers_for(self, record: ApiKey) -> bytes:
+        requests, tokens = self._buckets.get(record.id, (None, None))
+        return Grant(record, requests, tokens).headers()
+
+    def admit(self, record: ApiKey, model: str | None) -> Grant:
+        """The key's model list and budgets for one request (taking one request)."""
+        if record.models and model not in record.models:
+            raise ModelNotAllowed(
+                f"this API key may use only {list(record.models)}; name one of them in 'model'",
+                param="model",
+            )
+        requests, tokens = self._buckets.get(record.id, (None, None))
+        grant = Grant(record, requests, tokens)
+        wait = tokens.wait_for(1.0) if tokens is not None else 0.0
+        if wait:
+            raise RateLimited(
+                "this API key is over its tokens per minute; retry later",
+                retry_after_s=wait,
+                headers=grant.headers(),
+            )
+        if requests is not None:
+            wait = requests.try_take(1.0)
+            if wait:
+                raise RateLimited(
+                    "this API key is over its requests per minute; retry later",
+                    retry_after_s=wait,
+                    headers=grant.headers(),
+                )
+        return grant
+
+    def settle(self, grant: Grant, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Charge a finished request's real usage."""
+        if grant.tokens is not None:
+            grant.tokens.debit(prompt_tokens + completion_tokens)
+        self._ledger.add(grant.key.id, model or "-", prompt_tokens, completion_tokens)
+
+    def usage_by_name(self) -> Iterator[tuple[str, str, Usage]]:
+        """(key name, model, totals); the name is the key's, validated at creation."""
+        names = {k.id: k.name for k in self._keys.values()}
+        for ident, model, usage in self._ledger.rows():
+            yield names.get(ident, ident), model, usage
+
+    def usage(self) -> list[dict[str, object]]:
+        names = {k.id: k.name for k in self._keys.values()}
+        return [
+            {
+                "key_id": key_id_,
+                "key_name": names.get(key_id_, ""),
+                "model": model,
+                "requests": u.requests,
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "total_tokens": u.prompt_tokens + u.completion_tokens,
+            }
+            for key_id_, model, u in self._ledger.rows()
+        ]

@@ -1,0 +1,80 @@
+"""The cluster token: who may register backends and change the cluster.
+
+Proxy and backends share one secret, read from ``--cluster-token-file`` (a Docker
+secret, say) or the ``INFERNO_CLUSTER_TOKEN`` environment variable. Registration,
+heartbeats, deregistration and the chaos hooks need ``Authorization: Bearer
+<token>``; the comparison is constant-time, and a refusal is logged with the
+peer's address, never with what it sent.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import string
+from collections.abc import Mapping
+from pathlib import Path
+
+from inferno.errors import ConfigError, Unauthorized
+
+logger = logging.getLogger(__name__)
+
+TOKEN_ENV = "INFERNO_CLUSTER_TOKEN"
+MIN_CHARS = 16
+MAX_CHARS = 512
+_ALLOWED = frozenset(string.ascii_letters + string.digits + "-._~+/=")
+
+
+def new_token() -> str:
+    """A fresh random token (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def read_token(path: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The token from ``path`` (surrounding whitespace ignored), else from the
+    environment, else None. A token that is too short or has odd characters is a
+    configuration error, so a typo never silently weakens the cluster."""
+    if path:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the cluster token file {path}: {exc}") from None
+        source = f"file {path}"
+    else:
+        token = environ.get(TOKEN_ENV, "").strip()
+        source = TOKEN_ENV
+        if not token:
+            return None
+    if not MIN_CHARS <= len(token) <= MAX_CHARS or not set(token) <= _ALLOWED:
+        raise ConfigError(
+            f"the cluster token in {source} must be {MIN_CHARS}-{MAX_CHARS} characters of "
+            "[A-Za-z0-9-._~+/=] (make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return token
+
+
+class ClusterAuth:
+    """Checks (proxy side) or adds (backend side) the cluster token."""
+
+    def __init__(self, token: str | None) -> None:
+        self._expected = b"Bearer " + token.encode() if token else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._expected is not None
+
+    def header(self) -> bytes:
+        """The request header a backend sends (empty without a token)."""
+        return b"Authorization: " + self._expected + b"\r\n" if self._expected else b""
+
+    def check(self, headers: Mapping[bytes, bytes], what: str, peer: str) -> None:
+        """Raise ``Unauthorized`` unless the request carries the token."""
+        if self._expected is None:
+            return
+        sent = headers.get(b"authorization", b"")
+        if hmac.compare_digest(sent, self._expected):
+            return
+        logger.warning("Refused %s from %s: %s cluster token", what, peer or "?", "wrong" if sent else "no")
+        raise Unauthorized("this needs the cluster token: Authorization: Bearer <token>")

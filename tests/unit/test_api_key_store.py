@@ -1,0 +1,55 @@
+"""API key store, token buckets (injected clock) and the usage ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inferno.security import KeyStore, TokenBucket, UsageLedger, connect, key_id, verify
+from tests.unit.test_registry import FakeClock
+
+
+def test_keys_are_stored_hashed_and_verified(tmp_path: Path) -> None:
+    store = KeyStore(connect(tmp_path))
+    key, record = store.create("alice", rpm=10, models=("m1", "m2"))
+    assert key.startswith("ik-") and key_id(key) == record.id
+    (loaded,) = store.all()
+    assert loaded.models == ("m1", "m2") and loaded.rpm == 10 and loaded.hash != key
+    assert verify(loaded, key) and not verify(loaded, key + "x") and not verify(None, key)
+    assert store.revoke("alice") == 1 and store.revoke("alice") == 0
+    assert not verify(store.all()[0], key)
+    assert key_id("ik-short-x") is None and key_id("sk-12345678-abcdefabcdefabcdef") is None
+
+
+def test_another_connection_sees_changes_through_data_version(tmp_path: Path) -> None:
+    reader, writer = KeyStore(connect(tmp_path)), KeyStore(connect(tmp_path))
+    before = reader.version()
+    writer.create("bob")
+    assert reader.version() != before and [k.name for k in reader.all()] == ["bob"]
+
+
+def test_token_bucket_refills_on_the_injected_clock() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(60, clock)  # one per second
+    for _ in range(60):
+        assert bucket.try_take() == 0.0
+    assert bucket.try_take() == 1.0 and bucket.remaining() == 0
+    clock.now += 2.5
+    assert bucket.remaining() == 2
+    bucket.debit(10)  # real usage after the fact may go below zero
+    assert bucket.wait_for(1.0) == 8.5 and bucket.remaining() == 0
+    clock.now += 1000
+    assert bucket.remaining() == 60  # never above capacity
+
+
+def test_usage_ledger_persists_deltas(tmp_path: Path) -> None:
+    db = connect(tmp_path)
+    ledger = UsageLedger(db)
+    ledger.add("k1", "m", 3, 5)
+    ledger.add("k1", "m", 1, 1)
+    ledger.write(ledger.take_pending())
+    ledger.add("k1", "m", 10, 0)
+    ledger.write(ledger.take_pending())
+    assert ledger.take_pending() == {}
+    again = UsageLedger(connect(tmp_path))
+    ((key, model, usage),) = list(again.rows())
+    assert (key, model, usage.requests, usage.prompt_tokens, usage.completion_tokens) == ("k1", "m", 3, 14, 6)
