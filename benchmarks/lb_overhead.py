@@ -103,6 +103,29 @@ backend be
     return conf
 
 
+def api_key(tmp: Path) -> str:
+    """A key with budgets large enough never to bind, so the checks run but never refuse."""
+    out = subprocess.run(
+        inferno(
+            "keys",
+            "create",
+            "--name",
+            "bench",
+            "--rpm",
+            "1000000000",
+            "--tpm",
+            "1000000000",
+            "--state-dir",
+            str(tmp / "state"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
 def start_target(
     name: str, p: Procs, tmp: Path, backends: list[int], baseline: Path | None = None
 ) -> tuple[int, list[int]]:
@@ -110,8 +133,10 @@ def start_target(
     if name == "direct":
         return backends[0], []
     port = free_port()
-    if name in ("inferno", "inferno-before"):
+    if name in ("inferno", "inferno-before", "inferno-keys"):
         cmd = proxy_cmd(port, free_port(), backends, "--admission-max-in-flight-per-backend", "4096")
+        if name == "inferno-keys":
+            cmd += ["--require-api-key", "--state-dir", str(tmp / "state")]
         # The older package shadows the installed one through PYTHONPATH.
         env = {"PYTHONPATH": str(baseline)} if name == "inferno-before" and baseline else None
         proc = p.start(f"{name}-proxy", cmd, core=PROXY_CORE, env=env)
@@ -218,6 +243,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop rate for the latency check")
     parser.add_argument("--quick", action="store_true", help="1 repeat, 3 s cells (a smoke run)")
     parser.add_argument("--baseline", default=None, help="also run the proxy as of this git revision")
+    parser.add_argument(
+        "--keys", action="store_true", help="also run the proxy with --require-api-key (keyed requests)"
+    )
+    parser.add_argument(
+        "--only", default=None, help="comma-separated targets to run (e.g. direct,inferno,inferno-keys)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.duration, args.repeats = 3.0, 1
@@ -235,6 +266,12 @@ def main() -> None:
             targets.insert(2, "inferno-before")
         script = tmp / "post.lua"
         script.write_text(WRK_SCRIPT)
+        keyed = tmp / "post-keyed.lua"
+        if args.keys:
+            targets.insert(2, "inferno-keys")
+            keyed.write_text(WRK_SCRIPT + f'wrk.headers["Authorization"] = "Bearer {api_key(tmp)}"\n')
+        if args.only:
+            targets = [t for t in targets if t in args.only.split(",")]
         for delay in (0.0, 20.0):
             with procs(tmp / f"logs-{int(delay)}") as p:
                 backends = [free_port(), free_port()]
@@ -247,12 +284,13 @@ def main() -> None:
                 for target in targets:
                     proc_count = len(p.started)
                     port, pids = start_target(target, p, tmp, backends, baseline)
+                    lua = keyed if target == "inferno-keys" else script
                     for concurrency in (16, 64):
-                        wrk(port, concurrency, 1.0, script)  # warm-up
+                        wrk(port, concurrency, 1.0, lua)  # warm-up
                         runs = []
                         for _ in range(args.repeats):
                             before = proxy_cpu(pids)
-                            result = parse_wrk(wrk(port, concurrency, args.duration, script))
+                            result = parse_wrk(wrk(port, concurrency, args.duration, lua))
                             used = proxy_cpu(pids) - before
                             result["cpu_us_per_request"] = (
                                 used / result["requests"] * 1e6 if pids else float("nan")
@@ -269,7 +307,7 @@ def main() -> None:
                             f"cpu {cell['cpu_us_per_request']:.1f} us/req",
                             flush=True,
                         )
-                    if delay == 0.0:
+                    if delay == 0.0 and target != "inferno-keys":  # inferno bench sends no key
                         p50s = [
                             open_loop_p50(port, args.rate, max(3.0, args.duration))
                             for _ in range(args.repeats)
@@ -278,6 +316,9 @@ def main() -> None:
                     for proc in p.started[proc_count:]:
                         p.stop(proc)
     direct_p50 = added.get("direct", float("nan"))
+    if args.only:  # a partial run: keep the full run's table, write this one aside
+        print(render(cells, {k: v - direct_p50 for k, v in added.items() if k != "direct"}, added, args))
+        return
     markdown = render(cells, {k: v - direct_p50 for k, v in added.items() if k != "direct"}, added, args)
     write_result(
         "lb_overhead",
@@ -322,15 +363,17 @@ def render(cells: list[dict[str, Any]], added_ms: dict[str, float], p50s: dict[s
             f"| {c['target']} | {c['concurrency']} | {c['delay_ms']:g} ms | {c['rps']:.0f} | "
             f"{c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {cpu} |"
         )
-    lines += [
-        "",
-        "Inferno relative to nginx (same cell):",
-        "",
-        "| conc. | delay | req/s ratio | CPU µs ratio |",
-        "| ---: | ---: | ---: | ---: |",
-    ]
+    has_nginx = any(c["target"] == "nginx" for c in cells)
+    if has_nginx:
+        lines += [
+            "",
+            "Inferno relative to nginx (same cell):",
+            "",
+            "| conc. | delay | req/s ratio | CPU µs ratio |",
+            "| ---: | ---: | ---: | ---: |",
+        ]
     for c in cells:
-        if c["target"] != "inferno":
+        if c["target"] != "inferno" or not has_nginx:
             continue
         ng = same_cell(cells, "nginx", c)
         lines.append(
@@ -353,6 +396,23 @@ def render(cells: list[dict[str, Any]], added_ms: dict[str, float], p50s: dict[s
                 f"| {old['concurrency']} | {old['delay_ms']:g} ms | {old['cpu_us_per_request']:.1f} | "
                 f"{new['cpu_us_per_request']:.1f} | "
                 f"{new['cpu_us_per_request'] / old['cpu_us_per_request']:.3f} | {new['rps'] / old['rps']:.3f} |"
+            )
+    keyed = [c for c in cells if c["target"] == "inferno-keys"]
+    if keyed:
+        lines += [
+            "",
+            "API keys on (`--require-api-key`, a key with RPM and TPM budgets, every request keyed) "
+            "relative to off (same run, same cell):",
+            "",
+            "| conc. | delay | CPU µs off | CPU µs on | CPU ratio | req/s ratio |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for on in keyed:
+            off = same_cell(cells, "inferno", on)
+            lines.append(
+                f"| {on['concurrency']} | {on['delay_ms']:g} ms | {off['cpu_us_per_request']:.1f} | "
+                f"{on['cpu_us_per_request']:.1f} | "
+                f"{on['cpu_us_per_request'] / off['cpu_us_per_request']:.3f} | {on['rps'] / off['rps']:.3f} |"
             )
     lines += [
         "",
