@@ -27,26 +27,39 @@ RELOAD_S = 1.0
 
 
 @dataclass(slots=True)
+class Limits:
+    """One key's buckets and the fixed part of its headers, built when it is loaded."""
+
+    requests: TokenBucket | None
+    tokens: TokenBucket | None
+    limit_requests: bytes
+    limit_tokens: bytes
+
+
+@dataclass(slots=True)
 class Grant:
     """An admitted request's key and budgets."""
 
     key: ApiKey
-    requests: TokenBucket | None
-    tokens: TokenBucket | None
+    limits: Limits
+
+    @property
+    def tokens(self) -> TokenBucket | None:
+        return self.limits.tokens
 
     def headers(self) -> bytes:
+        """The ``x-ratelimit-*`` lines: the limits pre-formatted, the remaining counts now."""
+        limits = self.limits
         out = b""
-        if self.requests is not None:
-            out += b"x-ratelimit-limit-requests: %d\r\nx-ratelimit-remaining-requests: %d\r\n" % (
-                self.requests.capacity,
-                self.requests.remaining(),
-            )
-        if self.tokens is not None:
-            out += b"x-ratelimit-limit-tokens: %d\r\nx-ratelimit-remaining-tokens: %d\r\n" % (
-                self.tokens.capacity,
-                self.tokens.remaining(),
-            )
+        if limits.requests is not None:
+            out = limits.limit_requests + str(max(0, int(limits.requests.level))).encode() + b"\r\n"
+        if limits.tokens is not None:
+            out += limits.limit_tokens + str(max(0, int(limits.tokens.level))).encode() + b"\r\n"
         return out
+
+
+#: verified ``Authorization`` values kept (cleared on every reload of the key table)
+MAX_VERIFIED = 4096
 
 
 class ClientGate:
@@ -57,7 +70,9 @@ class ClientGate:
         self._ledger = ledger
         self._clock = clock
         self._keys: dict[str, ApiKey] = {}
-        self._buckets: dict[str, tuple[TokenBucket | None, TokenBucket | None]] = {}
+        self._limits: dict[str, Limits] = {}
+        #: raw Authorization header -> its key, for headers already verified once
+        self._verified: dict[bytes, ApiKey] = {}
         self._version = -1
         self._task: asyncio.Task[None] | None = None
         self.reload()
@@ -72,13 +87,16 @@ class ClientGate:
         for ident, key in keys.items():
             old = self._keys.get(ident)
             if old is None or (old.rpm, old.tpm) != (key.rpm, key.tpm):
-                self._buckets[ident] = (
+                self._limits[ident] = Limits(
                     TokenBucket(key.rpm, self._clock) if key.rpm else None,
                     TokenBucket(key.tpm, self._clock) if key.tpm else None,
+                    b"x-ratelimit-limit-requests: %d\r\nx-ratelimit-remaining-requests: " % (key.rpm or 0),
+                    b"x-ratelimit-limit-tokens: %d\r\nx-ratelimit-remaining-tokens: " % (key.tpm or 0),
                 )
-        for ident in set(self._buckets) - set(keys):
-            del self._buckets[ident]
+        for ident in set(self._limits) - set(keys):
+            del self._limits[ident]
         self._keys = keys
+        self._verified = {}  # a revoked key must be checked again
         logger.info("API keys loaded: %d active", sum(1 for k in keys.values() if k.revoked is None))
 
     async def run(self) -> None:
@@ -111,6 +129,9 @@ class ClientGate:
     def authenticate(self, headers: Mapping[bytes, bytes]) -> ApiKey:
         """The request's API key, or ``InvalidApiKey`` (missing, unknown or revoked)."""
         raw = headers.get(b"authorization", b"")
+        known = self._verified.get(raw)
+        if known is not None:
+            return known
         key = raw[7:].decode("latin-1").strip() if raw[:7].lower() == b"bearer " else ""
         ident = key_id(key) if key else None
         record = self._keys.get(ident) if ident else None
@@ -118,11 +139,17 @@ class ClientGate:
             raise InvalidApiKey(
                 "a valid API key is required: Authorization: Bearer <key> (inferno keys create)"
             )
+        if len(self._verified) >= MAX_VERIFIED:
+            self._verified.clear()
+        self._verified[raw] = record
         return record
 
+    def _limits_of(self, record: ApiKey) -> Limits:
+        limits = self._limits.get(record.id)
+        return limits if limits is not None else Limits(None, None, b"", b"")
+
     def headers_for(self, record: ApiKey) -> bytes:
-        requests, tokens = self._buckets.get(record.id, (None, None))
-        return Grant(record, requests, tokens).headers()
+        return Grant(record, self._limits_of(record)).headers()
 
     def admit(self, record: ApiKey, model: str | None) -> Grant:
         """The key's model list and budgets for one request (taking one request)."""
@@ -131,8 +158,9 @@ class ClientGate:
                 f"this API key may use only {list(record.models)}; name one of them in 'model'",
                 param="model",
             )
-        requests, tokens = self._buckets.get(record.id, (None, None))
-        grant = Grant(record, requests, tokens)
+        limits = self._limits_of(record)
+        grant = Grant(record, limits)
+        requests, tokens = limits.requests, limits.tokens
         wait = tokens.wait_for(1.0) if tokens is not None else 0.0
         if wait:
             raise RateLimited(

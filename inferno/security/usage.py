@@ -24,23 +24,36 @@ class UsageLedger:
         self._db = db
         #: (key id, model) -> totals, including what is not yet written
         self.totals: dict[tuple[str, str], Usage] = {}
-        self._pending: dict[tuple[str, str], Usage] = {}
+        #: what the database holds, per row
+        self._written: dict[tuple[str, str], tuple[int, int, int]] = {}
+        self._dirty: set[tuple[str, str]] = set()
         for key_id, model, requests, prompt, completion in db.execute(
             "SELECT key_id, model, requests, prompt_tokens, completion_tokens FROM usage"
         ):
             self.totals[(key_id, model)] = Usage(requests, prompt, completion)
+            self._written[(key_id, model)] = (requests, prompt, completion)
 
     def add(self, key_id: str, model: str, prompt_tokens: int, completion_tokens: int) -> None:
-        for table in (self.totals, self._pending):
-            usage = table.get((key_id, model))
-            if usage is None:
-                usage = table[(key_id, model)] = Usage()
-            usage.requests += 1
-            usage.prompt_tokens += prompt_tokens
-            usage.completion_tokens += completion_tokens
+        row = (key_id, model)
+        usage = self.totals.get(row)
+        if usage is None:
+            usage = self.totals[row] = Usage()
+        usage.requests += 1
+        usage.prompt_tokens += prompt_tokens
+        usage.completion_tokens += completion_tokens
+        self._dirty.add(row)
 
     def take_pending(self) -> dict[tuple[str, str], Usage]:
-        pending, self._pending = self._pending, {}
+        """What changed since the last call, as deltas to add to the database."""
+        pending: dict[tuple[str, str], Usage] = {}
+        for row in self._dirty:
+            now = self.totals[row]
+            before = self._written.get(row, (0, 0, 0))
+            pending[row] = Usage(
+                now.requests - before[0], now.prompt_tokens - before[1], now.completion_tokens - before[2]
+            )
+            self._written[row] = (now.requests, now.prompt_tokens, now.completion_tokens)
+        self._dirty = set()
         return pending
 
     def write(self, pending: dict[tuple[str, str], Usage]) -> None:
