@@ -18,11 +18,12 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import HOST, ProcessCluster, start_process_cluster
+from tests.conftest import HOST, TEST_TOKEN, ProcessCluster, start_process_cluster
 
 pytestmark = pytest.mark.slow
 
 OK_BODY = b'{"prompt":"x","max_tokens":1}'
+AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 
 
 def _port(url: str) -> int:
@@ -281,7 +282,7 @@ def test_registration_validation(cluster: ProcessCluster) -> None:
         {**good, "vitals": {"tokens_per_s": "NaN"}},
     ]
     for payload in bad:
-        r = httpx.post(url, content=json.dumps(payload), timeout=5)
+        r = httpx.post(url, content=json.dumps(payload), headers=AUTH, timeout=5)
         assert r.status_code == 400, (payload, r.text)
     assert set(cluster.workers()) == {"b1"}
     r = httpx.get(f"{cluster.ops}/workers", timeout=5)
@@ -293,14 +294,17 @@ def test_registry_is_bounded(spawn: Any) -> None:
     cluster = start_process_cluster(spawn, 1, proxy_args=("--registry-max-backends", "4"))
     url = f"{cluster.ops}/registration"
     codes = [
-        httpx.post(url, json={"address": f"{HOST}:{20000 + i}", "node_id": f"x{i}"}, timeout=5).status_code
+        httpx.post(
+            url, json={"address": f"{HOST}:{20000 + i}", "node_id": f"x{i}"}, headers=AUTH, timeout=5
+        ).status_code
         for i in range(6)
     ]
     assert codes == [200, 200, 200, 429, 429, 429]
-    r = httpx.post(url, json={"address": f"{HOST}:20099", "node_id": "y"}, timeout=5)
+    r = httpx.post(url, json={"address": f"{HOST}:20099", "node_id": "y"}, headers=AUTH, timeout=5)
     assert r.status_code == 429 and r.headers["retry-after"]
     # heartbeats of known backends still pass
-    assert httpx.post(url, json={"address": f"{HOST}:20000", "node_id": "x0"}, timeout=5).status_code == 200
+    heartbeat = {"address": f"{HOST}:20000", "node_id": "x0"}
+    assert httpx.post(url, json=heartbeat, headers=AUTH, timeout=5).status_code == 200
     assert len(cluster.workers()) == 4
     # Nothing listens on the fake addresses: the first requests find that out (each
     # refusal takes one out of routing at once), then everything goes to the real one.
