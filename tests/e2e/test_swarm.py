@@ -128,6 +128,26 @@ def test_02c_registration_without_the_token_is_refused_inside_the_cluster(stack:
         check.evidence = unauthenticated_registration_inside(f"{stack}_inferno", f"{LABEL_KEY}={stack}")
 
 
+def test_02d_containers_are_hardened(stack: str, report: Report) -> None:
+    with Step(
+        report, "every task container: non-root, read-only root, no capabilities, token as a secret"
+    ) as check:
+        evidence = []
+        for service in SERVICES:
+            for container in filter(None, task_containers(f"{stack}_{service}").values()):
+                inspected = json.loads(run(["docker", "inspect", container]))[0]
+                host, config = inspected["HostConfig"], inspected["Config"]
+                assert config["User"] == "10001:10001", config["User"]
+                assert host["ReadonlyRootfs"] is True, service
+                assert host["CapDrop"] and "ALL" in host["CapDrop"], host["CapDrop"]
+                assert "/run/secrets/cluster_token" in config["Cmd"], config["Cmd"]
+                assert not any("CLUSTER_TOKEN=" in e for e in config["Env"]), "token in the environment"
+                evidence.append(
+                    f"{service} {container[:12]}: user 10001, read-only, CapDrop {host['CapDrop']}"
+                )
+        check.evidence = evidence
+
+
 def test_03_both_replicas_served(stack: str, report: Report, state: dict[str, Any]) -> None:
     with Step(report, "both replicas served requests") as check:
         nodes = {a["node"] for a in state["answered"]}
