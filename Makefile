@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
 .PHONY: help system-deps install install-dev run test test-fast lint image e2e e2e-fresh e2e-compose \
-	bench bench-deps bench-quick clean
+	bench bench-deps bench-quick fuzz clean
 
 help:
 	@echo "make run        install and start a local cluster (proxy, 2 text backends, 1 embeddings+image backend)"
@@ -96,6 +96,10 @@ bench-quick: install-dev bench-deps
 	$(BIN)/python benchmarks/prefix_affinity.py --duration 8 --repeats 1
 	$(BIN)/python benchmarks/soak.py --duration 60
 	$(BIN)/python benchmarks/render_readme.py
+
+# A long schemathesis run against a live local cluster (the suite runs a short one).
+fuzz: install-dev
+	INFERNO_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} $(BIN)/python -m pytest tests/system/test_fuzz.py -v
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

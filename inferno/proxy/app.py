@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from inferno.api import API, APIS, INFERENCE, ParsedText
+from inferno.api import API, APIS, INFERENCE, ParsedText, openapi
 from inferno.config import ProxyConfig
 from inferno.errors import BadRequest, InfernoError, RateLimited
 from inferno.http.request_id import RequestIdFactory
@@ -59,6 +59,8 @@ class ProxyApp:
             self._routes.add("POST", path, self._forward_route(api))
         self._routes.add("POST", "/batch_inference", self._batch_route)
         self._routes.add("GET", "/v1/models", self._models)
+        self._routes.add("GET", "/openapi.json", self._openapi)
+        self._openapi_body = dumps(openapi.build())
 
     async def __call__(self, request: Request, responder: Responder) -> None:
         t0 = self._clock()
@@ -66,7 +68,7 @@ class ProxyApp:
         self._stats.in_flight += 1
         key: ApiKey | None = None
         try:
-            if self._gate is not None:
+            if self._gate is not None and request.path != "/openapi.json":
                 key = self._gate.authenticate(request.headers)
             route = self._routes.match(request.method, request.path)
             await route(request, responder, rid, t0, key)
@@ -103,6 +105,11 @@ class ProxyApp:
             await self._forwarder.forward(responder, job, stream=parsed.stream, splice_timings=splice)
 
         return route
+
+    async def _openapi(
+        self, request: Request, responder: Responder, rid: str, t0: float, key: ApiKey | None
+    ) -> None:
+        self._send_local(responder, rid, 200, self._openapi_body)
 
     def _charge(self, job: Job, key: ApiKey) -> None:
         """Admit ``job`` under ``key``'s model list and budgets, and charge its usage."""
