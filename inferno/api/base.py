@@ -68,6 +68,11 @@ class API(ABC):
         check_max_tokens(parsed.max_tokens, max_tokens_limit)
         return parsed
 
+    def wants_usage(self, parsed: ParsedText) -> bool | None:
+        """Whether a stream's client asked for the usage chunk (None: this API always
+        sends its usage, so there is nothing to ask for)."""
+        return None
+
 
 class TextAPI(API):
     """One text-generation API shape."""
@@ -81,6 +86,11 @@ class TextAPI(API):
 
     @abstractmethod
     def render_chunk(self, delta: Delta, meta: RenderMeta, first: bool) -> dict[str, Any]: ...
+
+    def usage_chunk(self, parsed: ParsedText, last: Delta, meta: RenderMeta) -> dict[str, Any] | None:
+        """The separate final chunk with the usage, when the API has one and the client
+        asked for it (OpenAI's ``stream_options.include_usage``)."""
+        return None
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

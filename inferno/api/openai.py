@@ -60,9 +60,22 @@ class ChatAPI(TextAPI):
             "model": meta.model,
             "choices": [{"index": 0, "delta": content, "finish_reason": delta.finish_reason}],
         }
-        if delta.finish_reason is not None:
-            event["usage"] = usage(delta.prompt_tokens, delta.completion_tokens)
         return event
+
+    def usage_chunk(self, parsed: ParsedText, last: Delta, meta: RenderMeta) -> dict[str, Any] | None:
+        if not parsed.body.include_usage():
+            return None
+        return {
+            "id": f"chatcmpl-{meta.request_id}",
+            "object": "chat.completion.chunk",
+            "created": meta.created,
+            "model": meta.model,
+            "choices": [],
+            "usage": usage(last.prompt_tokens, last.completion_tokens),
+        }
+
+    def wants_usage(self, parsed: ParsedText) -> bool | None:
+        return bool(parsed.body.include_usage())
 
 
 class CompletionAPI(TextAPI):
@@ -107,6 +120,19 @@ class CompletionAPI(TextAPI):
                 {"index": 0, "text": delta.text, "logprobs": None, "finish_reason": delta.finish_reason}
             ],
         }
-        if delta.finish_reason is not None:
-            event["usage"] = usage(delta.prompt_tokens, delta.completion_tokens)
         return event
+
+    def usage_chunk(self, parsed: ParsedText, last: Delta, meta: RenderMeta) -> dict[str, Any] | None:
+        if not parsed.body.include_usage():
+            return None
+        return {
+            "id": f"cmpl-{meta.request_id}",
+            "object": "text_completion",
+            "created": meta.created,
+            "model": meta.model,
+            "choices": [],
+            "usage": usage(last.prompt_tokens, last.completion_tokens),
+        }
+
+    def wants_usage(self, parsed: ParsedText) -> bool | None:
+        return bool(parsed.body.include_usage())

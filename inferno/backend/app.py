@@ -18,6 +18,7 @@ from inferno.backend.chaos import Chaos
 from inferno.backend.service import InferenceService
 from inferno.config import BackendConfig
 from inferno.engines.base import (
+    Delta,
     EmbeddingEngine,
     Engine,
     GenerationRequest,
@@ -215,7 +216,7 @@ class BackendApp:
                 t_gen = time.perf_counter()
                 meta = RenderMeta(rid, engine.model_id, self._node, int(time.time()), queued_s * 1000.0)
                 if parsed.stream:
-                    tokens = await self._stream(responder, headers, api, engine, gen, meta)
+                    tokens = await self._stream(responder, headers, api, engine, gen, meta, parsed)
                 else:
                     result = await engine.generate(gen)
                     tokens = result.completion_tokens
@@ -256,6 +257,7 @@ class BackendApp:
         engine: TextGenerationEngine,
         gen: GenerationRequest,
         meta: RenderMeta,
+        parsed: ParsedText,
     ) -> int:
         """Server-sent events, one per token, flushed as generated; ends with [DONE]."""
         responder.start_stream(200, headers.replace(JSON_HEADERS, SSE_HEADERS))
@@ -263,12 +265,17 @@ class BackendApp:
         deltas = engine.stream(gen)
         try:
             first = True
+            last: Delta | None = None
             async for delta in deltas:
                 if delta.finish_reason is None:
                     tokens += 1
                 event = api.render_chunk(delta, meta, first)
                 first = False
+                last = delta
                 await responder.write(b"data: " + dumps(event) + b"\n\n")
+            closing = api.usage_chunk(parsed, last, meta) if last is not None else None
+            if closing is not None:
+                await responder.write(b"data: " + dumps(closing) + b"\n\n")
             await responder.write(b"data: [DONE]\n\n")
         finally:
             await deltas.aclose()

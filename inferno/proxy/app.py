@@ -17,7 +17,7 @@ from inferno.http.server import Request, Responder
 from inferno.observability.metrics import ProxyStats
 from inferno.proxy.batch import BatchRunner
 from inferno.proxy.clients import ClientGate
-from inferno.proxy.forward import Forwarder, Job, with_model
+from inferno.proxy.forward import Forwarder, Job, with_model, with_usage_requested
 from inferno.registry.registry import WorkerRegistry
 from inferno.schemas import PRIORITIES, Priority, RequestContext, check_max_tokens
 from inferno.security import ApiKey
@@ -102,6 +102,10 @@ class ProxyApp:
             job = Job(ctx, path, body, parsed.max_tokens, t0, deadline, parsed.model_field)
             if key is not None:
                 self._charge(job, key)
+                if parsed.stream and api.wants_usage(parsed) is False:
+                    # Usage is charged from the stream's usage chunk: ask for it, strip it out.
+                    job.body = with_usage_requested(job.body)
+                    job.strip_usage = True
             await self._forwarder.forward(responder, job, stream=parsed.stream, splice_timings=splice)
 
         return route

@@ -73,6 +73,8 @@ class Job:
     extra_headers: bytes = b""
     #: called with (model, prompt tokens, completion tokens) once the answer's usage is seen
     on_usage: Callable[[str, int, int], None] | None = None
+    #: the proxy asked for the stream's usage chunk itself: take it out before the client sees it
+    strip_usage: bool = False
 
     def for_model(self, model: str) -> Job:
         """The same request sent to another model (a fallback)."""
@@ -107,6 +109,14 @@ def usage_of(data: bytes) -> tuple[int, int] | None:
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     return max(0, prompt), max(0, completion)
+
+
+def with_usage_requested(body: bytes) -> bytes:
+    """The body of an OpenAI stream request with ``stream_options.include_usage`` set."""
+    data = orjson.loads(body)
+    options = data.get("stream_options")
+    data["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return orjson.dumps(data)
 
 
 def with_model(body: bytes, field: str, model: str | None) -> bytes:
@@ -443,6 +453,8 @@ class Forwarder:
                 last = arrived
                 if job.on_usage is not None and b'"usage"' in chunk:
                     used = usage_of(chunk) or used
+                    if job.strip_usage and b'"choices":[]' in chunk:
+                        continue  # the usage chunk the client did not ask for
                 await responder.write(chunk)
             self._registry.record_success(worker, slow=was_slow)
         except (UpstreamError, DeadlineExceeded) as exc:

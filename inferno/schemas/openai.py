@@ -61,6 +61,13 @@ class ChatMessage(BaseModel):
         return "".join(parts)
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    #: end the stream with a separate chunk holding the usage (and empty choices)
+    include_usage: bool = False
+
+
 class _OpenAIBase(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
@@ -73,6 +80,10 @@ class _OpenAIBase(BaseModel):
     user: str | None = Field(None, max_length=256)
     n: int = Field(1, ge=1, le=1)
     priority: PriorityName | None = None
+    stream_options: StreamOptions | None = None
+
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
 
     @field_validator("stop")
     @classmethod

@@ -37,12 +37,22 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def _chat(url: str, key: str, *, stream: bool = False, model: str | None = None) -> httpx.Response:
-    body: dict[str, Any] = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 5}
+def _chat(
+    url: str,
+    key: str,
+    *,
+    stream: bool = False,
+    model: str | None = None,
+    usage: bool = False,
+    text: str = "hello there",
+) -> httpx.Response:
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": text}], "max_tokens": 5}
     if model:
         body["model"] = model
     if stream:
         body["stream"] = True
+    if usage:
+        body["stream_options"] = {"include_usage": True}
     return httpx.post(f"{url}/v1/chat/completions", json=body, headers=bearer(key), timeout=10)
 
 
@@ -113,13 +123,22 @@ def test_usage_is_exact_for_streams_and_survives_a_restart(spawn: Any, tmp_path:
     cluster = start_process_cluster(spawn, 1, proxy_args=args)
     prompt = completion = 0
     for i in range(4):
-        r = _chat(cluster.url, key)
+        r = _chat(cluster.url, key, text=f"question {i}")
         usage = r.json()["usage"]
+        usage_of_same = (usage["prompt_tokens"], usage["completion_tokens"])
         prompt, completion = prompt + usage["prompt_tokens"], completion + usage["completion_tokens"]
-        r = _chat(cluster.url, key, stream=True)
+        # A stream that asks for usage gets OpenAI's separate final usage chunk...
+        r = _chat(cluster.url, key, stream=True, usage=True)
         events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+        assert events[-1]["choices"] == [] and all("usage" not in e for e in events[:-1])
         usage = events[-1]["usage"]
         prompt, completion = prompt + usage["prompt_tokens"], completion + usage["completion_tokens"]
+        # ...one that does not sees no usage at all, yet is charged exactly: the proxy
+        # asked the backend for the chunk and took it out. (The fake engine answers a
+        # prompt the same way every time, so the non-streamed answer tells its usage.)
+        r = _chat(cluster.url, key, stream=True, text=f"question {i}")
+        assert '"usage"' not in r.text and r.text.rstrip().endswith("data: [DONE]")
+        prompt, completion = prompt + usage_of_same[0], completion + usage_of_same[1]
         r = httpx.post(
             f"{cluster.url}/inference",
             json={"prompt": f"q{i}", "max_tokens": 4},
@@ -128,7 +147,7 @@ def test_usage_is_exact_for_streams_and_survives_a_restart(spawn: Any, tmp_path:
         )
         usage = r.json()["usage"]
         prompt, completion = prompt + usage["prompt_tokens"], completion + usage["completion_tokens"]
-    expected = {"requests": 12, "prompt_tokens": prompt, "completion_tokens": completion}
+    expected = {"requests": 16, "prompt_tokens": prompt, "completion_tokens": completion}
 
     def usage_now(ops: str) -> dict[str, int]:
         rows = httpx.get(f"{ops}/usage", timeout=5).json()["usage"]
