@@ -13,7 +13,14 @@ def main() -> None:
     text = readme.read_text()
     tables = [
         (HERE / "results" / f"{name}.md").read_text().strip()
-        for name in ("lb_overhead", "keys_overhead", "model_throughput", "model_kinds", "prefix_affinity", "soak")
+        for name in (
+            "lb_overhead",
+            "keys_overhead",
+            "model_throughput",
+            "model_kinds",
+            "prefix_affinity",
+            "soak",
+        )
         if (HERE / "results" / f"{name}.md").exists()
     ]
     head, _, rest = text.partition(START)
