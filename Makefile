@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps install install-dev run test test-fast lint image e2e e2e-fresh e2e-compose \
+.PHONY: help system-deps install install-dev run test test-deps test-fast lint image e2e e2e-fresh e2e-compose \
 	bench bench-deps bench-quick fuzz clean
 
 help:
@@ -48,7 +48,12 @@ test-fast: install-dev
 
 # The README's test command: lint, the suite, then the Swarm end-to-end stage from
 # a fresh build. INFERNO_SKIP_E2E=1 skips the e2e stage (CI never sets it).
-test: lint
+# promtool (Debian's prometheus package) for the metrics test.
+test-deps:
+	@command -v promtool >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
+
+test: lint test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	@if [ "$${INFERNO_SKIP_E2E:-0}" = "1" ]; then echo "INFERNO_SKIP_E2E=1: end-to-end stage skipped"; \
 	else $(MAKE) --no-print-directory e2e-fresh; fi

@@ -214,11 +214,16 @@ class AdmissionController:
             self.served_from_queue[waiter.ctx.priority] += 1
             waiter.future.set_result(worker)
 
-    def status(self) -> dict[str, object]:
+    def queue_sizes(self) -> dict[str, int]:
+        """Requests waiting, by priority class name."""
         sizes = {p.name.lower(): 0 for p in Priority}
         for waiter in self._waiters:
             if not waiter.future.done():
                 sizes[waiter.ctx.priority.name.lower()] += 1
+        return sizes
+
+    def status(self) -> dict[str, object]:
+        sizes = self.queue_sizes()
         return {
             "size": sum(sizes.values()),
             "max": self._cfg.max_queue,

@@ -13,16 +13,24 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from inferno.observability.metrics import ProxyStats
+from inferno.proxy.admission import AdmissionController
 from inferno.proxy.clients import ClientGate
 from inferno.registry.breaker import BreakerState
 from inferno.registry.registry import WorkerRegistry
 
 
 class ProxyCollector(Collector):
-    def __init__(self, stats: ProxyStats, registry: WorkerRegistry, gate: ClientGate | None = None) -> None:
+    def __init__(
+        self,
+        stats: ProxyStats,
+        registry: WorkerRegistry,
+        gate: ClientGate | None = None,
+        admission: AdmissionController | None = None,
+    ) -> None:
         self._stats = stats
         self._registry = registry
         self._gate = gate
+        self._admission = admission
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -58,6 +66,24 @@ class ProxyCollector(Collector):
         yield CounterMetricFamily(
             "inferno_fallbacks", "Requests sent on to a fallback model", value=stats.fallbacks
         )
+        yield CounterMetricFamily(
+            "inferno_ejections",
+            "Backends ejected by their circuit breaker",
+            value=self._registry.ejections_total,
+        )
+        if self._admission is not None:
+            depth = GaugeMetricFamily(
+                "inferno_queue_depth", "Requests waiting for a backend, by priority", labels=["priority"]
+            )
+            served = CounterMetricFamily(
+                "inferno_queue_served", "Requests served after waiting in the queue", labels=["priority"]
+            )
+            for priority, size in self._admission.queue_sizes().items():
+                depth.add_metric([priority], size)
+            for klass, count in self._admission.served_from_queue.items():
+                served.add_metric([klass.name.lower()], count)
+            yield depth
+            yield served
         model_requests = CounterMetricFamily(
             "inferno_model_requests",
             "Requests answered, by served model and HTTP status",

@@ -83,7 +83,7 @@ class ProxyServer:
         if config.require_api_key:
             db = connect(Path(config.state_dir))
             self.gate = ClientGate(KeyStore(db), UsageLedger(db), clock=clock)
-        metrics = new_registry(ProxyCollector(self.stats, self.registry, self.gate))
+        metrics = new_registry(ProxyCollector(self.stats, self.registry, self.gate, self.admission))
         ops_limits = limits_from(config.http, max_body_bytes=OPS_MAX_BODY_BYTES, ops=True)
         self._data = HttpServer(
             ProxyApp(config, self.registry, self.forwarder, self.stats, clock=clock, gate=self.gate),

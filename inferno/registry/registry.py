@@ -57,6 +57,8 @@ class WorkerRegistry:
         self._by_task: dict[str, tuple[WorkerInfo, ...]] = {}
         self._anything: tuple[WorkerInfo, ...] = ()
         self._removal_listeners: list[Callable[[str], None]] = []
+        #: backends ejected by their circuit breaker, ever (a Prometheus counter)
+        self.ejections_total = 0
 
     # -- queries -------------------------------------------------------------------------
     def get(self, address: str) -> WorkerInfo | None:
@@ -254,6 +256,7 @@ class WorkerRegistry:
                 worker.breaker.ejection_s(),
                 worker.breaker.ejections,
             )
+            self.ejections_total += 1
             if worker.status is WorkerStatus.HEALTHY:
                 self._set_status(worker, WorkerStatus.EJECTED, "outlier")
             else:
