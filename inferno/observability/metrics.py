@@ -82,6 +82,9 @@ class ProxyStats:
         self.fallbacks = 0
         #: per served model: requests by status and latency
         self.models: dict[str, BackendStats] = {}
+        #: streams, per model: time to the first token and between tokens
+        self.ttft: dict[str, Histogram] = {}
+        self.tpot: dict[str, Histogram] = {}
 
     def backend(self, address: str) -> BackendStats:
         stats = self.backends.get(address)
@@ -99,6 +102,15 @@ class ProxyStats:
                 per_model = self.models[model] = BackendStats()
             per_model.requests[status] = per_model.requests.get(status, 0) + 1
             per_model.latency.observe(duration_s)
+
+    def record_stream(self, model: str, ttft_s: float, tpot_s: float | None) -> None:
+        ttft = self.ttft.get(model)
+        if ttft is None:
+            ttft = self.ttft[model] = Histogram()
+            self.tpot[model] = Histogram()
+        ttft.observe(ttft_s)
+        if tpot_s is not None:
+            self.tpot[model].observe(tpot_s)
 
     def record_error(self, address: str, reason: str) -> None:
         stats = self.backend(address)

@@ -429,6 +429,9 @@ class Forwarder:
         )
         idle = self._up.stream_idle_timeout_s
         used: tuple[int, int] | None = None
+        # The first chunk was in hand when the headers went out: that is the first token.
+        first_token = now
+        chunks = 0
         slow = self._up.slow_chunk_s
         last = now
         was_slow = False
@@ -451,12 +454,17 @@ class Forwarder:
                     self._registry.mark_suspect(worker, f"{arrived - last:.1f}s between stream chunks")
                     was_slow = True
                 last = arrived
+                chunks += 1
                 if job.on_usage is not None and b'"usage"' in chunk:
                     used = usage_of(chunk) or used
                     if job.strip_usage and b'"choices":[]' in chunk:
                         continue  # the usage chunk the client did not ask for
                 await responder.write(chunk)
             self._registry.record_success(worker, slow=was_slow)
+            # Token events are the chunks but the closing ones (finish, usage, [DONE]).
+            tokens = max(0, chunks - 2)
+            tpot = (last - first_token) / (tokens - 1) if tokens > 1 else None
+            self._stats.record_stream(served_model(worker, job.ctx), first_token - job.t0, tpot)
         except (UpstreamError, DeadlineExceeded) as exc:
             # Never retried: the client already has part of the answer.
             if isinstance(exc, UpstreamError):

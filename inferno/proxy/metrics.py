@@ -100,6 +100,22 @@ class ProxyCollector(Collector):
             model_latency.add_metric([model], per_model.latency.buckets(), per_model.latency.sum)
         yield model_requests
         yield model_latency
+        ttft = HistogramMetricFamily(
+            "inferno_time_to_first_token_seconds",
+            "Streams: request arrival to the first token relayed, by model",
+            labels=["model"],
+        )
+        tpot = HistogramMetricFamily(
+            "inferno_time_per_output_token_seconds",
+            "Streams: mean time between tokens after the first, by model",
+            labels=["model"],
+        )
+        for model, hist in stats.ttft.items():
+            ttft.add_metric([model], hist.buckets(), hist.sum)
+        for model, hist in stats.tpot.items():
+            tpot.add_metric([model], hist.buckets(), hist.sum)
+        yield ttft
+        yield tpot
         if self._gate is not None:
             labels = ["key", "model"]
             requests_ = CounterMetricFamily(

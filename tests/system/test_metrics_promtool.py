@@ -40,6 +40,9 @@ def test_promtool_passes_on_proxy_and_backend_metrics(spawn: Any, tmp_path: Path
     with httpx.Client(timeout=10, headers=bearer(key)) as http:
         assert http.post(f"{cluster.url}/inference", json={"prompt": "x", "max_tokens": 2}).status_code == 200
         assert http.post(f"{cluster.url}/v1/embeddings", json={"input": ["a", "b"]}).status_code == 200
+        stream = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True}
+        r = http.post(f"{cluster.url}/v1/chat/completions", json=stream)
+        assert r.status_code == 200 and r.text.rstrip().endswith("[DONE]")
     proxy = httpx.get(f"{cluster.ops}/metrics", timeout=5).text
     promtool(proxy)
     for family in (
@@ -56,6 +59,9 @@ def test_promtool_passes_on_proxy_and_backend_metrics(spawn: Any, tmp_path: Path
         "inferno_usage_prompt_tokens_total",
     ):
         assert f"\n{family}" in proxy, family
+    # One stream: one time-to-first-token, and one mean time per output token.
+    assert 'inferno_time_to_first_token_seconds_count{model="fake"} 1.0' in proxy
+    assert 'inferno_time_per_output_token_seconds_count{model="fake"} 1.0' in proxy
     for worker in cluster.workers().values():
         backend = httpx.get(f"http://{worker['ops_address']}/metrics", timeout=5).text
         promtool(backend)
