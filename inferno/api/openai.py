@@ -12,6 +12,22 @@ from inferno.schemas.openai import ChatCompletionRequest, CompletionRequest, par
 DEFAULT_CHAT_MAX_TOKENS = 256
 
 
+def _usage_chunk(
+    parsed: ParsedText, last: Delta, ident: str, kind: str, meta: RenderMeta
+) -> dict[str, Any] | None:
+    """OpenAI's separate last chunk with the usage, when the client asked for it."""
+    if not parsed.body.include_usage():
+        return None
+    return {
+        "id": ident,
+        "object": kind,
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [],
+        "usage": usage(last.prompt_tokens, last.completion_tokens),
+    }
+
+
 class ChatAPI(TextAPI):
     path = "/v1/chat/completions"
 
@@ -63,16 +79,7 @@ class ChatAPI(TextAPI):
         return event
 
     def usage_chunk(self, parsed: ParsedText, last: Delta, meta: RenderMeta) -> dict[str, Any] | None:
-        if not parsed.body.include_usage():
-            return None
-        return {
-            "id": f"chatcmpl-{meta.request_id}",
-            "object": "chat.completion.chunk",
-            "created": meta.created,
-            "model": meta.model,
-            "choices": [],
-            "usage": usage(last.prompt_tokens, last.completion_tokens),
-        }
+        return _usage_chunk(parsed, last, f"chatcmpl-{meta.request_id}", "chat.completion.chunk", meta)
 
     def wants_usage(self, parsed: ParsedText) -> bool | None:
         return bool(parsed.body.include_usage())
@@ -123,16 +130,7 @@ class CompletionAPI(TextAPI):
         return event
 
     def usage_chunk(self, parsed: ParsedText, last: Delta, meta: RenderMeta) -> dict[str, Any] | None:
-        if not parsed.body.include_usage():
-            return None
-        return {
-            "id": f"cmpl-{meta.request_id}",
-            "object": "text_completion",
-            "created": meta.created,
-            "model": meta.model,
-            "choices": [],
-            "usage": usage(last.prompt_tokens, last.completion_tokens),
-        }
+        return _usage_chunk(parsed, last, f"cmpl-{meta.request_id}", "text_completion", meta)
 
     def wants_usage(self, parsed: ParsedText) -> bool | None:
         return bool(parsed.body.include_usage())
