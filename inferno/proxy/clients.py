@@ -78,12 +78,20 @@ class ClientGate:
         self.reload()
 
     # -- the key table -------------------------------------------------------------------
-    def reload(self) -> None:
+    def _read(self) -> tuple[int, list[ApiKey]] | None:
+        """The key table if it changed since the last load (blocking SQLite reads)."""
         version = self._store.version()
-        if version == self._version:
-            return
+        return None if version == self._version else (version, self._store.all())
+
+    def reload(self) -> None:
+        """Load the key table now, if it changed (blocking: at start-up and in tests)."""
+        fresh = self._read()
+        if fresh is not None:
+            self._apply(*fresh)
+
+    def _apply(self, version: int, records: list[ApiKey]) -> None:
         self._version = version
-        keys = {k.id: k for k in self._store.all()}
+        keys = {k.id: k for k in records}
         for ident, key in keys.items():
             old = self._keys.get(ident)
             if old is None or (old.rpm, old.tpm) != (key.rpm, key.tpm):
@@ -104,8 +112,9 @@ class ClientGate:
         while True:
             await asyncio.sleep(RELOAD_S)
             try:
-                await asyncio.to_thread(self._store.version)  # cheap; keeps the loop free of I/O
-                self.reload()
+                fresh = await asyncio.to_thread(self._read)  # the event loop does no I/O
+                if fresh is not None:
+                    self._apply(*fresh)
                 await self.flush()
             except Exception:
                 logger.exception("API key reload or usage write failed")
