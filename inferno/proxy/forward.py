@@ -345,8 +345,8 @@ class Forwarder:
                 total_ms,
             )
             content_type = upstream.header(b"content-type") or b"application/json"
-            headers = self._headers(worker, job.ctx, content_type, timing) + job.extra_headers
             model = served_model(worker, job.ctx)
+            headers = self._headers(worker, job.ctx, model, content_type, timing) + job.extra_headers
             self._stats.record(worker.address, upstream.status, now - job.t0, model)
             if job.on_usage is not None and upstream.status == 200:
                 used = usage_of(body)
@@ -361,6 +361,7 @@ class Forwarder:
             responder.send(outcome.status, outcome.headers, outcome.body)
             return
         job, worker, upstream, t_send = await self._exchange(job, stream=True)
+        model = served_model(worker, job.ctx)
         try:
             if upstream.status != 200:
                 # An error before the stream began: answer it whole.
@@ -368,13 +369,11 @@ class Forwarder:
                 content_type = upstream.header(b"content-type") or b"application/json"
                 if upstream.status < 500:
                     self._registry.record_success(worker)
-                headers = self._headers(worker, job.ctx, content_type, b"") + job.extra_headers
+                headers = self._headers(worker, job.ctx, model, content_type, b"") + job.extra_headers
                 responder.send(upstream.status, headers, body)
             else:
-                await self._relay_stream(responder, upstream, worker, job, t_send)
-            self._stats.record(
-                worker.address, upstream.status, self._clock() - job.t0, served_model(worker, job.ctx)
-            )
+                await self._relay_stream(responder, upstream, worker, job, t_send, model)
+            self._stats.record(worker.address, upstream.status, self._clock() - job.t0, model)
         finally:
             self._admission.release(worker)
 
@@ -389,7 +388,10 @@ class Forwarder:
             parts.append(chunk)
         return b"".join(parts)
 
-    def _headers(self, worker: WorkerInfo, ctx: RequestContext, content_type: bytes, timing: bytes) -> bytes:
+    def _headers(
+        self, worker: WorkerInfo, ctx: RequestContext, model: str, content_type: bytes, timing: bytes
+    ) -> bytes:
+        """``model`` is ``served_model(worker, ctx)``, computed once per response."""
         parts = [
             b"Content-Type: ",
             content_type,
@@ -401,7 +403,6 @@ class Forwarder:
             worker.address.encode(),
             b"\r\n",
         ]
-        model = served_model(worker, ctx)
         if model:
             # Only an id the backend registered (validated) ever becomes a header value.
             parts += [b"X-Inferno-Model: ", model.encode(), b"\r\n"]
@@ -410,7 +411,13 @@ class Forwarder:
         return b"".join(parts)
 
     async def _relay_stream(
-        self, responder: Responder, upstream: UpstreamResponse, worker: WorkerInfo, job: Job, t_send: float
+        self,
+        responder: Responder,
+        upstream: UpstreamResponse,
+        worker: WorkerInfo,
+        job: Job,
+        t_send: float,
+        model: str,
     ) -> None:
         now = self._clock()
         # For streams the timings are known when the headers go out: ``backend`` is the
@@ -423,7 +430,7 @@ class Forwarder:
         content_type = upstream.header(b"content-type") or b"text/event-stream"
         responder.start_stream(
             200,
-            self._headers(worker, job.ctx, content_type, timing)
+            self._headers(worker, job.ctx, model, content_type, timing)
             + b"Cache-Control: no-cache\r\n"
             + job.extra_headers,
         )
@@ -464,7 +471,7 @@ class Forwarder:
             # Token events are the chunks but the closing ones (finish, usage, [DONE]).
             tokens = max(0, chunks - 2)
             tpot = (last - first_token) / (tokens - 1) if tokens > 1 else None
-            self._stats.record_stream(served_model(worker, job.ctx), first_token - job.t0, tpot)
+            self._stats.record_stream(model, first_token - job.t0, tpot)
         except (UpstreamError, DeadlineExceeded) as exc:
             # Never retried: the client already has part of the answer.
             if isinstance(exc, UpstreamError):
@@ -481,5 +488,5 @@ class Forwarder:
         finally:
             if job.on_usage is not None:
                 # What was generated is charged even when the stream ended early.
-                job.on_usage(served_model(worker, job.ctx), *(used or (0, 0)))
+                job.on_usage(model, *(used or (0, 0)))
         responder.end_stream()
