@@ -53,6 +53,17 @@ def wait_port(port: int, timeout_s: float = 30.0) -> None:
     raise RuntimeError(f"nothing listening on {HOST}:{port} after {timeout_s}s")
 
 
+def wait_healthy(ops_port: int, count: int, timeout_s: float = 120.0) -> None:
+    """Bounded wait until the proxy on ``ops_port`` reports ``count`` healthy backends."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"http://{HOST}:{ops_port}/health", timeout=2).json().get("healthy") != count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{count} backend(s) not healthy within {timeout_s:g}s")
+        time.sleep(0.2)
+
+
 class Procs:
     """Processes started by a benchmark; all stopped by PID on exit."""
 

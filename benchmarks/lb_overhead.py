@@ -103,29 +103,6 @@ backend be
     return conf
 
 
-def api_key(tmp: Path) -> str:
-    """A key with budgets large enough never to bind, so the checks run but never refuse."""
-    out = subprocess.run(
-        inferno(
-            "keys",
-            "create",
-            "--name",
-            "bench",
-            "--rpm",
-            "1000000000",
-            "--tpm",
-            "1000000000",
-            "--state-dir",
-            str(tmp / "state"),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return out.stdout.strip()
-
-
 def start_target(
     name: str, p: Procs, tmp: Path, backends: list[int], baseline: Path | None = None
 ) -> tuple[int, list[int]]:
@@ -133,10 +110,8 @@ def start_target(
     if name == "direct":
         return backends[0], []
     port = free_port()
-    if name in ("inferno", "inferno-before", "inferno-keys"):
+    if name in ("inferno", "inferno-before"):
         cmd = proxy_cmd(port, free_port(), backends, "--admission-max-in-flight-per-backend", "4096")
-        if name == "inferno-keys":
-            cmd += ["--require-api-key", "--state-dir", str(tmp / "state")]
         # The older package shadows the installed one through PYTHONPATH.
         env = {"PYTHONPATH": str(baseline)} if name == "inferno-before" and baseline else None
         proc = p.start(f"{name}-proxy", cmd, core=PROXY_CORE, env=env)
@@ -243,12 +218,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop rate for the latency check")
     parser.add_argument("--quick", action="store_true", help="1 repeat, 3 s cells (a smoke run)")
     parser.add_argument("--baseline", default=None, help="also run the proxy as of this git revision")
-    parser.add_argument(
-        "--keys", action="store_true", help="also run the proxy with --require-api-key (keyed requests)"
-    )
-    parser.add_argument(
-        "--only", default=None, help="comma-separated targets to run (e.g. direct,inferno,inferno-keys)"
-    )
+    parser.add_argument("--only", default=None, help="comma-separated targets to run (e.g. direct,inferno)")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.repeats = 3.0, 1
@@ -266,10 +236,6 @@ def main() -> None:
             targets.insert(2, "inferno-before")
         script = tmp / "post.lua"
         script.write_text(WRK_SCRIPT)
-        keyed = tmp / "post-keyed.lua"
-        if args.keys:
-            targets.insert(2, "inferno-keys")
-            keyed.write_text(WRK_SCRIPT + f'wrk.headers["Authorization"] = "Bearer {api_key(tmp)}"\n')
         if args.only:
             targets = [t for t in targets if t in args.only.split(",")]
         for delay in (0.0, 20.0):
@@ -284,13 +250,12 @@ def main() -> None:
                 for target in targets:
                     proc_count = len(p.started)
                     port, pids = start_target(target, p, tmp, backends, baseline)
-                    lua = keyed if target == "inferno-keys" else script
                     for concurrency in (16, 64):
-                        wrk(port, concurrency, 1.0, lua)  # warm-up
+                        wrk(port, concurrency, 1.0, script)  # warm-up
                         runs = []
                         for _ in range(args.repeats):
                             before = proxy_cpu(pids)
-                            result = parse_wrk(wrk(port, concurrency, args.duration, lua))
+                            result = parse_wrk(wrk(port, concurrency, args.duration, script))
                             used = proxy_cpu(pids) - before
                             result["cpu_us_per_request"] = (
                                 used / result["requests"] * 1e6 if pids else float("nan")
@@ -307,7 +272,7 @@ def main() -> None:
                             f"cpu {cell['cpu_us_per_request']:.1f} us/req",
                             flush=True,
                         )
-                    if delay == 0.0 and target != "inferno-keys":  # inferno bench sends no key
+                    if delay == 0.0:
                         p50s = [
                             open_loop_p50(port, args.rate, max(3.0, args.duration))
                             for _ in range(args.repeats)
@@ -396,23 +361,6 @@ def render(cells: list[dict[str, Any]], added_ms: dict[str, float], p50s: dict[s
                 f"| {old['concurrency']} | {old['delay_ms']:g} ms | {old['cpu_us_per_request']:.1f} | "
                 f"{new['cpu_us_per_request']:.1f} | "
                 f"{new['cpu_us_per_request'] / old['cpu_us_per_request']:.3f} | {new['rps'] / old['rps']:.3f} |"
-            )
-    keyed = [c for c in cells if c["target"] == "inferno-keys"]
-    if keyed:
-        lines += [
-            "",
-            "API keys on (`--require-api-key`, a key with RPM and TPM budgets, every request keyed) "
-            "relative to off (same run, same cell):",
-            "",
-            "| conc. | delay | CPU µs off | CPU µs on | CPU ratio | req/s ratio |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for on in keyed:
-            off = same_cell(cells, "inferno", on)
-            lines.append(
-                f"| {on['concurrency']} | {on['delay_ms']:g} ms | {off['cpu_us_per_request']:.1f} | "
-                f"{on['cpu_us_per_request']:.1f} | "
-                f"{on['cpu_us_per_request'] / off['cpu_us_per_request']:.3f} | {on['rps'] / off['rps']:.3f} |"
             )
     lines += [
         "",

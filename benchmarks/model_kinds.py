@@ -15,15 +15,23 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import HOST, ROOT, inferno, machine, median, procs, proxy_cmd, wait_port, write_result
+from benchmarks.common import (
+    HOST,
+    ROOT,
+    inferno,
+    machine,
+    median,
+    procs,
+    proxy_cmd,
+    wait_healthy,
+    wait_port,
+    write_result,
+)
 from inferno.launcher import free_port
 
 PHOTOS = sorted(str(p) for p in (ROOT / "tests" / "data" / "images").glob("*.jpg"))
@@ -94,11 +102,7 @@ def main() -> None:
                 "WARNING",
             ),
         )
-        deadline = time.monotonic() + 120
-        while httpx.get(f"http://{HOST}:{ops}/health", timeout=2).json().get("healthy") != 1:
-            if time.monotonic() > deadline:
-                raise RuntimeError("backend did not become healthy")
-            time.sleep(0.2)
+        wait_healthy(ops, 1)
         bench(port, "embeddings", 16, 2, 2.0)  # warm-up
         bench(port, "image", 1, 2, 2.0)
         for label, kind, items, concurrency in CELLS:

@@ -17,15 +17,22 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import HOST, RESULTS, inferno, machine, procs, proxy_cmd, wait_port, write_result
+from benchmarks.common import (
+    HOST,
+    RESULTS,
+    inferno,
+    machine,
+    procs,
+    proxy_cmd,
+    wait_healthy,
+    wait_port,
+    write_result,
+)
 from inferno.launcher import free_port
 
 
@@ -100,11 +107,7 @@ def main() -> None:
                             "WARNING",
                         ),
                     )
-                deadline = time.monotonic() + 120
-                while httpx.get(f"http://{HOST}:{ops}/health", timeout=2).json().get("healthy") != n_backends:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("backends did not become healthy")
-                    time.sleep(0.2)
+                wait_healthy(ops, n_backends)
                 run_cell(port, 1, 3.0, args.max_tokens)  # warm-up
                 for level in levels:
                     row = {"backends": n_backends, **run_cell(port, level, args.duration, args.max_tokens)}

@@ -20,15 +20,22 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import HOST, inferno, machine, median, procs, proxy_cmd, wait_port, write_result
+from benchmarks.common import (
+    HOST,
+    inferno,
+    machine,
+    median,
+    procs,
+    proxy_cmd,
+    wait_healthy,
+    wait_port,
+    write_result,
+)
 from inferno.launcher import free_port
 
 TOPICS = ("lighthouses", "volcanoes", "honeybees", "glaciers", "railways", "coral reefs", "comets", "bridges")
@@ -92,11 +99,7 @@ def run_policy(policy: str, prompts: Path, args: argparse.Namespace, logdir: Pat
                     "WARNING",
                 ),
             )
-        deadline = time.monotonic() + 120
-        while httpx.get(f"http://{HOST}:{ops}/health", timeout=2).json().get("healthy") != 2:
-            if time.monotonic() > deadline:
-                raise RuntimeError("backends did not become healthy")
-            time.sleep(0.2)
+        wait_healthy(ops, 2)
         out = subprocess.run(
             inferno(
                 "bench",
