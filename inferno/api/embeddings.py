@@ -32,12 +32,14 @@ class EmbeddingsAPI(API):
             task="embeddings",
         )
 
-    def render(self, result: Embeddings, req: EmbeddingRequest, meta: RenderMeta) -> dict[str, Any]:
-        dims = len(result.vectors[0]) if result.vectors else 0
+    def check_dimensions(self, req: EmbeddingRequest, dims: int) -> None:
+        """Refuse a ``dimensions`` the model cannot give, before any work is done."""
         if req.dimensions is not None and req.dimensions != dims:
             raise BadRequest(
                 f"this model returns {dims} dimensions; dimensions cannot change it", param="dimensions"
             )
+
+    def render(self, result: Embeddings, req: EmbeddingRequest, meta: RenderMeta) -> dict[str, Any]:
         data: list[dict[str, Any]] = []
         for index, vector in enumerate(result.vectors):
             value: Any = vector

@@ -132,6 +132,7 @@ class BackendApp:
         engine = self._engine(parsed)
         assert isinstance(engine, EmbeddingEngine)
         req: EmbeddingRequest = parsed.body
+        EMBEDDINGS.check_dimensions(req, engine.dimensions)
         texts = req.texts()
         logger.info(
             "Processing embeddings request %s (model %s, %d inputs)", rid, engine.model_id, len(texts)

@@ -171,6 +171,8 @@ class EmbeddingEngine(Engine):
     """Texts in, one vector each (batched inside the engine)."""
 
     task: ClassVar[Task] = "embeddings"
+    #: the length of every vector
+    dimensions: ClassVar[int] = 0
 
     @abstractmethod
     async def embed(self, texts: Sequence[str]) -> Embeddings: ...

@@ -47,6 +47,7 @@ class MiniLMOptions(EngineOptions):
 class MiniLMEngine(EmbeddingEngine, name="minilm"):
     Options = MiniLMOptions
     model_id = MODEL_ID
+    dimensions = DIMENSIONS
     #: requests the proxy may send at once; the batcher runs them together
     slots = 4
 

@@ -205,6 +205,10 @@ def test_unknown_models_and_bad_embedding_input(mixed: Any) -> None:
         for bad in bads:
             r = http.post(f"{mixed.url}/v1/embeddings", json=bad)
             assert r.status_code == 400, (bad, r.text)
+        r = http.post(f"{mixed.url}/v1/embeddings", json={"input": "x", "dimensions": 100})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
+        r = http.post(f"{mixed.url}/v1/embeddings", json={"input": "x", "dimensions": 384})
+        assert r.status_code == 200
 
 
 def test_fallback_when_a_models_backends_are_all_down(mixed: Any) -> None:
