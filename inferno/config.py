@@ -93,6 +93,9 @@ class RegistryConfig(_Frozen):
         gt=0,
         description="a registering backend's host name must resolve within this, or it is refused (400)",
     )
+    event_log_size: int = Field(
+        500, ge=10, le=100_000, description="backend events (registered, ejected, ...) the dashboard keeps"
+    )
 
 
 class UpstreamConfig(_Frozen):
@@ -196,6 +199,20 @@ class AffinityConfig(_Frozen):
     )
 
 
+class DashboardConfig(_Frozen):
+    """The live dashboard on the ops port (docs/observability.md)."""
+
+    max_clients: int = Field(
+        16, ge=1, le=1024, description="dashboards open at once; one more gets 503 until one closes"
+    )
+    interval_s: float = Field(
+        1.0, ge=0.1, le=60.0, description="how often the dashboard is sent fresh numbers"
+    )
+    history_points: int = Field(
+        600, ge=10, le=86_400, description="points of the charts' history the proxy keeps (one per interval)"
+    )
+
+
 class ProxyConfig(_Frozen):
     listen_host: str = "0.0.0.0"
     listen_port: int = 8080
@@ -212,6 +229,7 @@ class ProxyConfig(_Frozen):
     outlier: OutlierConfig = OutlierConfig()
     admission: AdmissionConfig = AdmissionConfig()
     affinity: AffinityConfig = AffinityConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     http: HttpConfig = HttpConfig()
     max_body_bytes: int = Field(8 << 20, ge=1024)
     max_tokens_limit: int = Field(4096, ge=1)

@@ -21,6 +21,7 @@ from inferno.cli.common import (
 from inferno.config import (
     AdmissionConfig,
     AffinityConfig,
+    DashboardConfig,
     DeadlineConfig,
     HealthCheckConfig,
     HttpConfig,
@@ -45,6 +46,7 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
     "outlier": OutlierConfig,
     "admission": AdmissionConfig,
     "affinity": AffinityConfig,
+    "dashboard": DashboardConfig,
     "http": HttpConfig,
 }
 

@@ -61,11 +61,30 @@ class Histogram:
 class BackendStats:
     """Per-backend counters at the proxy."""
 
-    __slots__ = ("errors", "latency", "requests")
+    __slots__ = ("errors", "latency", "requests", "tpot_count", "tpot_sum", "ttft_count", "ttft_sum")
+
+    def __init__(self) -> None:
+        #: (route path, served model, HTTP status) -> responses
+        self.requests: dict[tuple[bytes, str, int], int] = {}
+        self.errors: dict[str, int] = {}
+        self.latency = Histogram()
+        #: streams served: sums for the mean time to first token and per output token
+        self.ttft_sum = 0.0
+        self.ttft_count = 0
+        self.tpot_sum = 0.0
+        self.tpot_count = 0
+
+    def served(self) -> int:
+        return sum(self.requests.values())
+
+
+class ModelStats:
+    """Per-model counters at the proxy."""
+
+    __slots__ = ("latency", "requests")
 
     def __init__(self) -> None:
         self.requests: dict[int, int] = {}
-        self.errors: dict[str, int] = {}
         self.latency = Histogram()
 
 
@@ -74,14 +93,14 @@ class ProxyStats:
 
     def __init__(self) -> None:
         self.backends: dict[str, BackendStats] = {}
-        #: requests answered without reaching a backend, by status
-        self.local_responses: dict[int, int] = {}
+        #: requests answered without reaching a backend, by (route, status)
+        self.local_responses: dict[tuple[str, int], int] = {}
         self.in_flight = 0
         self.retries = 0
         #: requests that went to a fallback model
         self.fallbacks = 0
         #: per served model: requests by status and latency
-        self.models: dict[str, BackendStats] = {}
+        self.models: dict[str, ModelStats] = {}
         #: streams, per model: time to the first token and between tokens
         self.ttft: dict[str, Histogram] = {}
         self.tpot: dict[str, Histogram] = {}
@@ -92,32 +111,41 @@ class ProxyStats:
             stats = self.backends[address] = BackendStats()
         return stats
 
-    def record(self, address: str, status: int, duration_s: float, model: str = "") -> None:
+    def record(
+        self, address: str, status: int, duration_s: float, model: str = "", route: bytes = b""
+    ) -> None:
         stats = self.backend(address)
-        stats.requests[status] = stats.requests.get(status, 0) + 1
+        key = (route, model, status)
+        stats.requests[key] = stats.requests.get(key, 0) + 1
         stats.latency.observe(duration_s)
         if model:
             per_model = self.models.get(model)
             if per_model is None:
-                per_model = self.models[model] = BackendStats()
+                per_model = self.models[model] = ModelStats()
             per_model.requests[status] = per_model.requests.get(status, 0) + 1
             per_model.latency.observe(duration_s)
 
-    def record_stream(self, model: str, ttft_s: float, tpot_s: float | None) -> None:
+    def record_stream(self, address: str, model: str, ttft_s: float, tpot_s: float | None) -> None:
+        backend = self.backend(address)
+        backend.ttft_sum += ttft_s
+        backend.ttft_count += 1
         ttft = self.ttft.get(model)
         if ttft is None:
             ttft = self.ttft[model] = Histogram()
             self.tpot[model] = Histogram()
         ttft.observe(ttft_s)
         if tpot_s is not None:
+            backend.tpot_sum += tpot_s
+            backend.tpot_count += 1
             self.tpot[model].observe(tpot_s)
 
     def record_error(self, address: str, reason: str) -> None:
         stats = self.backend(address)
         stats.errors[reason] = stats.errors.get(reason, 0) + 1
 
-    def record_local(self, status: int) -> None:
-        self.local_responses[status] = self.local_responses.get(status, 0) + 1
+    def record_local(self, status: int, route: str = "other") -> None:
+        key = (route, status)
+        self.local_responses[key] = self.local_responses.get(key, 0) + 1
 
 
 def new_registry(*collectors: Collector) -> CollectorRegistry:

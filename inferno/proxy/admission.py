@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from inferno.config import AdmissionConfig
 from inferno.errors import InfernoError, ModelNotFound, NoBackendAvailable, Overloaded
+from inferno.observability.metrics import Histogram
 from inferno.policies.base import LoadBalancingPolicy
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.worker import WorkerInfo
@@ -64,6 +65,8 @@ class AdmissionController:
         #: address -> waiters waiting for that backend as their home
         self._home_waiting: dict[str, int] = {}
         self.served_from_queue = {p: 0 for p in Priority}
+        #: how long the requests served from the queue waited, per priority class
+        self.queue_wait = {p: Histogram() for p in Priority}
         registry.on_change(self.dispatch)
 
     # -- limits --------------------------------------------------------------------------
@@ -212,6 +215,7 @@ class AdmissionController:
                 worker = self._policy.choose(waiter.ctx, free)
             worker.in_flight += 1
             self.served_from_queue[waiter.ctx.priority] += 1
+            self.queue_wait[waiter.ctx.priority].observe(now - waiter.arrival)
             waiter.future.set_result(worker)
 
     def queue_sizes(self) -> dict[str, int]:

@@ -61,6 +61,7 @@ class ProxyApp:
         self._routes.add("GET", "/v1/models", self._models)
         self._routes.add("GET", "/openapi.json", self._openapi)
         self._openapi_body = dumps(openapi.build())
+        self._paths = frozenset((*APIS, "/batch_inference", "/v1/models", "/openapi.json"))
 
     async def __call__(self, request: Request, responder: Responder) -> None:
         t0 = self._clock()
@@ -79,7 +80,7 @@ class ProxyApp:
             extra = exc.headers()
             if key is not None and self._gate is not None and not isinstance(exc, RateLimited):
                 extra += self._gate.headers_for(key)
-            self._send_local(responder, rid, status, body, extra)
+            self._send_local(responder, rid, status, body, extra, self._route_label(request.path))
         finally:
             self._stats.in_flight -= 1
 
@@ -113,7 +114,7 @@ class ProxyApp:
     async def _openapi(
         self, request: Request, responder: Responder, rid: str, t0: float, key: ApiKey | None
     ) -> None:
-        self._send_local(responder, rid, 200, self._openapi_body)
+        self._send_local(responder, rid, 200, self._openapi_body, route="/openapi.json")
 
     def _charge(self, job: Job, key: ApiKey) -> None:
         """Admit ``job`` under ``key``'s model list and budgets, and charge its usage."""
@@ -128,7 +129,7 @@ class ProxyApp:
         prepare = functools.partial(self._charge, key=key) if key is not None else None
         body = await self._batch.run(request, rid, t0, self._deadline(request, t0), prepare)
         extra = self._gate.headers_for(key) if key is not None and self._gate is not None else b""
-        self._send_local(responder, rid, 200, body, extra)
+        self._send_local(responder, rid, 200, body, extra, "/batch_inference")
 
     async def _models(
         self, request: Request, responder: Responder, rid: str, t0: float, key: ApiKey | None
@@ -152,7 +153,7 @@ class ProxyApp:
         ]
         models = {"object": "list", "data": data}
         extra = self._gate.headers_for(key) if key is not None and self._gate is not None else b""
-        self._send_local(responder, rid, 200, dumps(models), extra)
+        self._send_local(responder, rid, 200, dumps(models), extra, "/v1/models")
 
     def _deadline(self, request: Request, t0: float) -> float:
         """Overall deadline: the default, or ``X-Inferno-Timeout-Ms`` within the cap."""
@@ -165,10 +166,21 @@ class ProxyApp:
             )
         return t0 + int(header) / 1000.0
 
+    def _route_label(self, path: str) -> str:
+        """A route's path as a metric label; any other path a client sends is ``other``
+        (a label per path would let clients grow the metrics without bound)."""
+        return path if path in self._paths else "other"
+
     def _send_local(
-        self, responder: Responder, rid: str, status: int, body: bytes, extra: bytes = b""
+        self,
+        responder: Responder,
+        rid: str,
+        status: int,
+        body: bytes,
+        extra: bytes = b"",
+        route: str = "other",
     ) -> None:
-        self._stats.record_local(status)
+        self._stats.record_local(status, route)
         responder.send(status, JSON_HEADERS + b"X-Request-ID: " + rid.encode() + b"\r\n" + extra, body)
 
     # -- routing context -----------------------------------------------------------------

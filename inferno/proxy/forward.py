@@ -347,7 +347,7 @@ class Forwarder:
             content_type = upstream.header(b"content-type") or b"application/json"
             model = served_model(worker, job.ctx)
             headers = self._headers(worker, job.ctx, model, content_type, timing) + job.extra_headers
-            self._stats.record(worker.address, upstream.status, now - job.t0, model)
+            self._stats.record(worker.address, upstream.status, now - job.t0, model, job.path)
             if job.on_usage is not None and upstream.status == 200:
                 used = usage_of(body)
                 job.on_usage(model, *(used or (0, 0)))
@@ -373,7 +373,7 @@ class Forwarder:
                 responder.send(upstream.status, headers, body)
             else:
                 await self._relay_stream(responder, upstream, worker, job, t_send, model)
-            self._stats.record(worker.address, upstream.status, self._clock() - job.t0, model)
+            self._stats.record(worker.address, upstream.status, self._clock() - job.t0, model, job.path)
         finally:
             self._admission.release(worker)
 
@@ -471,7 +471,7 @@ class Forwarder:
             # Token events are the chunks but the closing ones (finish, usage, [DONE]).
             tokens = max(0, chunks - 2)
             tpot = (last - first_token) / (tokens - 1) if tokens > 1 else None
-            self._stats.record_stream(model, first_token - job.t0, tpot)
+            self._stats.record_stream(worker.address, model, first_token - job.t0, tpot)
         except (UpstreamError, DeadlineExceeded) as exc:
             # Never retried: the client already has part of the answer.
             if isinstance(exc, UpstreamError):

@@ -36,8 +36,8 @@ class ProxyCollector(Collector):
         stats = self._stats
         requests = CounterMetricFamily(
             "inferno_requests",
-            "Requests answered, by backend and HTTP status",
-            labels=["backend", "code"],
+            "Requests answered, by route, backend, served model and HTTP status",
+            labels=["route", "backend", "model", "code"],
         )
         errors = CounterMetricFamily(
             "inferno_request_errors",
@@ -50,13 +50,13 @@ class ProxyCollector(Collector):
             labels=["backend"],
         )
         for address, backend in stats.backends.items():
-            for code, count in backend.requests.items():
-                requests.add_metric([address, str(code)], count)
+            for (route, model, code), count in backend.requests.items():
+                requests.add_metric([route.decode(), address, model or "none", str(code)], count)
             for reason, count in backend.errors.items():
                 errors.add_metric([address, reason], count)
             latency.add_metric([address], backend.latency.buckets(), backend.latency.sum)
-        for code, count in stats.local_responses.items():
-            requests.add_metric(["none", str(code)], count)
+        for (local_route, code), count in stats.local_responses.items():
+            requests.add_metric([local_route, "none", "none", str(code)], count)
         yield requests
         yield errors
         yield latency
@@ -80,10 +80,18 @@ class ProxyCollector(Collector):
             )
             for priority, size in self._admission.queue_sizes().items():
                 depth.add_metric([priority], size)
+            wait = HistogramMetricFamily(
+                "inferno_queue_wait_seconds",
+                "Time requests served from the queue waited for a backend, by priority",
+                labels=["priority"],
+            )
             for klass, count in self._admission.served_from_queue.items():
                 served.add_metric([klass.name.lower()], count)
+            for klass, hist in self._admission.queue_wait.items():
+                wait.add_metric([klass.name.lower()], hist.buckets(), hist.sum)
             yield depth
             yield served
+            yield wait
         model_requests = CounterMetricFamily(
             "inferno_model_requests",
             "Requests answered, by served model and HTTP status",

@@ -15,6 +15,7 @@ from inferno.http.router import Router
 from inferno.http.server import Request, Responder
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.clients import ClientGate
+from inferno.proxy.dashboard.routes import Dashboard
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.resolver import Resolver
 from inferno.schemas import parse_body
@@ -36,6 +37,7 @@ class ProxyOps:
         resolver: Resolver,
         auth: ClusterAuth | None = None,
         gate: ClientGate | None = None,
+        dashboard: Dashboard | None = None,
     ) -> None:
         self._auth = auth or ClusterAuth(None)
         self._gate = gate
@@ -54,6 +56,8 @@ class ProxyOps:
         router.add("GET", "/vitals", self._vitals)
         router.add("GET", "/workers", self._workers)
         router.add("GET", "/usage", self._usage)
+        if dashboard is not None:
+            dashboard.install(router)
         self._router = router
 
     async def __call__(self, request: Request, responder: Responder) -> None:

@@ -18,6 +18,10 @@ from inferno.policies.base import LoadBalancingPolicy
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.app import ProxyApp
 from inferno.proxy.clients import ClientGate
+from inferno.proxy.dashboard.auth import DashboardAuth
+from inferno.proxy.dashboard.feed import DashboardFeed
+from inferno.proxy.dashboard.routes import Dashboard
+from inferno.proxy.dashboard.tryit import TryIt
 from inferno.proxy.forward import Forwarder
 from inferno.proxy.metrics import ProxyCollector
 from inferno.proxy.ops import ProxyOps
@@ -28,8 +32,8 @@ from inferno.security import ClusterAuth, KeyStore, UsageLedger, connect
 
 logger = logging.getLogger(__name__)
 
-#: registrations and heartbeats are small
-OPS_MAX_BODY_BYTES = 64 * 1024
+#: registrations and heartbeats are small; the dashboard's try-it box sends a shrunk image
+OPS_MAX_BODY_BYTES = 256 * 1024
 
 
 class ProxyServer:
@@ -92,8 +96,29 @@ class ProxyServer:
             ),
             name="proxy",
         )
+        self.feed = DashboardFeed(
+            config.dashboard,
+            self.stats,
+            self.registry,
+            self.admission,
+            self.gate,
+            policy=config.policy,
+            insecure=not self.auth.enabled,
+            clock=clock,
+        )
+        self._try = TryIt(config.listen_host, config.deadline.default_s)
+        dashboard = Dashboard(self.feed, DashboardAuth(token), self._try, config.dashboard.max_clients)
         self._ops = HttpServer(
-            ProxyOps(self.registry, metrics, self.admission, self.pool, self.resolver, self.auth, self.gate),
+            ProxyOps(
+                self.registry,
+                metrics,
+                self.admission,
+                self.pool,
+                self.resolver,
+                self.auth,
+                self.gate,
+                dashboard,
+            ),
             limits=ops_limits,
             name="ops",
         )
@@ -104,6 +129,8 @@ class ProxyServer:
         cfg = self.config
         self.ops_address = await self._ops.start(cfg.ops_host, cfg.ops_port)
         self.data_address = await self._data.start(cfg.listen_host, cfg.listen_port)
+        self._try.set_port(self.data_address[1])
+        self.feed.start()
         self.health.start()
         if self.gate is not None:
             self.gate.start()
@@ -123,7 +150,9 @@ class ProxyServer:
         if self.gate is not None:
             await self.gate.aclose()  # writes the last usage out
         await self.health.aclose()
+        await self.feed.aclose()
         await self._ops.aclose()
+        await self._try.aclose()
         await self.pool.aclose()
         self.resolver.close()
         logger.info("Proxy stopped")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 from inferno.config import HealthCheckConfig, OutlierConfig, RegistryConfig
 from inferno.errors import ConfigError, RegistryFull
+from inferno.registry.events import EventLog
 from inferno.registry.worker import WorkerInfo, WorkerStatus
 from inferno.schemas.registration import WILDCARD_HOSTS, RegistrationPayload, check_address
 
@@ -31,6 +32,15 @@ def parse_static_backend(spec: str) -> tuple[str, int]:
     if weight and (not weight.isdigit() or int(weight) < 1):
         raise ConfigError(f"bad backend weight in {spec!r}")
     return address, int(weight or 1)
+
+
+#: the dashboard event a status change adds (ejections and half-open add their own)
+_EVENT_OF_STATUS: dict[WorkerStatus, str | None] = {
+    WorkerStatus.HEALTHY: "recovered",
+    WorkerStatus.UNHEALTHY: "unhealthy",
+    WorkerStatus.EJECTED: None,
+    WorkerStatus.DRAINING: "draining",
+}
 
 
 class WorkerRegistry:
@@ -57,6 +67,8 @@ class WorkerRegistry:
         self._by_task: dict[str, tuple[WorkerInfo, ...]] = {}
         self._anything: tuple[WorkerInfo, ...] = ()
         self._removal_listeners: list[Callable[[str], None]] = []
+        #: what happened to the backends, for the dashboard (a bounded ring buffer)
+        self.events = EventLog(registry_config.event_log_size, wall=wall_clock)
         #: backends ejected by their circuit breaker, ever (a Prometheus counter)
         self.ejections_total = 0
 
@@ -115,6 +127,7 @@ class WorkerRegistry:
         )
         self._workers[address] = worker
         logger.info("Backend registered: %s", address)
+        self.events.add("registered", address, address, "static")
         self._changed()
         return worker
 
@@ -142,6 +155,9 @@ class WorkerRegistry:
                 address,
                 payload.node_id,
                 ",".join(worker.models) or "any",
+            )
+            self.events.add(
+                "registered", address, payload.node_id, "models " + (",".join(worker.models) or "any")
             )
             self._changed()
         worker.node_id = payload.node_id
@@ -186,6 +202,7 @@ class WorkerRegistry:
         if worker is None:
             return False
         logger.info("Backend removed: %s (%s)", address, reason)
+        self.events.add("removed", address, worker.node_id, reason)
         self._changed()
         for listener in self._removal_listeners:
             listener(address)
@@ -243,6 +260,7 @@ class WorkerRegistry:
             worker.suspect = False
         if worker.breaker.on_success():
             logger.info("Circuit closed: %s (trial request succeeded)", worker.address)
+            self.events.add("recovered", worker.address, worker.node_id, "trial request succeeded")
 
     def record_failure(self, worker: WorkerInfo, reason: str) -> None:
         """A connection error, timeout or 5xx: counts towards ejection."""
@@ -261,10 +279,17 @@ class WorkerRegistry:
                 self._set_status(worker, WorkerStatus.EJECTED, "outlier")
             else:
                 self._changed()
+            self.events.add(
+                "ejected",
+                worker.address,
+                worker.node_id,
+                f"{reason}; circuit open for {worker.breaker.ejection_s():.1f}s",
+            )
 
     def mark_suspect(self, worker: WorkerInfo, detail: str) -> None:
         if not worker.suspect:
             logger.warning("Backend suspect: %s (%s)", worker.address, detail)
+            self.events.add("suspect", worker.address, worker.node_id, detail)
         worker.suspect = True
 
     def sweep(self) -> None:
@@ -273,6 +298,7 @@ class WorkerRegistry:
         for worker in list(self._workers.values()):
             if worker.breaker.poll(now):
                 logger.info("Ejection ended: %s (circuit half-open, one trial request)", worker.address)
+                self.events.add("half_open", worker.address, worker.node_id, "one trial request")
                 if worker.status is WorkerStatus.EJECTED:
                     self._set_status(worker, WorkerStatus.HEALTHY, "half_open")
                 else:
@@ -291,7 +317,11 @@ class WorkerRegistry:
         worker.status_reason = reason
         if worker.status is status:
             return
-        worker.status = status
+        previous, worker.status = worker.status, status
+        kind = _EVENT_OF_STATUS[status]
+        # Ejected -> healthy is the half-open trial, which has its own event.
+        if kind is not None and not (previous is WorkerStatus.EJECTED and status is WorkerStatus.HEALTHY):
+            self.events.add(kind, worker.address, worker.node_id, reason.replace("_", " "))
         self._changed()
 
     def _changed(self) -> None:

@@ -54,6 +54,7 @@ def test_promtool_passes_on_proxy_and_backend_metrics(spawn: Any, tmp_path: Path
         "inferno_fallbacks_total",
         "inferno_queue_depth",
         "inferno_queue_served_total",
+        "inferno_queue_wait_seconds",
         "inferno_backend_in_flight_requests",
         "inferno_backend_circuit_state",
         "inferno_usage_prompt_tokens_total",

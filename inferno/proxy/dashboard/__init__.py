@@ -1,0 +1,1 @@
+"""The live dashboard served by the proxy's ops port at ``/dashboard``."""
