@@ -48,13 +48,14 @@ test-fast: install-dev
 
 # The README's test command: lint, the suite, then the Swarm end-to-end stage from
 # a fresh build. INFERNO_SKIP_E2E=1 skips the e2e stage (CI never sets it).
-# promtool (Debian's prometheus package) for the metrics test.
+# promtool (Debian's prometheus package) for the metrics test, and Debian's chromium
+# for the dashboard's browser test (Playwright drives it; its own download is unreachable).
 test-deps:
-	@command -v promtool >/dev/null || (apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
+	@(command -v promtool >/dev/null && command -v chromium >/dev/null) || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus chromium)
 
 test: lint test-deps
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	INFERNO_REQUIRE_BROWSER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 	@if [ "$${INFERNO_SKIP_E2E:-0}" = "1" ]; then echo "INFERNO_SKIP_E2E=1: end-to-end stage skipped"; \
 	else $(MAKE) --no-print-directory e2e-fresh; fi
 

@@ -1,0 +1,120 @@
+"""The dashboard's routes on a real proxy and backends: login, feed, limits, try-it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from inferno.config import DashboardConfig
+from tests.conftest import TEST_TOKEN, wait_for
+
+BEARER = {"Authorization": f"Bearer {TEST_TOKEN}"}
+
+
+def secured(**extra: Any) -> dict[str, Any]:
+    return {
+        "cluster_token": SecretStr(TEST_TOKEN),
+        "dashboard": DashboardConfig(interval_s=0.1, max_clients=1),
+        **extra,
+    }
+
+
+async def test_dashboard_needs_the_cluster_token(make_cluster: Any, client: httpx.AsyncClient) -> None:
+    cluster = await make_cluster(1, proxy_overrides=secured(), cluster_token=SecretStr(TEST_TOKEN))
+    ops = cluster.ops_url
+    page = await client.get(f"{ops}/dashboard")
+    assert page.status_code == 401 and b'id="login-form"' in page.content
+    for path in ("/dashboard/events", "/dashboard/api/state"):
+        assert (await client.get(f"{ops}{path}")).status_code == 401
+    assert (await client.post(f"{ops}/dashboard/api/try", json={})).status_code == 401
+
+    wrong = await client.post(f"{ops}/dashboard/login", data={"token": "nope"})
+    assert wrong.status_code == 401 and b'id="login-error"' in wrong.content
+    assert "set-cookie" not in wrong.headers
+    ok = await client.post(f"{ops}/dashboard/login", data={"token": TEST_TOKEN})
+    assert ok.status_code == 303 and ok.headers["location"] == "/dashboard"
+    cookie = ok.headers["set-cookie"].split(";", 1)[0]
+    page = await client.get(f"{ops}/dashboard", headers={"Cookie": cookie})
+    assert page.status_code == 200 and b'id="backends"' in page.content
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    state = await client.get(f"{ops}/dashboard/api/state", headers=BEARER)
+    assert state.status_code == 200
+    assert [r["node_id"] for r in state.json()["backends"]] == ["node-1"]
+    out = await client.post(f"{ops}/dashboard/logout", headers={"Cookie": cookie})
+    assert out.status_code == 303 and "Max-Age=0" in out.headers["set-cookie"]
+
+    # The page's files are served by the proxy itself; nothing else is.
+    script = await client.get(f"{ops}/dashboard/static/dashboard.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    for bad in ("/dashboard/static/../routes.py", "/dashboard/static/index.html", "/dashboard/static/"):
+        assert (await client.get(f"{ops}{bad}")).status_code == 404
+
+
+async def read_events(lines: AsyncIterator[str], count: int) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    async for line in lines:
+        if line.startswith("data: "):
+            events.append(json.loads(line[6:]))
+            if len(events) >= count:
+                break
+    return events
+
+
+async def test_feed_is_live_and_open_feeds_are_bounded(make_cluster: Any, client: httpx.AsyncClient) -> None:
+    cluster = await make_cluster(2, proxy_overrides=secured(), cluster_token=SecretStr(TEST_TOKEN))
+    ops = cluster.ops_url
+    async with client.stream("GET", f"{ops}/dashboard/events", headers=BEARER) as feed:
+        assert feed.status_code == 200
+        assert feed.headers["content-type"] == "text/event-stream"
+        lines = feed.aiter_lines()
+        # One open dashboard is the limit here: the next gets 503 until it closes.
+        second = await client.get(f"{ops}/dashboard/events", headers=BEARER)
+        assert second.status_code == 503 and second.json()["error"]["code"] == "too_many_connections"
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        for _ in range(10):
+            assert (await client.post(f"{cluster.url}/v1/chat/completions", json=body)).status_code == 200
+        hello, *ticks = await asyncio.wait_for(read_events(lines, 8), timeout=10)
+        assert hello["type"] == "hello" and {e["kind"] for e in hello["events"]} == {"registered"}
+        assert all(t["type"] == "tick" for t in ticks)
+        assert sum(r["served"] for r in ticks[-1]["backends"]) == 10
+        assert max(t["point"]["rps"] for t in ticks) > 0
+        # A backend leaving shows up as an event in the next ticks.
+        await cluster.backends[0].aclose()
+        seen: set[str] = set()
+        async with asyncio.timeout(10):
+            while "removed" not in seen and "unhealthy" not in seen:
+                (tick,) = await read_events(lines, 1)
+                seen |= {e["kind"] for e in tick["events"]}
+    # Closed: the slot is free again.
+    await wait_for(lambda: cluster.proxy.feed.clients == 0, timeout_s=5)
+    async with client.stream("GET", f"{ops}/dashboard/events", headers=BEARER) as again:
+        assert again.status_code == 200
+
+
+async def test_try_it_goes_through_the_data_port(make_cluster: Any, client: httpx.AsyncClient) -> None:
+    cluster = await make_cluster(2, proxy_overrides=secured(), cluster_token=SecretStr(TEST_TOKEN))
+    url = f"{cluster.ops_url}/dashboard/api/try"
+    result = await client.post(url, headers=BEARER, json={"kind": "chat", "prompt": "hello", "max_tokens": 5})
+    assert result.status_code == 200
+    body = result.json()
+    assert body["status"] == 200 and body["backend"] in {"node-1", "node-2"}
+    assert body["answer"] and "total;dur=" in body["server_timing"]
+    assert body["usage"]["completion_tokens"] == 5
+    # ...and is counted like any client's request.
+    assert cluster.proxy.stats.backends[body["backend_addr"]].served() == 1
+    # A model nobody serves: the proxy's own answer, shown as such.
+    missing = await client.post(url, headers=BEARER, json={"kind": "chat", "model": "nope"})
+    assert missing.json()["status"] == 404
+    # Bad input is a 400 with a reason, and the port keeps serving.
+    for bad in (b"{", b'{"kind": "video"}', b'{"kind": "chat", "model": "<script>"}', b'{"max_tokens": 0}'):
+        answer = await client.post(url, headers={**BEARER, "Content-Type": "application/json"}, content=bad)
+        assert answer.status_code == 400 and answer.json()["error"]["message"]
+    form = await client.post(url, headers=BEARER, data={"kind": "chat"})
+    assert form.status_code == 400  # a cross-site form cannot drive it
+    assert (await client.get(f"{cluster.ops_url}/livez")).status_code == 200

@@ -1,0 +1,195 @@
+"""The dashboard's pieces without a network: event log, sampler, login, page rules."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from inferno.config import AdmissionConfig, DashboardConfig, HealthCheckConfig, OutlierConfig, RegistryConfig
+from inferno.observability.metrics import LATENCY_BUCKETS_S, ProxyStats
+from inferno.policies.base import LoadBalancingPolicy
+from inferno.proxy.admission import AdmissionController
+from inferno.proxy.dashboard.auth import DashboardAuth, session_cookie
+from inferno.proxy.dashboard.feed import DashboardFeed, percentile
+from inferno.registry.events import EventLog
+from inferno.registry.registry import WorkerRegistry
+from inferno.schemas.registration import RegistrationPayload
+
+STATIC = Path(__file__).resolve().parents[2] / "inferno" / "proxy" / "dashboard" / "static"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def registry(clock: FakeClock) -> WorkerRegistry:
+    return WorkerRegistry(
+        RegistryConfig(heartbeat_timeout_s=6.0, ttl_s=30.0, event_log_size=10),
+        HealthCheckConfig(unhealthy_threshold=2, healthy_threshold=1),
+        clock=clock,
+        wall_clock=clock,
+        outlier_config=OutlierConfig(consecutive_failures=2, base_ejection_s=5.0),
+    )
+
+
+def register(reg: WorkerRegistry, address: str, node: str) -> None:
+    reg.register(RegistrationPayload.model_validate({"address": address, "node_id": node, "models": ["m"]}))
+
+
+# -- event log ---------------------------------------------------------------------------
+def test_event_log_is_a_bounded_ring_with_sequence_numbers() -> None:
+    log = EventLog(size=3, wall=lambda: 5.0)
+    for i in range(5):
+        log.add("registered", f"10.0.0.{i}:1", f"n{i}")
+    assert len(log) == 3
+    assert [e.seq for e in log.since(0)] == [3, 4, 5]
+    assert [e.seq for e in log.since(4)] == [5]
+    assert log.since(5) == []
+    with pytest.raises(ValueError):
+        log.add("exploded", "a:1", "n")
+
+
+def test_registry_records_each_state_change_once() -> None:
+    clock = FakeClock()
+    reg = registry(clock)
+    register(reg, "10.0.0.1:3000", "n1")
+    register(reg, "10.0.0.1:3000", "n1")  # a heartbeat is no event
+    worker = reg.get("10.0.0.1:3000")
+    assert worker is not None
+    reg.record_failure(worker, "timeout")
+    reg.record_failure(worker, "timeout")  # the breaker opens: ejected
+    clock.now += 5.1
+    reg.sweep()  # half-open
+    reg.record_success(worker)  # the trial succeeded: recovered
+    reg.report_refused("10.0.0.1:3000")  # unhealthy
+    reg.record_probe("10.0.0.1:3000", ok=True)  # recovered
+    reg.mark_suspect(worker, "3.0s between stream chunks")
+    reg.mark_suspect(worker, "again")  # already suspect: no new event
+    clock.now += 6.5
+    reg.sweep()  # no heartbeat: unhealthy
+    clock.now += 30
+    reg.sweep()  # removed
+    kinds = [e.kind for e in reg.events.since(0)]
+    assert (
+        kinds
+        == [
+            "registered",
+            "ejected",
+            "half_open",
+            "recovered",
+            "unhealthy",
+            "recovered",
+            "suspect",
+            "unhealthy",
+            "removed",
+        ][-10:]
+    )
+    assert all(e.node_id == "n1" and e.address == "10.0.0.1:3000" for e in reg.events.since(0))
+    assert reg.events.since(0)[1].detail.startswith("timeout")
+
+
+# -- the sampler -------------------------------------------------------------------------
+def test_percentile_interpolates_within_a_bucket() -> None:
+    counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
+    assert percentile(counts, 0.5) is None
+    i = LATENCY_BUCKETS_S.index(0.025)
+    counts[i] = 10  # all in (0.01, 0.025]
+    assert percentile(counts, 0.5) == pytest.approx(0.0175)
+    assert percentile(counts, 1.0) == pytest.approx(0.025)
+    counts[-1] = 90  # most above the last bound
+    assert percentile(counts, 0.99) == LATENCY_BUCKETS_S[-1]
+
+
+def make_feed(clock: FakeClock, stats: ProxyStats, reg: WorkerRegistry, points: int = 10) -> DashboardFeed:
+    admission = AdmissionController(AdmissionConfig(), reg, LoadBalancingPolicy.create("round_robin"))
+    config = DashboardConfig(history_points=points)
+    return DashboardFeed(config, stats, reg, admission, clock=clock, wall=clock)
+
+
+def test_feed_turns_counters_into_rates_percentiles_and_shares() -> None:
+    clock = FakeClock()
+    stats = ProxyStats()
+    reg = registry(clock)
+    register(reg, "10.0.0.1:3000", "n1")
+    register(reg, "10.0.0.2:3000", "n2")
+    feed = make_feed(clock, stats, reg)
+    feed.sample()
+    clock.now += 2.0
+    for _ in range(30):
+        stats.record("10.0.0.1:3000", 200, 0.02, "m", b"/v1/chat/completions")
+    for _ in range(10):
+        stats.record("10.0.0.2:3000", 503, 0.2, "m", b"/v1/chat/completions")
+    stats.record_error("10.0.0.2:3000", "status_503")
+    stats.record_local(400, "/v1/chat/completions")
+    point = feed.sample()
+    assert point["rps"] == pytest.approx(41 / 2.0)
+    assert point["errors_per_s"] == pytest.approx(10 / 2.0)
+    assert 10 <= point["p50_ms"] <= 25  # type: ignore[operator]
+    assert 100 <= point["p95_ms"] <= 250  # type: ignore[operator]
+    snap = feed.snapshot([])
+    rows = {r["node_id"]: r for r in snap["backends"]}  # type: ignore[attr-defined, index]
+    assert rows["n1"]["served"] == 30 and rows["n1"]["recent_error_rate"] == 0.0
+    assert rows["n2"]["failed_tries"] == 1 and rows["n2"]["recent_error_rate"] == pytest.approx(1 / 11, 1e-3)
+    assert snap["routing"] == {
+        "window_s": 2.0,
+        "backends": {"10.0.0.1:3000": 30, "10.0.0.2:3000": 10},
+        "models": {"m": 40},
+    }
+    assert snap["health"]["status"] == "healthy"  # type: ignore[index]
+
+
+def test_feed_keeps_a_bounded_history_and_hands_each_event_out_once() -> None:
+    clock = FakeClock()
+    reg = registry(clock)
+    feed = make_feed(clock, ProxyStats(), reg, points=10)
+    for _ in range(25):
+        clock.now += 1.0
+        feed.sample()
+    assert len(feed.history) == 10
+    assert feed.history[-1]["t"] == clock.now
+    register(reg, "10.0.0.1:3000", "n1")
+    feed.clients = 1
+    first = feed._new_events()  # what a tick sends
+    assert [e["kind"] for e in first] == ["registered"]
+    assert feed._new_events() == []
+    assert b'"registered"' in feed.hello()  # a newly opened dashboard gets the kept ones
+
+
+# -- login -------------------------------------------------------------------------------
+def test_dashboard_login_sets_a_cookie_derived_from_the_token() -> None:
+    auth = DashboardAuth("a-cluster-token-0123456789")
+    assert not auth.allowed({})
+    assert auth.allowed({b"authorization": b"Bearer a-cluster-token-0123456789"})
+    assert not auth.allowed({b"authorization": b"Bearer a-cluster-token-012345678X"})
+    assert auth.login(b"wrong", "127.0.0.1") is None
+    header = auth.login(b"a-cluster-token-0123456789", "127.0.0.1")
+    assert header is not None and b"HttpOnly" in header and b"SameSite=Strict" in header
+    value = header.split(b"=", 1)[1].split(b";", 1)[0]
+    assert auth.allowed({b"cookie": b"theme=dark; inferno_dashboard=" + value})
+    assert not auth.allowed({b"cookie": b"inferno_dashboard=" + value[:-1] + b"0"})
+    # Another token (rotated) makes old cookies worthless.
+    assert not DashboardAuth("another-token-0123456789ab").allowed({b"cookie": b"inferno_dashboard=" + value})
+    assert session_cookie(b"a=b;inferno_dashboardx=1") is None
+    assert DashboardAuth(None).allowed({})
+
+
+# -- the page ----------------------------------------------------------------------------
+def test_page_scripts_never_build_html_from_strings() -> None:
+    """Values from backends and clients are only ever written as text."""
+    for script in ("dashboard.js", "charts.js"):
+        source = (STATIC / script).read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function("):
+            assert sink not in source, f"{script} uses {sink}"
+
+
+def test_page_loads_nothing_from_elsewhere() -> None:
+    for page in STATIC.iterdir():
+        text = page.read_text()
+        assert not re.search(r"(src|href)=\"(https?:)?//", text), page.name
+        assert "http://" not in text and "https://" not in text, page.name
