@@ -133,7 +133,7 @@ def test_feed_turns_counters_into_rates_percentiles_and_shares() -> None:
     assert 10 <= point["p50_ms"] <= 25  # type: ignore[operator]
     assert 100 <= point["p95_ms"] <= 250  # type: ignore[operator]
     snap = feed.snapshot([])
-    rows = {r["node_id"]: r for r in snap["backends"]}  # type: ignore[attr-defined, index]
+    rows = {r["node_id"]: r for r in snap["backends"]}  # type: ignore[attr-defined]
     assert rows["n1"]["served"] == 30 and rows["n1"]["recent_error_rate"] == 0.0
     assert rows["n2"]["failed_tries"] == 1 and rows["n2"]["recent_error_rate"] == pytest.approx(1 / 11, 1e-3)
     assert snap["routing"] == {
