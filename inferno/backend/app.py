@@ -30,6 +30,8 @@ from inferno.http.request_id import RequestIdFactory
 from inferno.http.responses import JSON_HEADERS, SSE_HEADERS, dumps, error_body
 from inferno.http.router import RouteTable
 from inferno.http.server import Request, Responder
+from inferno.observability.logging import fast_info, json_logs
+from inferno.observability.tracing import Tracing
 from inferno.schemas.openai import EmbeddingRequest, ImageRequest
 from inferno.security import ClusterAuth
 
@@ -57,9 +59,16 @@ class BackendApp:
     """Handler for the backend's data port (3000)."""
 
     def __init__(
-        self, config: BackendConfig, service: InferenceService, node_id: str, auth: ClusterAuth | None = None
+        self,
+        config: BackendConfig,
+        service: InferenceService,
+        node_id: str,
+        auth: ClusterAuth | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._auth = auth or ClusterAuth(None)
+        #: OpenTelemetry (``--otlp-endpoint``), else None
+        self._tracing = tracing
         self._cfg = config
         self._service = service
         self._node = node_id
@@ -79,6 +88,24 @@ class BackendApp:
         rid = self._ids.accept_or_new(request.headers.get(b"x-request-id"))
         headers = JSON_HEADERS + b"X-Request-ID: " + rid.encode() + b"\r\nX-Inferno-Backend: "
         headers += self._node.encode() + b"\r\n"
+        if self._tracing is None:
+            await self._handle(request, responder, rid, headers)
+            return
+        # A child of the proxy's try when it sent a traceparent.
+        span = self._tracing.start(
+            "inferno.backend",
+            request.headers.get(b"traceparent"),
+            **{"http.route": request.path, "inferno.node_id": self._node, "inferno.request_id": rid},
+        )
+        try:
+            status = await self._handle(request, responder, rid, headers)
+        except BaseException as exc:
+            Tracing.end(span, error=type(exc).__name__)
+            raise
+        Tracing.end(span, status)
+
+    async def _handle(self, request: Request, responder: Responder, rid: str, headers: bytes) -> int | None:
+        """Answer one request; the status of an error answer (None when a route answered)."""
         try:
             route = self._routes.match(request.method, request.path)
             await route(request, responder, rid, headers)
@@ -87,6 +114,8 @@ class BackendApp:
                 raise
             status, body = error_body(exc)
             responder.send(status, headers + exc.headers(), body)
+            return status
+        return None
 
     # -- routes --------------------------------------------------------------------------
     async def _health(self, request: Request, responder: Responder, rid: str, headers: bytes) -> None:
@@ -182,12 +211,22 @@ class BackendApp:
             raise
         duration = time.perf_counter() - started
         self._service.completed(0, duration, 0.0, model=model, items=items)
-        logger.info(
+        fields = None
+        if json_logs():
+            fields = {
+                "request_id": rid,
+                "model": model,
+                "items": items,
+                "total_ms": round(duration * 1000, 3),
+            }
+        fast_info(
+            logger,
             "Inference completed in %dms for request %s (model %s, %d items)",
             round(duration * 1000),
             rid,
             model,
             items,
+            fields=fields,
         )
 
     # -- generation ----------------------------------------------------------------------
@@ -242,12 +281,25 @@ class BackendApp:
             logger.exception("Inference failed for request %s", rid)
             raise
         duration = time.perf_counter() - started
-        self._service.completed(tokens, duration, time.perf_counter() - t_gen, model=engine.model_id)
-        logger.info(
+        generation_s = time.perf_counter() - t_gen
+        self._service.completed(tokens, duration, generation_s, model=engine.model_id)
+        fields = None
+        if json_logs():
+            fields = {
+                "request_id": rid,
+                "model": engine.model_id,
+                "tokens": tokens,
+                "queue_ms": round(meta.queue_ms, 3),
+                "inference_ms": round(generation_s * 1000, 3),
+                "total_ms": round(duration * 1000, 3),
+            }
+        fast_info(
+            logger,
             "Inference completed in %dms for request %s (%d tokens)",
             round(duration * 1000),
             rid,
             tokens,
+            fields=fields,
         )
 
     async def _stream(

@@ -21,6 +21,7 @@ from inferno.http.responses import JSON_HEADERS, dumps
 from inferno.http.router import Router
 from inferno.http.server import HttpServer, Request, Responder, fit_to_fd_limit, limits_from
 from inferno.observability.metrics import new_registry
+from inferno.observability.tracing import Tracing
 from inferno.schemas.registration import WILDCARD_HOSTS, RegistrationPayload
 from inferno.security import ClusterAuth
 
@@ -66,7 +67,12 @@ class BackendServer:
         self.service = InferenceService(self.engines)
         self.auth = ClusterAuth(config.cluster_token.get_secret_value() if config.cluster_token else None)
         self.node_id = config.node_id or f"{socket.gethostname()}-{config.listen_port}"
-        self.app = BackendApp(config, self.service, self.node_id, self.auth)
+        self.tracing = (
+            Tracing(config.otlp_endpoint, "inferno-backend", node_id=self.node_id)
+            if config.otlp_endpoint
+            else None
+        )
+        self.app = BackendApp(config, self.service, self.node_id, self.auth, self.tracing)
         ops_limits = limits_from(config.http, max_body_bytes=64 * 1024, ops=True)
         self.data_server = HttpServer(
             self.app,
@@ -153,6 +159,8 @@ class BackendServer:
         await self._ops.aclose()
         for engine in self.engines:
             await engine.aclose()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # sends what is queued
         logger.info("Backend stopped")
 
     def _ops_router(self) -> Router:

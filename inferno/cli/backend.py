@@ -129,6 +129,7 @@ def backend(**opts: Any) -> None:
         log_format=opts["log_format"],
         log_level=opts["log_level"],
         log_prompts=opts["log_prompts"],
+        otlp_endpoint=opts["otlp_endpoint"],
         **sections,
     )
     from inferno.backend.server import run_backend

@@ -81,6 +81,13 @@ def cluster_token(path: str | None) -> SecretStr | None:
 
 def logging_options(fn: Any) -> Any:
     fn = click.option(
+        "--otlp-endpoint",
+        default=None,
+        envvar=["INFERNO_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"],
+        help="Send OpenTelemetry traces over OTLP/HTTP to this URL (e.g. http://collector:4318); "
+        "off by default.",
+    )(fn)
+    fn = click.option(
         "--log-prompts", is_flag=True, help="Log full prompt text at DEBUG (off: lengths only)."
     )(fn)
     fn = click.option("--log-level", default="INFO", show_default=True)(fn)

@@ -142,6 +142,7 @@ def proxy(**opts: Any) -> None:
         log_format=opts["log_format"],
         log_level=opts["log_level"],
         log_prompts=opts["log_prompts"],
+        otlp_endpoint=opts["otlp_endpoint"],
         seed=opts["seed"],
         model_aliases=_aliases(opts["model_alias"]),
         fallbacks=_fallbacks(opts["fallback"]),

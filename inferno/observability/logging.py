@@ -42,7 +42,9 @@ class TextFormatter(logging.Formatter):
         record.message = record.message.translate(_ESCAPES)
         return super().formatMessage(record)
 
-    def fast_line(self, created: float, level: str, name: str, message: str) -> str:
+    def fast_line(
+        self, created: float, level: str, name: str, message: str, fields: dict[str, Any] | None = None
+    ) -> str:
         second = int(created)
         millis = int((created - second) * 1000)
         return f"{self._stamp_of(second)},{millis:03d} {level} {name}: {message.translate(_ESCAPES)}"
@@ -72,13 +74,15 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         self._queue(line, urgent=record.levelno >= logging.WARNING)
 
-    def append_fast(self, created: float, name: str, message: str) -> None:
+    def append_fast(
+        self, created: float, name: str, message: str, fields: dict[str, Any] | None = None
+    ) -> None:
         """Queue an INFO line formatted like ``format()`` would, minus the LogRecord."""
         formatter = self.formatter
         if not isinstance(formatter, TextFormatter | JsonFormatter):
-            logging.getLogger(name).info("%s", message)
+            logging.getLogger(name).info("%s", message, extra={"fields": fields})
             return
-        line = formatter.fast_line(created, "INFO", name, message)
+        line = formatter.fast_line(created, "INFO", name, message, fields)
         self.acquire()
         try:
             self._queue(line, urgent=False)
@@ -116,7 +120,8 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, message (and exc_info)."""
+    """One JSON object per line: ts, level, logger, message (and exc_info), plus the
+    structured ``fields`` a request line carries (request_id, backend, model, timings)."""
 
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
@@ -126,26 +131,40 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            payload.update(fields)
         if record.exc_info:
             payload["exc_info"] = self.formatException(record.exc_info)
         return orjson.dumps(payload).decode()
 
-    def fast_line(self, created: float, level: str, name: str, message: str) -> str:
+    def fast_line(
+        self, created: float, level: str, name: str, message: str, fields: dict[str, Any] | None = None
+    ) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
         millis = int((created - int(created)) * 1000)
         payload = {"ts": f"{stamp}.{millis:03d}Z", "level": level, "logger": name, "message": message}
+        if fields:
+            payload.update(fields)
         return orjson.dumps(payload).decode()
 
 
 _FAST_HANDLER: BatchingStreamHandler | None = None
+_JSON = False
 
 
-def fast_info(log: logging.Logger, msg: str, *args: object) -> None:
+def json_logs() -> bool:
+    """Whether lines are JSON: callers build structured ``fields`` only then."""
+    return _JSON
+
+
+def fast_info(log: logging.Logger, msg: str, *args: object, fields: dict[str, Any] | None = None) -> None:
     """``log.info(msg, *args)`` for per-request lines, without building a LogRecord.
 
     When logging was set up by ``setup_logging`` and nothing else listens, the line
     is formatted exactly as the configured formatter would and queued directly;
-    otherwise this is plain ``log.info``.
+    otherwise this is plain ``log.info``. ``fields`` become keys of a JSON line (the
+    text line has them in its message already).
     """
     handler = _FAST_HANDLER
     if (
@@ -155,10 +174,10 @@ def fast_info(log: logging.Logger, msg: str, *args: object) -> None:
         or log.filters
         or logging.root.handlers != [handler]
     ):
-        log.info(msg, *args)
+        log.info(msg, *args, extra={"fields": fields})
         return
     message = (msg % args) if args else msg
-    handler.append_fast(time.time(), log.name, message)
+    handler.append_fast(time.time(), log.name, message, fields)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
@@ -167,9 +186,10 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    global _FAST_HANDLER
+    global _FAST_HANDLER, _JSON
     handler = BatchingStreamHandler(sys.stdout)
     _FAST_HANDLER = handler
+    _JSON = fmt == "json"
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):

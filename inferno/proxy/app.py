@@ -16,8 +16,9 @@ from inferno.http.router import RouteTable
 from inferno.http.server import Request, Responder
 from inferno.observability.metrics import ProxyStats
 from inferno.proxy.batch import BatchRunner
+from inferno.proxy.bodies import with_model, with_usage_requested
 from inferno.proxy.clients import ClientGate
-from inferno.proxy.forward import Forwarder, Job, with_model, with_usage_requested
+from inferno.proxy.forward import Forwarder, Job
 from inferno.registry.registry import WorkerRegistry
 from inferno.schemas import PRIORITIES, Priority, RequestContext, check_max_tokens
 from inferno.security import ApiKey
@@ -101,6 +102,8 @@ class ProxyApp:
                 body = with_model(body, parsed.model_field, ctx.model)
             deadline = self._deadline(request, t0)
             job = Job(ctx, path, body, parsed.max_tokens, t0, deadline, parsed.model_field)
+            if self._forwarder.tracing is not None:
+                job.traceparent = request.headers.get(b"traceparent")
             if key is not None:
                 self._charge(job, key)
                 if parsed.stream and api.wants_usage(parsed) is False:

@@ -16,7 +16,8 @@ import orjson
 from inferno.api import ParsedText
 from inferno.errors import BadRequest, InfernoError
 from inferno.http.server import Request
-from inferno.proxy.forward import Forwarder, Job, with_model
+from inferno.proxy.bodies import with_model
+from inferno.proxy.forward import Forwarder, Job
 from inferno.schemas.routing import RequestContext
 
 #: one item's routing context and parsed form, from the proxy app
@@ -83,6 +84,8 @@ class BatchRunner:
             if ctx.model != parsed.model:  # an alias: the backend sees the real id
                 body = with_model(body, parsed.model_field, ctx.model)
             job = Job(ctx, b"/inference", body, parsed.max_tokens, t0, deadline, parsed.model_field)
+            if self._forwarder.tracing is not None:
+                job.traceparent = request.headers.get(b"traceparent")
             if prepare is not None:
                 prepare(job)
             outcome = await self._forwarder.call(job, splice_timings=True)

@@ -14,30 +14,30 @@ import asyncio
 import dataclasses
 import logging
 import random
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-
-import orjson
+from typing import Any
 
 from inferno.config import DeadlineConfig, RetryConfig, UpstreamConfig
 from inferno.errors import (
     DeadlineExceeded,
+    InfernoError,
     ModelNotFound,
     NoBackendAvailable,
     UpstreamConnectError,
     UpstreamError,
-    UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
 )
 from inferno.http.client import Timeouts, UpstreamPool, UpstreamResponse, build_request
 from inferno.http.responses import sse_error_event
 from inferno.http.server import Responder
-from inferno.observability.logging import fast_info
 from inferno.observability.metrics import ProxyStats
+from inferno.observability.tracing import Tracing
 from inferno.proxy.admission import AdmissionController
+from inferno.proxy.bodies import read_bounded, response_headers, served_model, usage_of, with_model
+from inferno.proxy.requestlog import log_answer, log_route
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.worker import WorkerInfo
 from inferno.schemas.routing import RequestContext
@@ -75,67 +75,15 @@ class Job:
     on_usage: Callable[[str, int, int], None] | None = None
     #: the proxy asked for the stream's usage chunk itself: take it out before the client sees it
     strip_usage: bool = False
+    #: tracing on: the client's ``traceparent`` header, and this request's span
+    traceparent: bytes | None = None
+    span: Any = None
 
     def for_model(self, model: str) -> Job:
         """The same request sent to another model (a fallback)."""
         ctx = dataclasses.replace(self.ctx, model=model)
         body = with_model(self.body, self.model_field, model)
         return dataclasses.replace(self, ctx=ctx, body=body)
-
-
-#: Inferno's backends write usage in this order: read it with one regex, no JSON decoding
-_USAGE = re.compile(rb'"usage":\{"prompt_tokens":(\d{1,12}),"completion_tokens":(\d{1,12})')
-
-
-def usage_of(data: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens from the last ``"usage"`` object in a JSON answer
-    or SSE chunk, read without decoding the whole thing (answers can be megabytes)."""
-    at = data.rfind(b'"usage":')
-    if at < 0:
-        return None
-    fast = _USAGE.match(data, at)
-    if fast is not None:
-        return int(fast[1]), int(fast[2])
-    end = data.find(b"}", at)
-    if end < 0:
-        return None
-    try:
-        usage = orjson.loads(data[at + 8 : end + 1])
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(usage, dict):
-        return None
-    prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return max(0, prompt), max(0, completion)
-
-
-def with_usage_requested(body: bytes) -> bytes:
-    """The body of an OpenAI stream request with ``stream_options.include_usage`` set."""
-    data = orjson.loads(body)
-    options = data.get("stream_options")
-    data["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-    return orjson.dumps(data)
-
-
-def with_model(body: bytes, field: str, model: str | None) -> bytes:
-    """The request body with its model field replaced (aliases and fallbacks only)."""
-    data = orjson.loads(body)
-    for key in ("model", "model_type"):
-        if key == field or key in data:
-            data[key] = model
-    return orjson.dumps(data)
-
-
-def served_model(worker: WorkerInfo, ctx: RequestContext) -> str:
-    """The model that answered: the one asked for, else the backend's model for the task."""
-    if ctx.model is not None:
-        return ctx.model if ctx.model in worker.models else ""
-    for model in worker.models:
-        if worker.tasks.get(model, "text-generation") == ctx.task:
-            return model
-    return ""
 
 
 #: what makes a model's own tries give up and its fallback run
@@ -156,7 +104,10 @@ class Forwarder:
         fallbacks: Mapping[str, tuple[str, ...]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        #: OpenTelemetry (``--otlp-endpoint``), else None: then tracing costs one test per call
+        self.tracing = tracing
         self._fallbacks = dict(fallbacks or {})
         self._registry = registry
         self._admission = admission
@@ -235,7 +186,7 @@ class Forwarder:
                 raise DeadlineExceeded("the request deadline passed before a backend answered")
             worker = await self._admission.acquire(ctx, tried, timeout_s=remaining)
             address = worker.address
-            fast_info(logger, "Routing request %s to %s", ctx.request_id, address)
+            log_route(ctx.request_id, address, attempt)
             pool = self._registry.routable_for(ctx.model, ctx.task)
             can_retry = attempt < max_attempts and len(pool) > len(tried) + 1
             if stream:
@@ -251,7 +202,17 @@ class Forwarder:
                 first_byte_s=first_byte,
                 read_s=first_byte,
             )
-            data = build_request(b"POST", job.path, address.encode(), headers, job.body)
+            span = None
+            if job.span is not None:
+                assert self.tracing is not None
+                span = self.tracing.start_child(
+                    job.span, "inferno.try", **{"inferno.backend": address, "inferno.attempt": attempt}
+                )
+                data = build_request(
+                    b"POST", job.path, address.encode(), headers + self.tracing.header(span), job.body
+                )
+            else:
+                data = build_request(b"POST", job.path, address.encode(), headers, job.body)
             t_send = self._clock()
             upstream: UpstreamResponse | None = None
             failure: UpstreamError | None = None
@@ -276,7 +237,12 @@ class Forwarder:
                 failure = exc
             except BaseException:
                 self._admission.release(worker)
+                if span is not None:
+                    Tracing.end(span, error="cancelled")
                 raise
+            if span is not None:
+                status = upstream.status if upstream is not None else None
+                Tracing.end(span, status, failure.message if failure is not None else None)
             if failure is None:
                 assert upstream is not None
                 return worker, upstream, t_send
@@ -322,6 +288,32 @@ class Forwarder:
 
     # -- non-streamed --------------------------------------------------------------------
     async def call(self, job: Job, *, splice_timings: bool) -> Outcome:
+        if self.tracing is None:
+            return await self._call(job, splice_timings=splice_timings)
+        self._start_span(job)
+        try:
+            outcome = await self._call(job, splice_timings=splice_timings)
+        except BaseException as exc:
+            self._end_span(job, exc)
+            raise
+        Tracing.end(job.span, outcome.status)
+        return outcome
+
+    def _start_span(self, job: Job) -> None:
+        assert self.tracing is not None
+        job.span = self.tracing.start(
+            "inferno.request",
+            job.traceparent,
+            **{"http.route": job.path.decode(), "inferno.request_id": job.ctx.request_id},
+        )
+
+    def _end_span(self, job: Job, exc: BaseException) -> None:
+        if isinstance(exc, InfernoError):
+            Tracing.end(job.span, exc.status, exc.message)
+        else:
+            Tracing.end(job.span, error=type(exc).__name__)
+
+    async def _call(self, job: Job, *, splice_timings: bool) -> Outcome:
         job, worker, upstream, t_send = await self._exchange(job, stream=False)
         try:
             if upstream.status < 500:
@@ -346,8 +338,9 @@ class Forwarder:
             )
             content_type = upstream.header(b"content-type") or b"application/json"
             model = served_model(worker, job.ctx)
-            headers = self._headers(worker, job.ctx, model, content_type, timing) + job.extra_headers
+            headers = response_headers(worker, job.ctx, model, content_type, timing) + job.extra_headers
             self._stats.record(worker.address, upstream.status, now - job.t0, model, job.path)
+            log_answer(job.ctx.request_id, job.path, worker, upstream.status, model, job.t0, t_send, now)
             if job.on_usage is not None and upstream.status == 200:
                 used = usage_of(body)
                 job.on_usage(model, *(used or (0, 0)))
@@ -356,59 +349,44 @@ class Forwarder:
             self._admission.release(worker)
 
     async def forward(self, responder: Responder, job: Job, *, stream: bool, splice_timings: bool) -> None:
-        if not stream:
-            outcome = await self.call(job, splice_timings=splice_timings)
-            responder.send(outcome.status, outcome.headers, outcome.body)
+        if self.tracing is None:
+            await self._forward(responder, job, stream=stream, splice_timings=splice_timings)
             return
+        self._start_span(job)
+        try:
+            status = await self._forward(responder, job, stream=stream, splice_timings=splice_timings)
+        except BaseException as exc:
+            self._end_span(job, exc)
+            raise
+        Tracing.end(job.span, status)
+
+    async def _forward(self, responder: Responder, job: Job, *, stream: bool, splice_timings: bool) -> int:
+        """Answer one request; returns the status sent."""
+        if not stream:
+            outcome = await self._call(job, splice_timings=splice_timings)
+            responder.send(outcome.status, outcome.headers, outcome.body)
+            return outcome.status
         job, worker, upstream, t_send = await self._exchange(job, stream=True)
         model = served_model(worker, job.ctx)
         try:
             if upstream.status != 200:
                 # An error before the stream began: answer it whole.
-                body = await self._bounded_body(upstream)
+                body = await read_bounded(
+                    upstream, self._up.stream_idle_timeout_s, self._up.max_response_bytes
+                )
                 content_type = upstream.header(b"content-type") or b"application/json"
                 if upstream.status < 500:
                     self._registry.record_success(worker)
-                headers = self._headers(worker, job.ctx, model, content_type, b"") + job.extra_headers
+                headers = response_headers(worker, job.ctx, model, content_type, b"") + job.extra_headers
                 responder.send(upstream.status, headers, body)
             else:
                 await self._relay_stream(responder, upstream, worker, job, t_send, model)
-            self._stats.record(worker.address, upstream.status, self._clock() - job.t0, model, job.path)
+            now = self._clock()
+            self._stats.record(worker.address, upstream.status, now - job.t0, model, job.path)
+            log_answer(job.ctx.request_id, job.path, worker, upstream.status, model, job.t0, t_send, now)
+            return upstream.status
         finally:
             self._admission.release(worker)
-
-    async def _bounded_body(self, upstream: UpstreamResponse) -> bytes:
-        """A short non-200 answer to a stream request, read whole but never past the cap."""
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in upstream.iter_chunks(self._up.stream_idle_timeout_s):
-            size += len(chunk)
-            if size > self._up.max_response_bytes:
-                raise UpstreamProtocolError("a backend's error answer is over the proxy's limit")
-            parts.append(chunk)
-        return b"".join(parts)
-
-    def _headers(
-        self, worker: WorkerInfo, ctx: RequestContext, model: str, content_type: bytes, timing: bytes
-    ) -> bytes:
-        """``model`` is ``served_model(worker, ctx)``, computed once per response."""
-        parts = [
-            b"Content-Type: ",
-            content_type,
-            b"\r\nX-Request-ID: ",
-            ctx.request_id.encode(),
-            b"\r\nX-Inferno-Backend: ",
-            worker.node_id.encode(),
-            b"\r\nX-Inferno-Backend-Addr: ",
-            worker.address.encode(),
-            b"\r\n",
-        ]
-        if model:
-            # Only an id the backend registered (validated) ever becomes a header value.
-            parts += [b"X-Inferno-Model: ", model.encode(), b"\r\n"]
-        if timing:
-            parts += [b"Server-Timing: ", timing, b"\r\n"]
-        return b"".join(parts)
 
     async def _relay_stream(
         self,
@@ -430,7 +408,7 @@ class Forwarder:
         content_type = upstream.header(b"content-type") or b"text/event-stream"
         responder.start_stream(
             200,
-            self._headers(worker, job.ctx, model, content_type, timing)
+            response_headers(worker, job.ctx, model, content_type, timing)
             + b"Cache-Control: no-cache\r\n"
             + job.extra_headers,
         )

@@ -14,6 +14,7 @@ from inferno.config import ProxyConfig
 from inferno.http.client import ResponseLimits, UpstreamPool
 from inferno.http.server import HttpServer, fit_to_fd_limit, limits_from
 from inferno.observability.metrics import ProxyStats, new_registry
+from inferno.observability.tracing import Tracing
 from inferno.policies.base import LoadBalancingPolicy
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.app import ProxyApp
@@ -70,6 +71,7 @@ class ProxyServer:
             clock=clock,
             affinity_wait_s=config.affinity.max_wait_s,
         )
+        self.tracing = Tracing(config.otlp_endpoint, "inferno-proxy") if config.otlp_endpoint else None
         self.forwarder = Forwarder(
             self.registry,
             self.admission,
@@ -81,6 +83,7 @@ class ProxyServer:
             fallbacks=config.fallbacks,
             clock=clock,
             rng=rng,
+            tracing=self.tracing,
         )
         self.health = HealthChecker(self.registry, self.pool, config.health, config.registry)
         self.gate: ClientGate | None = None
@@ -153,6 +156,8 @@ class ProxyServer:
         await self.feed.aclose()
         await self._ops.aclose()
         await self._try.aclose()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # sends what is queued
         await self.pool.aclose()
         self.resolver.close()
         logger.info("Proxy stopped")
