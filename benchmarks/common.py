@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -204,3 +205,19 @@ def median(values: list[float]) -> float:
         return float("nan")
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def wrk_output(port: int, script: Path, seconds: float, concurrency: int, *, latency: bool = False) -> str:
+    """Run wrk (one thread, pinned to the load core) with a Lua ``script`` on ``/inference``."""
+    cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s"]
+    cmd += ["--latency"] if latency else []
+    cmd += ["-s", str(script), f"http://{HOST}:{port}/inference"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+
+
+def wrk(port: int, script: Path, seconds: float, concurrency: int) -> int:
+    """The requests one wrk run sent."""
+    out = wrk_output(port, script, seconds, concurrency)
+    match = re.search(r"(\d+) requests in", out)
+    assert match, out
+    return int(match.group(1))

@@ -12,7 +12,6 @@ median proxy CPU µs per request of each and their ratio.
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (
-    HOST,
     LOAD_CORE,
     PROXY_CORE,
     cpu_seconds,
@@ -35,34 +33,11 @@ from benchmarks.common import (
     proxy_cmd,
     wait_port,
     write_result,
+    wrk,
 )
 from inferno.launcher import free_port
 
 BODY = '{"prompt":"hello","max_tokens":16}'
-
-
-def wrk(port: int, script: Path, seconds: float, concurrency: int) -> int:
-    out = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            LOAD_CORE,
-            "wrk",
-            "-t1",
-            f"-c{concurrency}",
-            f"-d{seconds:g}s",
-            "-s",
-            str(script),
-            f"http://{HOST}:{port}/inference",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=True,
-    ).stdout
-    match = re.search(r"(\d+) requests in", out)
-    assert match, out
-    return int(match.group(1))
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ from benchmarks.common import (
     proxy_cmd,
     wait_port,
     write_result,
+    wrk_output,
 )
 from inferno.launcher import free_port
 
@@ -163,23 +164,6 @@ def parse_wrk(out: str) -> dict[str, float]:
     }
 
 
-def wrk(port: int, concurrency: int, duration: float, script: Path) -> str:
-    cmd = [
-        "taskset",
-        "-c",
-        LOAD_CORE,
-        "wrk",
-        "-t1",
-        f"-c{concurrency}",
-        f"-d{duration:g}s",
-        "--latency",
-        "-s",
-        str(script),
-        f"http://{HOST}:{port}/inference",
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
-
-
 def open_loop_p50(port: int, rate: float, duration: float) -> float:
     out = subprocess.run(
         [
@@ -251,11 +235,13 @@ def main() -> None:
                     proc_count = len(p.started)
                     port, pids = start_target(target, p, tmp, backends, baseline)
                     for concurrency in (16, 64):
-                        wrk(port, concurrency, 1.0, script)  # warm-up
+                        wrk_output(port, script, 1.0, concurrency)  # warm-up
                         runs = []
                         for _ in range(args.repeats):
                             before = proxy_cpu(pids)
-                            result = parse_wrk(wrk(port, concurrency, args.duration, script))
+                            result = parse_wrk(
+                                wrk_output(port, script, args.duration, concurrency, latency=True)
+                            )
                             used = proxy_cpu(pids) - before
                             result["cpu_us_per_request"] = (
                                 used / result["requests"] * 1e6 if pids else float("nan")

@@ -357,6 +357,7 @@ def banner(cluster: Launcher, models: dict[str, str]) -> str:
         "Inferno is up.",
         f"  proxy       {url}   (POST /inference, /v1/chat/completions, /v1/completions, /v1/embeddings)",
         f"  ops         {cluster.ops_url}   (/health /workers /metrics)",
+        f"  dashboard   {cluster.ops_url}/dashboard   (log in with the token)",
         f"  token       INFERNO_CLUSTER_TOKEN={cluster.token}   (what another backend needs to join)",
     ]
     for i, (data_port, ops_port) in enumerate(cluster.plan.backend_ports, start=1):

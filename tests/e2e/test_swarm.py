@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e.conftest import service_ps, wait_converged
 from tests.e2e.harness import (
+    CLUSTER_TOKEN,
     LABEL_KEY,
     OPS,
     PROXY,
@@ -398,6 +399,24 @@ def test_09_proxy_health_summary(stack: str, report: Report) -> None:
         check.details["health"] = health
         assert health["status"] == "healthy" and health["healthy"] == 3
         assert "inferno_requests_total" in metrics
+
+
+def test_09b_dashboard_in_the_stack(stack: str, report: Report) -> None:
+    with Step(report, "the dashboard on the published ops port: token-gated, every backend on it") as check:
+        assert httpx.get(f"{OPS}/dashboard", timeout=3).status_code == 401
+        auth = {"Authorization": f"Bearer {CLUSTER_TOKEN}"}
+        page = httpx.get(f"{OPS}/dashboard", headers=auth, timeout=3)
+        assert page.status_code == 200 and 'id="backends"' in page.text
+        assert httpx.get(f"{OPS}/dashboard/static/dashboard.js", timeout=3).status_code == 200
+        state = httpx.get(f"{OPS}/dashboard/api/state", headers=auth, timeout=3).json()
+        rows = {row["node_id"]: row["status"] for row in state["backends"]}
+        check.details["backends"] = rows
+        assert list(rows.values()).count("healthy") == 3, rows
+        assert sum(row["served"] for row in state["backends"]) > 0
+        assert {event["kind"] for event in state["events"]} >= {"registered"}
+        with httpx.stream("GET", f"{OPS}/dashboard/events", headers=auth, timeout=5) as feed:
+            first = next(line for line in feed.iter_lines() if line.startswith("data: "))
+        assert json.loads(first[6:])["type"] == "hello"
 
 
 def test_10_build_left_no_untagged_images(stack: str, report: Report) -> None:
