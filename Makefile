@@ -90,6 +90,7 @@ bench-deps:
 bench: install-dev bench-deps
 	$(BIN)/python benchmarks/lb_overhead.py $(if $(BASELINE),--baseline $(BASELINE))
 	$(BIN)/python benchmarks/keys_overhead.py
+	$(BIN)/python benchmarks/dashboard_overhead.py
 	$(BIN)/python benchmarks/model_throughput.py
 	$(BIN)/python benchmarks/model_kinds.py
 	$(BIN)/python benchmarks/prefix_affinity.py
@@ -99,6 +100,7 @@ bench: install-dev bench-deps
 bench-quick: install-dev bench-deps
 	$(BIN)/python benchmarks/lb_overhead.py --quick
 	$(BIN)/python benchmarks/keys_overhead.py --rounds 2 --duration 2
+	$(BIN)/python benchmarks/dashboard_overhead.py --rounds 2 --duration 2
 	$(BIN)/python benchmarks/model_throughput.py --duration 4 --levels 1,4
 	$(BIN)/python benchmarks/model_kinds.py --duration 3 --repeats 1
 	$(BIN)/python benchmarks/prefix_affinity.py --duration 8 --repeats 1

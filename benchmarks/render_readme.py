@@ -16,6 +16,7 @@ def main() -> None:
         for name in (
             "lb_overhead",
             "keys_overhead",
+            "dashboard_overhead",
             "model_throughput",
             "model_kinds",
             "prefix_affinity",
