@@ -17,7 +17,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.conftest import start_process_cluster
+from tests.conftest import TEST_TOKEN, start_process_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -233,3 +233,27 @@ def test_fallback_when_a_models_backends_are_all_down(mixed: Any) -> None:
         assert r.status_code == 404
     metrics = httpx.get(f"{mixed.ops}/metrics", timeout=10).text
     assert "inferno_fallbacks_total 5.0" in metrics
+
+
+def test_dashboard_try_it_box_classifies_a_photo_and_embeds_text(mixed: Any) -> None:
+    """The try-it box's image and embeddings kinds, on the real models (the page shrinks
+    a photo to 320 px before sending it, as done here)."""
+    import io
+
+    from PIL import Image
+
+    photo = Image.open(DATA / "images" / "cat.jpg").convert("RGB")
+    photo.thumbnail((320, 320))
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=90)
+    auth = {"Authorization": f"Bearer {TEST_TOKEN}"}
+    url = f"{mixed.ops}/dashboard/api/try"
+    with httpx.Client(timeout=30) as http:
+        image = http.post(
+            url, headers=auth, json={"kind": "image", "image": base64.b64encode(buffer.getvalue()).decode()}
+        ).json()
+        assert image["status"] == 200 and image["backend"] == IMAGE_NODE, image
+        assert image["model"] == "efficientnet-lite0" and image["path"] == "/inference"
+        assert image["answer"].split(" (")[0] == PHOTOS["cat.jpg"][0]["class"], image["answer"]
+        embedding = http.post(url, headers=auth, json={"kind": "embeddings", "prompt": "a cat"}).json()
+        assert embedding["status"] == 200 and embedding["answer"].startswith("384 dimensions: [")
