@@ -7,7 +7,8 @@ PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
 .PHONY: help system-deps install install-dev run test test-deps test-fast lint image e2e e2e-fresh e2e-compose \
-	bench bench-deps bench-quick fuzz clean
+	bench bench-deps bench-quick fuzz clean swarm-up swarm-status deploy-stack test-failure test-failure-stop \
+	restore-node swarm-down swarm-clean e2e-multinode
 
 help:
 	@echo "make run        install and start a local cluster (proxy, 2 text backends, 1 embeddings+image backend)"
@@ -17,6 +18,9 @@ help:
 	@echo "make e2e        deploy the Swarm stack and run the end-to-end harness"
 	@echo "make e2e-fresh  the same, after removing Inferno's images (proves the build from nothing)"
 	@echo "make e2e-compose  the harness against the Docker Compose layout"
+	@echo "make e2e-multinode  a three-node Swarm on this machine (Docker-in-Docker): placement, drain, node loss"
+	@echo "make swarm-up | swarm-status | deploy-stack | test-failure NODE=worker1 | test-failure-stop NODE=worker1"
+	@echo "     restore-node NODE=worker1 | swarm-down | swarm-clean   (docs/multinode.md)"
 	@echo "make bench      lb_overhead, model_throughput and a 10-minute soak; updates benchmarks/README.md"
 
 system-deps:
@@ -57,7 +61,7 @@ test-deps:
 test: lint test-deps
 	INFERNO_REQUIRE_BROWSER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 	@if [ "$${INFERNO_SKIP_E2E:-0}" = "1" ]; then echo "INFERNO_SKIP_E2E=1: end-to-end stage skipped"; \
-	else $(MAKE) --no-print-directory e2e-fresh; fi
+	else $(MAKE) --no-print-directory e2e-fresh && $(MAKE) --no-print-directory e2e-multinode; fi
 
 image: install
 	bash deploy/build-base-image.sh
@@ -73,6 +77,40 @@ e2e: install-dev
 e2e-fresh: install-dev
 	INFERNO_E2E_FRESH=1 $(BIN)/python -m pytest tests/e2e/test_swarm.py -v $(PYTEST_ARGS); status=$$?; \
 		cat artifacts/e2e/swarm-e2e.txt 2>/dev/null; exit $$status
+
+# The multi-node cluster (deploy/cluster/, docs/multinode.md): three Docker-in-Docker
+# nodes on one machine. NODE is worker1 or worker2.
+CLUSTER := bash deploy/cluster/cluster.sh
+NODE ?= worker1
+
+swarm-up:
+	@docker image inspect inferno:latest >/dev/null 2>&1 || $(MAKE) --no-print-directory image
+	$(CLUSTER) up
+
+swarm-status:
+	$(CLUSTER) status
+
+deploy-stack:
+	$(CLUSTER) deploy
+
+test-failure:
+	$(CLUSTER) drain $(NODE)
+
+test-failure-stop:
+	$(CLUSTER) kill $(NODE)
+
+restore-node:
+	$(CLUSTER) restore $(NODE)
+
+swarm-down:
+	$(CLUSTER) down
+
+swarm-clean:
+	$(CLUSTER) clean
+
+e2e-multinode: install-dev
+	$(BIN)/python -m pytest tests/e2e/test_multinode.py -v $(PYTEST_ARGS); status=$$?; \
+		cat artifacts/e2e/multinode-e2e.txt 2>/dev/null; exit $$status
 
 e2e-compose: install-dev
 	$(BIN)/python -m pytest tests/e2e/test_compose.py -v $(PYTEST_ARGS); status=$$?; \

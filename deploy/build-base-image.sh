@@ -3,11 +3,13 @@
 # cannot pull images: debootstrap a minimal Debian bookworm with Python 3.11 and
 # the OpenMP runtime, then `docker import` it. The Debian mirror is taken from
 # this machine's own apt sources. Skips the work if the image already exists.
+# INFERNO_BASE_IMAGE and INFERNO_BASE_PACKAGES make other images the same way
+# (deploy/cluster/build-node-image.sh builds the Docker-in-Docker node with them).
 set -euo pipefail
 
 IMAGE="${INFERNO_BASE_IMAGE:-inferno-base:bookworm}"
 SUITE="${INFERNO_BASE_SUITE:-bookworm}"
-PACKAGES="python3,python3-venv,libgomp1,ca-certificates"
+PACKAGES="${INFERNO_BASE_PACKAGES:-python3,python3-venv,libgomp1,ca-certificates}"
 
 if docker image inspect "$IMAGE" >/dev/null 2>&1 && [ "${1:-}" != "--force" ]; then
     echo "base image $IMAGE already present"
