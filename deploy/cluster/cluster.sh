@@ -19,6 +19,11 @@ TOKEN_FILE="${INFERNO_CLUSTER_TOKEN_FILE:-deploy/cluster/cluster-token}"
 MANAGER=manager
 WORKERS=(worker1 worker2)
 NODES=("$MANAGER" "${WORKERS[@]}")
+# Fixed addresses on the cluster's own bridge, so a node that is stopped, or
+# removed by swarm-down and started again, comes back where the swarm knows it.
+SUBNET="${INFERNO_CLUSTER_SUBNET:-172.30.231.0/24}"
+declare -A HOST_OCTET=([manager]=10 [worker1]=11 [worker2]=12)
+node_ip() { echo "${SUBNET%.*}.${HOST_OCTET[$1]}"; }
 
 container() { echo "inferno-node-$1"; }
 on() { local node=$1; shift; docker exec "$(container "$node")" "$@"; }
@@ -58,10 +63,22 @@ start_node() {
         fi
         docker volume create --label "$LABEL=volume" "$name-docker" >/dev/null
         docker run -d --name "$name" --hostname "$node" --network "$NETWORK" --network-alias "$node" \
+            --ip "$(node_ip "$node")" \
             --label "$LABEL=node" "${NODE_FLAGS[@]}" "${ports[@]}" \
             -v "$name-docker:/var/lib/docker" -v "$SHARED:/shared" \
             "$NODE_IMAGE" >/dev/null
     fi
+}
+
+wait_ready() {  # every named node Ready in the manager's view, within 60 s
+    for node in "$@"; do
+        for _ in $(seq 1 120); do
+            [ "$(on_manager docker node inspect -f '{{.Status.State}}' "$node" 2>/dev/null)" = ready ] && continue 2
+            sleep 0.5
+        done
+        echo "node $node is not Ready in the swarm" >&2
+        return 1
+    done
 }
 
 swarm_state() { on "$1" docker info -f '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown; }
@@ -88,7 +105,8 @@ load_image() {
 
 cmd_up() {
     bash deploy/cluster/build-node-image.sh
-    docker network inspect "$NETWORK" >/dev/null 2>&1 || docker network create --label "$LABEL=network" "$NETWORK" >/dev/null
+    docker network inspect "$NETWORK" >/dev/null 2>&1 ||
+        docker network create --label "$LABEL=network" --subnet "$SUBNET" "$NETWORK" >/dev/null
     docker volume create --label "$LABEL=volume" "$SHARED" >/dev/null
     for node in "${NODES[@]}"; do start_node "$node"; done
     for node in "${NODES[@]}"; do wait_engine "$node"; done
@@ -99,11 +117,21 @@ cmd_up() {
     local token
     token=$(on_manager docker swarm join-token -q worker)
     for node in "${WORKERS[@]}"; do
-        if [ "$(swarm_state "$node")" != active ]; then
+        local state
+        state=$(swarm_state "$node")
+        if [ "$state" = pending ] || [ "$state" = error ]; then
+            # It remembers a swarm it cannot reach (e.g. one made again from nothing): start over.
+            log "$node cannot reach its swarm ($state): leaving it"
+            on "$node" docker swarm leave --force >/dev/null
+            on_manager sh -c "docker node ls -q --filter name=$node | xargs -r docker node rm --force" >/dev/null
+            state=inactive
+        fi
+        if [ "$state" != active ]; then
             log "$node joins"
             on "$node" docker swarm join --advertise-addr eth0 --token "$token" "$MANAGER:2377" >/dev/null
         fi
     done
+    wait_ready "${NODES[@]}"
     on_manager docker node update --label-add inferno.lb=true "$MANAGER" >/dev/null
     local zone=a
     for node in "${WORKERS[@]}"; do
@@ -153,10 +181,7 @@ cmd_restore() {
     local node=$1
     start_node "$node"
     wait_engine "$node"
-    for _ in $(seq 1 60); do
-        [ "$(on_manager docker node inspect -f '{{.Status.State}}' "$node")" = ready ] && break
-        sleep 0.5
-    done
+    wait_ready "$node"
     on_manager docker node update --availability active "$node" >/dev/null
     # Swarm never moves running tasks back by itself: rebalance the backends.
     on_manager docker service update --detach --force "${STACK}_backend" >/dev/null
