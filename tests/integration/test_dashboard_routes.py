@@ -118,3 +118,29 @@ async def test_try_it_goes_through_the_data_port(make_cluster: Any, client: http
     form = await client.post(url, headers=BEARER, data={"kind": "chat"})
     assert form.status_code == 400  # a cross-site form cannot drive it
     assert (await client.get(f"{cluster.ops_url}/livez")).status_code == 200
+
+
+async def test_usage_per_key_shows_on_the_dashboard(
+    make_cluster: Any, client: httpx.AsyncClient, tmp_path: Any
+) -> None:
+    from inferno.security import KeyStore, connect
+
+    key, _ = KeyStore(connect(tmp_path)).create("team-a")
+    cluster = await make_cluster(
+        1,
+        proxy_overrides=secured(require_api_key=True, state_dir=str(tmp_path)),
+        cluster_token=SecretStr(TEST_TOKEN),
+    )
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    auth = {"Authorization": f"Bearer {key}"}
+
+    async def answered() -> bool:
+        r = await client.post(f"{cluster.url}/v1/chat/completions", json=body, headers=auth)
+        return r.status_code == 200
+
+    await wait_for(answered, timeout_s=5, step_s=0.2)  # the proxy reads new keys within a second
+    state = (await client.get(f"{cluster.ops_url}/dashboard/api/state", headers=BEARER)).json()
+    assert state["usage"]["enabled"] is True
+    (row,) = state["usage"]["rows"]
+    assert row["key_name"] == "team-a" and row["model"] == "fake"
+    assert row["requests"] >= 1 and row["completion_tokens"] >= 3
