@@ -55,6 +55,16 @@ async def test_dashboard_needs_the_cluster_token(make_cluster: Any, client: http
     for bad in ("/dashboard/static/../routes.py", "/dashboard/static/index.html", "/dashboard/static/"):
         assert (await client.get(f"{ops}{bad}")).status_code == 404
 
+    # Guessing is slow: after a few wrong tokens this address is refused for a while.
+    codes = [
+        (await client.post(f"{ops}/dashboard/login", data={"token": "guess"})).status_code for _ in range(10)
+    ]
+    assert codes[-1] == 429 and set(codes) == {401, 429}, codes
+    refused = await client.post(f"{ops}/dashboard/login", data={"token": TEST_TOKEN})
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    # ...while the bearer token (scripts) and the proxy itself are unaffected.
+    assert (await client.get(f"{ops}/dashboard/api/state", headers=BEARER)).status_code == 200
+
 
 async def read_events(lines: AsyncIterator[str], count: int) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -193,3 +194,69 @@ def test_page_loads_nothing_from_elsewhere() -> None:
         text = page.read_text()
         assert not re.search(r"(src|href)=\"(https?:)?//", text), page.name
         assert "http://" not in text and "https://" not in text, page.name
+
+
+def test_wrong_tokens_are_rate_limited_per_peer() -> None:
+    from inferno.errors import RateLimited
+    from inferno.proxy.dashboard.auth import LOGIN_FAILURES_PER_MINUTE, MAX_TRACKED_PEERS
+
+    clock = FakeClock()
+    token = b"a-cluster-token-0123456789"
+    auth = DashboardAuth(token.decode(), clock=clock)
+    for _ in range(LOGIN_FAILURES_PER_MINUTE):
+        assert auth.login(b"guess", "10.0.0.9") is None
+    with pytest.raises(RateLimited) as refused:
+        auth.login(token, "10.0.0.9")  # even the right token, while the peer is over its budget
+    assert 0 < refused.value.retry_after_s <= 60 / LOGIN_FAILURES_PER_MINUTE
+    assert auth.login(token, "10.0.0.10") is not None  # another peer is not affected
+    clock.now += 60 / LOGIN_FAILURES_PER_MINUTE
+    assert auth.login(token, "10.0.0.9") is not None  # refilled: one try again
+    for i in range(MAX_TRACKED_PEERS + 10):
+        auth.login(b"guess", f"peer-{i}")
+    assert len(auth._failures) == MAX_TRACKED_PEERS  # remembering peers is bounded too
+
+
+class StuckResponder:
+    """A dashboard that never reads: every write waits forever."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.aborted = False
+        self.writes = 0
+
+    @property
+    def client_connected(self) -> bool:
+        return not self.aborted
+
+    def start_stream(self, status: int, headers: bytes) -> None:
+        self.started = True
+
+    async def write(self, data: bytes) -> None:
+        self.writes += 1
+        if self.writes > 1:  # the hello fits in the buffers; the next never does
+            await asyncio.Event().wait()
+
+    def end_stream(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_dashboard_that_stops_reading_is_dropped() -> None:
+    from inferno.http.messages import Request
+    from inferno.proxy.dashboard.routes import Dashboard
+    from inferno.proxy.dashboard.tryit import TryIt
+
+    clock = FakeClock()
+    feed = make_feed(clock, ProxyStats(), registry(clock))
+    dashboard = Dashboard(feed, DashboardAuth(None), TryIt("127.0.0.1", 1.0), 4, write_timeout_s=0.05)
+    responder = StuckResponder()
+    request = Request("GET", "/dashboard/events", "", {}, b"", "127.0.0.1:5555")
+    task = asyncio.create_task(dashboard._events(request, responder))  # type: ignore[arg-type]
+    for _ in range(200):
+        await asyncio.sleep(0)
+    assert feed.clients == 1 and responder.writes == 1
+    feed.tick()
+    await asyncio.wait_for(task, timeout=5)
+    assert responder.aborted and feed.clients == 0

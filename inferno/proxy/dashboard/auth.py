@@ -14,17 +14,29 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+
+from inferno.errors import RateLimited
+from inferno.security.ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
 
 COOKIE = b"inferno_dashboard"
 #: the cookie's path: the dashboard and its API, nothing else on the ops port
 COOKIE_PATH = b"/dashboard"
+#: wrong tokens a peer may try per minute before its logins are refused for a while
+LOGIN_FAILURES_PER_MINUTE = 10
+#: peers whose failures are remembered (the oldest is forgotten first)
+MAX_TRACKED_PEERS = 1024
 
 
 class DashboardAuth:
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        #: peer -> its budget of wrong tokens: guessing is slow, and the log is not flooded
+        self._failures: OrderedDict[str, TokenBucket] = OrderedDict()
         self._token = token.encode() if token else None
         self._bearer = b"Bearer " + self._token if self._token else None
         self._session = (
@@ -49,10 +61,21 @@ class DashboardAuth:
         return cookie is not None and hmac.compare_digest(cookie, self._session)
 
     def login(self, token: bytes, peer: str) -> bytes | None:
-        """The ``Set-Cookie`` header line for a right token, else None (and a log line)."""
+        """The ``Set-Cookie`` header line for a right token, else None (and a log line).
+
+        A peer that sent ``LOGIN_FAILURES_PER_MINUTE`` wrong tokens gets
+        ``RateLimited`` until its budget refills, right token or not.
+        """
         if self._token is None:
             return b""
         assert self._session is not None
+        bucket = self._failures.get(peer)
+        if bucket is not None:
+            wait = bucket.wait_for(1.0)
+            if wait > 0:
+                raise RateLimited(
+                    "too many wrong cluster tokens from this address; try later", retry_after_s=wait
+                )
         if hmac.compare_digest(token.strip(), self._token):
             logger.info("Dashboard login from %s", peer or "?")
             return (
@@ -64,7 +87,16 @@ class DashboardAuth:
                 + COOKIE_PATH
                 + b"; HttpOnly; SameSite=Strict\r\n"
             )
-        logger.warning("Refused dashboard login from %s: wrong cluster token", peer or "?")
+        if bucket is None:
+            bucket = self._failures[peer] = TokenBucket(LOGIN_FAILURES_PER_MINUTE, self._clock)
+            if len(self._failures) > MAX_TRACKED_PEERS:
+                self._failures.popitem(last=False)
+        self._failures.move_to_end(peer)
+        bucket.try_take(1.0)
+        if bucket.remaining() == 0:
+            logger.warning("Dashboard logins from %s refused for a while: too many wrong tokens", peer or "?")
+        else:
+            logger.warning("Refused dashboard login from %s: wrong cluster token", peer or "?")
         return None
 
     @staticmethod

@@ -10,11 +10,12 @@ proxy: no asset is fetched from anywhere else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import urllib.parse
 from importlib import resources
 
-from inferno.errors import BadRequest, NotFound, TooManyConnections, Unauthorized
+from inferno.errors import BadRequest, NotFound, RateLimited, TooManyConnections, Unauthorized
 from inferno.http.responses import JSON_HEADERS, SSE_HEADERS, dumps
 from inferno.http.router import Router
 from inferno.http.server import Request, Responder
@@ -44,7 +45,16 @@ def _asset(name: str) -> bytes:
 
 
 class Dashboard:
-    def __init__(self, feed: DashboardFeed, auth: DashboardAuth, tryit: TryIt, max_clients: int) -> None:
+    def __init__(
+        self,
+        feed: DashboardFeed,
+        auth: DashboardAuth,
+        tryit: TryIt,
+        max_clients: int,
+        write_timeout_s: float = 10.0,
+    ) -> None:
+        #: a feed's message must be taken by the dashboard within this, or the feed is dropped
+        self._write_timeout_s = write_timeout_s
         self._feed = feed
         self._auth = auth
         self._try = tryit
@@ -78,7 +88,14 @@ class Dashboard:
     async def _login(self, request: Request, responder: Responder) -> None:
         form = urllib.parse.parse_qs(request.body.decode("latin-1"), max_num_fields=4)
         token = (form.get("token") or [""])[0].encode("latin-1")
-        cookie = self._auth.login(token, request.peer.rpartition(":")[0])
+        try:
+            cookie = self._auth.login(token, request.peer.rpartition(":")[0])
+        except RateLimited as exc:
+            page = self._login_page.replace(
+                b"{{error}}", b'<p class="error" id="login-error">Too many wrong tokens: try again later.</p>'
+            )
+            responder.send(429, _PAGE_HEADERS + exc.headers(), page)
+            return
         if cookie is None:
             page = self._login_page.replace(
                 b"{{error}}", b'<p class="error" id="login-error">That is not the cluster token.</p>'
@@ -119,9 +136,15 @@ class Dashboard:
             await responder.write(b"retry: 2000\ndata: " + feed.hello() + b"\n\n")
             while responder.client_connected:
                 message = await feed.next_message()
-                await responder.write(b"data: " + message + b"\n\n")
+                # A dashboard that stops reading is dropped, not waited for.
+                async with asyncio.timeout(self._write_timeout_s):
+                    await responder.write(b"data: " + message + b"\n\n")
         except ConnectionError:
             return  # the dashboard was closed
+        except TimeoutError:
+            logger.info("Dropped a dashboard feed to %s: it stopped reading", request.peer)
+            responder.abort()
+            return
         finally:
             feed.clients -= 1
         responder.end_stream()
