@@ -21,7 +21,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.harness import ROOT, CommandError, Report, Step, ensure_images, ports_free, run, wait_until
+from tests.e2e.harness import (
+    ROOT,
+    Check,
+    CommandError,
+    Report,
+    Step,
+    ensure_images,
+    ports_free,
+    run,
+    wait_until,
+)
 from tests.loadgen import LoadResult, load
 
 pytestmark = pytest.mark.e2e
@@ -166,6 +176,16 @@ def under_load(action: Callable[[], Any], *, max_s: float = 240) -> LoadResult:
     )
 
 
+def zero_failures(check: Check, result: LoadResult, times: dict[str, float]) -> None:
+    """Report a run under load with the action's timings, and require that every request succeeded."""
+    check.details.update({k: round(v, 1) for k, v in times.items()})
+    check.details["requests"] = dict(result.codes)
+    check.details["served_by"] = dict(result.served)
+    check.evidence = result.errors[:8]
+    assert result.failures == 0, result.errors[:5]
+    assert sum(result.codes.values()) > 10
+
+
 def test_01_placement(swarm_cluster: None, report: Report) -> None:
     with Step(report, "placement: proxy on the manager, one backend per worker, both serve") as check:
         tasks = running_tasks()
@@ -200,13 +220,7 @@ def test_02_drain_under_load(swarm_cluster: None, report: Report) -> None:
             )
             times["capacity_restored_s"] = time.monotonic() - t0
 
-        result = under_load(drain)
-        check.details.update({k: round(v, 1) for k, v in times.items()})
-        check.details["requests"] = dict(result.codes)
-        check.details["served_by"] = dict(result.served)
-        check.evidence = result.errors[:8]
-        assert result.failures == 0, result.errors[:5]
-        assert sum(result.codes.values()) > 10
+        zero_failures(check, under_load(drain), times)
 
 
 def test_03_restore_the_drained_worker(swarm_cluster: None, report: Report) -> None:
@@ -242,13 +256,7 @@ def test_04_node_loss_under_load(swarm_cluster: None, report: Report) -> None:
             )
             times["capacity_restored_s"] = time.monotonic() - t0
 
-        result = under_load(lose)
-        check.details.update({k: round(v, 1) for k, v in times.items()})
-        check.details["requests"] = dict(result.codes)
-        check.details["served_by"] = dict(result.served)
-        check.evidence = result.errors[:8]
-        assert result.failures == 0, result.errors[:5]
-        assert sum(result.codes.values()) > 10
+        zero_failures(check, under_load(lose), times)
 
 
 def test_05_the_lost_node_rejoins(swarm_cluster: None, report: Report) -> None:
