@@ -107,7 +107,6 @@ class ProxyServer:
             self.gate,
             policy=config.policy,
             insecure=not self.auth.enabled,
-            clock=clock,
         )
         self._try = TryIt(config.listen_host, config.deadline.default_s)
         dashboard = Dashboard(self.feed, DashboardAuth(token), self._try, config.dashboard.max_clients)

@@ -110,7 +110,7 @@ def test_percentile_interpolates_within_a_bucket() -> None:
 def make_feed(clock: FakeClock, stats: ProxyStats, reg: WorkerRegistry, points: int = 10) -> DashboardFeed:
     admission = AdmissionController(AdmissionConfig(), reg, LoadBalancingPolicy.create("round_robin"))
     config = DashboardConfig(history_points=points)
-    return DashboardFeed(config, stats, reg, admission, clock=clock, wall=clock)
+    return DashboardFeed(config, stats, reg, admission, wall=clock)
 
 
 def test_feed_turns_counters_into_rates_percentiles_and_shares() -> None:

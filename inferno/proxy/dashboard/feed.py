@@ -76,7 +76,6 @@ class DashboardFeed:
         *,
         policy: str = "",
         insecure: bool = False,
-        clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._cfg = config
@@ -86,7 +85,6 @@ class DashboardFeed:
         self._gate = gate
         self._policy = policy
         self._insecure = insecure
-        self._clock = clock
         self._wall = wall
         self._started = wall()
         self._samples: deque[Sample] = deque(maxlen=LONG_WINDOW + 1)
