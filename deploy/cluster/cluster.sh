@@ -183,8 +183,11 @@ cmd_restore() {
     wait_engine "$node"
     wait_ready "$node"
     on_manager docker node update --availability active "$node" >/dev/null
-    # Swarm never moves running tasks back by itself: rebalance the backends.
-    on_manager docker service update --detach --force "${STACK}_backend" >/dev/null
+    # Swarm never moves running tasks back by itself: rebalance the backends. One
+    # task at a time, stopped before its replacement is placed, so that the zone
+    # spread sees the real counts and puts each on the emptier worker (start-first
+    # would count the old task too, and a tie may land both on one worker).
+    on_manager docker service update --detach --force --update-order stop-first "${STACK}_backend" >/dev/null
     log "$node active again; ${STACK}_backend rebalancing"
 }
 

@@ -115,9 +115,22 @@ def all_running_on(nodes: set[str]) -> bool:
     )
 
 
+def rebalance_done() -> bool:
+    """The backends' rebalancing update (``restore-node``) has finished."""
+    state = on_manager(
+        "docker", "service", "inspect", "-f", "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+        f"{STACK}_backend",
+    ).strip()  # fmt: skip
+    return state in ("", "completed")
+
+
 def spread_over_workers() -> bool:
     tasks = running_tasks()
     return sorted(tasks.get("backend", [])) == list(WORKERS) and healthy_text_nodes() == Counter(WORKERS)
+
+
+def rebalanced() -> bool:
+    return rebalance_done() and spread_over_workers()
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +240,9 @@ def test_03_restore_the_drained_worker(swarm_cluster: None, report: Report) -> N
     with Step(report, "restore worker1 (make restore-node): active again, backends rebalanced") as check:
         t0 = time.monotonic()
         cluster("restore", "worker1", timeout_s=180)
-        wait_until("a backend on each worker again", spread_over_workers, timeout_s=240, step_s=1)
+        wait_until(
+            "the rebalance to finish with a backend on each worker", rebalanced, timeout_s=240, step_s=1
+        )
         check.details["rebalanced_s"] = round(time.monotonic() - t0, 1)
         check.details["served_by_node"] = dict(served_by_nodes())
 
@@ -265,7 +280,9 @@ def test_05_the_lost_node_rejoins(swarm_cluster: None, report: Report) -> None:
         cluster("restore", "worker2", timeout_s=180)
         check.details["rejoined_s"] = round(time.monotonic() - t0, 1)
         assert node_state("worker2") == "ready"
-        wait_until("a backend on each worker again", spread_over_workers, timeout_s=240, step_s=1)
+        wait_until(
+            "the rebalance to finish with a backend on each worker", rebalanced, timeout_s=240, step_s=1
+        )
         check.details["rebalanced_s"] = round(time.monotonic() - t0, 1)
         served = served_by_nodes()
         check.details["served_by_node"] = dict(served)
