@@ -203,16 +203,14 @@ class Forwarder:
                 read_s=first_byte,
             )
             span = None
+            try_headers = headers
             if job.span is not None:
                 assert self.tracing is not None
                 span = self.tracing.start_child(
                     job.span, "inferno.try", **{"inferno.backend": address, "inferno.attempt": attempt}
                 )
-                data = build_request(
-                    b"POST", job.path, address.encode(), headers + self.tracing.header(span), job.body
-                )
-            else:
-                data = build_request(b"POST", job.path, address.encode(), headers, job.body)
+                try_headers = headers + self.tracing.header(span)
+            data = build_request(b"POST", job.path, address.encode(), try_headers, job.body)
             t_send = self._clock()
             upstream: UpstreamResponse | None = None
             failure: UpstreamError | None = None

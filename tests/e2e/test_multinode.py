@@ -189,6 +189,24 @@ def under_load(action: Callable[[], Any], *, max_s: float = 240) -> LoadResult:
     )
 
 
+def timed_wait(
+    times: dict[str, float], key: str, t0: float, what: str, predicate: Callable[[], Any], timeout_s: float
+) -> None:
+    """Wait (bounded) for ``predicate`` and record the seconds since ``t0`` under ``key``."""
+    wait_until(what, predicate, timeout_s=timeout_s, step_s=0.2)
+    times[key] = time.monotonic() - t0
+
+
+def restore_and_rebalance(check: Check, node: str) -> float:
+    """``make restore-node``, then wait for the rebalance; the seconds the restore took."""
+    t0 = time.monotonic()
+    cluster("restore", node, timeout_s=180)
+    restored = time.monotonic() - t0
+    wait_until("the rebalance to finish with a backend on each worker", rebalanced, timeout_s=240, step_s=1)
+    check.details["rebalanced_s"] = round(time.monotonic() - t0, 1)
+    return restored
+
+
 def zero_failures(check: Check, result: LoadResult, times: dict[str, float]) -> None:
     """Report a run under load with the action's timings, and require that every request succeeded."""
     check.details.update({k: round(v, 1) for k, v in times.items()})
@@ -218,32 +236,29 @@ def test_02_drain_under_load(swarm_cluster: None, report: Report) -> None:
         def drain() -> None:
             t0 = time.monotonic()
             cluster("drain", "worker1", timeout_s=60)
-            wait_until(
+            timed_wait(
+                times,
+                "tasks_moved_s",
+                t0,
                 "every task running again, none on worker1",
                 lambda: all_running_on({"manager", "worker2"}),
                 timeout_s=120,
-                step_s=0.5,
             )
-            times["tasks_moved_s"] = time.monotonic() - t0
-            wait_until(
+            timed_wait(
+                times,
+                "capacity_restored_s",
+                t0,
                 "2 healthy text backends again, both on worker2",
                 lambda: healthy_text_nodes() == Counter({"worker2": TEXT_BACKENDS}),
                 timeout_s=180,
-                step_s=0.5,
             )
-            times["capacity_restored_s"] = time.monotonic() - t0
 
         zero_failures(check, under_load(drain), times)
 
 
 def test_03_restore_the_drained_worker(swarm_cluster: None, report: Report) -> None:
     with Step(report, "restore worker1 (make restore-node): active again, backends rebalanced") as check:
-        t0 = time.monotonic()
-        cluster("restore", "worker1", timeout_s=180)
-        wait_until(
-            "the rebalance to finish with a backend on each worker", rebalanced, timeout_s=240, step_s=1
-        )
-        check.details["rebalanced_s"] = round(time.monotonic() - t0, 1)
+        restore_and_rebalance(check, "worker1")
         check.details["served_by_node"] = dict(served_by_nodes())
 
 
@@ -254,36 +269,38 @@ def test_04_node_loss_under_load(swarm_cluster: None, report: Report) -> None:
         def lose() -> None:
             t0 = time.monotonic()
             cluster("kill", "worker2", timeout_s=60)
-            wait_until(
+            timed_wait(
+                times,
+                "proxy_stopped_routing_s",
+                t0,
                 "the proxy to stop routing to worker2",
                 lambda: "worker2" not in healthy_text_nodes(),
                 timeout_s=60,
-                step_s=0.2,
             )
-            times["proxy_stopped_routing_s"] = time.monotonic() - t0
-            wait_until("Swarm to mark worker2 down", lambda: node_state("worker2") == "down", timeout_s=90)
-            times["swarm_marked_down_s"] = time.monotonic() - t0
-            wait_until(
+            timed_wait(
+                times,
+                "swarm_marked_down_s",
+                t0,
+                "Swarm to mark worker2 down",
+                lambda: node_state("worker2") == "down",
+                timeout_s=90,
+            )
+            timed_wait(
+                times,
+                "capacity_restored_s",
+                t0,
                 "worker2's tasks rescheduled on worker1 and registered",
                 lambda: healthy_text_nodes() == Counter({"worker1": TEXT_BACKENDS}),
                 timeout_s=180,
-                step_s=0.5,
             )
-            times["capacity_restored_s"] = time.monotonic() - t0
 
         zero_failures(check, under_load(lose), times)
 
 
 def test_05_the_lost_node_rejoins(swarm_cluster: None, report: Report) -> None:
     with Step(report, "restart worker2: it rejoins, and after a rebalance both workers serve") as check:
-        t0 = time.monotonic()
-        cluster("restore", "worker2", timeout_s=180)
-        check.details["rejoined_s"] = round(time.monotonic() - t0, 1)
+        check.details["rejoined_s"] = round(restore_and_rebalance(check, "worker2"), 1)
         assert node_state("worker2") == "ready"
-        wait_until(
-            "the rebalance to finish with a backend on each worker", rebalanced, timeout_s=240, step_s=1
-        )
-        check.details["rebalanced_s"] = round(time.monotonic() - t0, 1)
         served = served_by_nodes()
         check.details["served_by_node"] = dict(served)
         assert set(served) == set(WORKERS), served
