@@ -4,7 +4,10 @@
 set -euo pipefail
 
 missing=()
-if ! ldconfig -p 2>/dev/null | grep -q 'libgomp\.so\.1'; then
+# Capture first, then match: `ldconfig -p | grep -q` under pipefail fails now and
+# then, when grep exits at the first match and ldconfig dies of SIGPIPE.
+libs="$(ldconfig -p 2>/dev/null || true)"
+if [[ "$libs" != *libgomp.so.1* ]]; then
     missing+=(libgomp1)
 fi
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
