@@ -18,6 +18,7 @@
     │   └── PayloadTooLarge          413: body over the configured limit
     ├── Overloaded                   429: the proxy's queue is full or the wait in it ran out
     ├── DeadlineExceeded             504: the request's own deadline passed
+    ├── LoopDetected                 508: the request already passed through this proxy
     ├── NoBackendAvailable           503: nothing healthy to route to
     │   ├── Draining                 503 from a backend that is shutting down (retried elsewhere)
     │   └── Loading                  503 from a backend still loading its model (retried elsewhere)
@@ -177,6 +178,15 @@ class DeadlineExceeded(InfernoError):
     status = 504
     code = "deadline_exceeded"
     kind = "timeout"
+
+
+class LoopDetected(InfernoError):
+    """The request's ``Via`` names this proxy already (or too many hops): a backend
+    registered at a proxy's own address would otherwise nest requests without end."""
+
+    status = 508
+    code = "loop_detected"
+    kind = "server_error"
 
 
 class NoBackendAvailable(InfernoError):

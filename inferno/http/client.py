@@ -13,8 +13,6 @@ import asyncio
 import collections
 import contextlib
 import errno
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import cast
 
 import httptools
@@ -24,105 +22,16 @@ from inferno.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from inferno.http.upstream import MAX_INTERIM_RESPONSES, ResponseLimits, Timeouts, UpstreamResponse
 
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Deadlines for one upstream call, in seconds (like httpx.Timeout)."""
-
-    connect_s: float = 2.0
-    #: until the response headers arrive (a stream), or the whole response (buffered)
-    first_byte_s: float = 60.0
-    #: between body chunks of a streamed response / until a buffered body completes
-    read_s: float = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseLimits:
-    """What the proxy reads from a backend at most; past it the try fails cleanly."""
-
-    #: a non-streamed body, buffered whole
-    max_body_bytes: int = 64 << 20
-    #: one chunk of a chunked (streamed) body; also what is queued before reading pauses
-    max_chunk_bytes: int = 1 << 20
-    #: the status line and headers
-    max_header_bytes: int = 65536
-
-
-class UpstreamResponse:
-    """Status and headers of an upstream response; the body is buffered or streamed."""
-
-    __slots__ = ("_conn", "_peeked", "body", "headers", "status")
-
-    def __init__(
-        self,
-        status: int,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        conn: UpstreamConnection | None,
-    ) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self._conn = conn
-        self._peeked: bytes | None = None
-
-    def unshift(self, chunk: bytes | None) -> None:
-        """Put back a chunk read ahead (``None``: the stream had already ended)."""
-        self._peeked = chunk if chunk is not None else b""
-
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    async def iter_chunks(self, read_timeout_s: float) -> AsyncIterator[bytes]:
-        """Yield body chunks as they arrive. Closing early closes the socket."""
-        conn = self._conn
-        if conn is None:
-            if self.body:
-                yield self.body
-            return
-        try:
-            while True:
-                chunk = await conn.next_chunk(read_timeout_s)
-                if chunk is None:
-                    break
-                yield chunk
-        finally:
-            self._conn = None
-            conn.finish_stream()
-
-    async def next_chunk(self, timeout_s: float) -> bytes | None:
-        """The next body chunk of a streamed response, or None at its end.
-
-        Raises ``UpstreamTimeout`` if nothing arrives within ``timeout_s``. At the
-        end the connection goes back to the pool.
-        """
-        peeked = self._peeked
-        if peeked is not None:
-            self._peeked = None
-            if peeked:
-                return peeked
-        conn = self._conn
-        if conn is None:
-            return None
-        try:
-            chunk = await conn.next_chunk(timeout_s)
-        except BaseException:
-            self.close()
-            raise
-        if chunk is None:
-            self._conn = None
-            conn.finish_stream()
-        return chunk
-
-    def close(self) -> None:
-        """Abandon a streamed body (closes the connection)."""
-        if self._conn is not None:
-            self._conn.abort()
-            self._conn = None
+__all__ = [
+    "ResponseLimits",
+    "Timeouts",
+    "UpstreamConnection",
+    "UpstreamPool",
+    "UpstreamResponse",
+    "build_request",
+]
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -136,6 +45,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._limits = pool.limits
         self.closed = False
+        #: between writing a request and handing the connection back to the pool
+        self._exchanging = False
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -159,6 +70,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._error: Exception | None = None
         self._keep_alive = False
         self._status = 0
+        self._interim = False
+        self._interims = 0
+        self._stray = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -174,6 +88,10 @@ class UpstreamConnection(asyncio.Protocol):
             )
 
     def data_received(self, data: bytes) -> None:
+        if not self._exchanging:
+            # An idle pooled socket has nothing to say; whatever it says is not for us.
+            self.abort()
+            return
         self._got_bytes = True
         if self._in_head:
             self._head_bytes += len(data)
@@ -188,9 +106,29 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        if not self._stray:
+            self._headers.append((name.lower(), value))
+
+    def on_message_begin(self) -> None:
+        if self._complete or not self._exchanging:
+            # Bytes past the end of the answer, or unasked for: the next request on this
+            # socket would read them as its own response (another user's). Never reuse it.
+            self._stray = True
 
     def on_headers_complete(self) -> None:
+        if self._stray:
+            return
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            # An interim answer (100 Continue, 103 Early Hints) is read and dropped: the
+            # real one follows on the same socket. 101 would switch protocols: not ours.
+            self._interims += 1
+            if status == 101 or self._interims > MAX_INTERIM_RESPONSES:
+                self._fail(UpstreamProtocolError(f"{self.address} answered {status} (interim)"))
+                self.abort()
+            self._headers = []
+            self._interim = True
+            return
         self._in_head = False
         for name, value in self._headers:
             if name == b"transfer-encoding" and b"chunked" in value.lower():
@@ -206,6 +144,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunk_size = 0
 
     def on_chunk_complete(self) -> None:
+        if self._stray:
+            return
         # A stream is relayed in whole chunks (one SSE event each, as backends write
         # them), so a chunk that breaks the limit fails the try before any of it is sent.
         if not self._streaming or self.closed or not self._partial:
@@ -214,7 +154,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._push(parts[0] if len(parts) == 1 else b"".join(parts))
 
     def on_body(self, body: bytes) -> None:
-        if self.closed:
+        if self.closed or self._stray:
             return
         size = len(body)
         if self._streaming:
@@ -251,6 +191,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.abort()
 
     def on_message_complete(self) -> None:
+        if self._stray:
+            return
+        if self._interim:
+            self._interim = False
+            return
         self._complete = True
         fut = self._done_fut
         if fut is not None and not fut.done():
@@ -288,6 +233,7 @@ class UpstreamConnection(asyncio.Protocol):
     async def exchange(self, data: bytes, *, stream: bool, timeouts: Timeouts) -> UpstreamResponse:
         assert self._transport is not None
         self._reset_state()
+        self._exchanging = True
         self._streaming = stream
         # One future per exchange: the headers for a stream, the whole message otherwise
         # (a buffered answer is bounded as a whole by first_byte_s). The parser is reused:
@@ -333,7 +279,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
 
     def _release(self) -> None:
-        if self._keep_alive and not self.closed:
+        # Reused only once its answer was read to the end and nothing followed it.
+        self._exchanging = False
+        if self._keep_alive and self._complete and not self._stray and not self.closed:
             self._pool.release(self)
         else:
             self.abort()

@@ -99,6 +99,12 @@ class ProxyStats:
         self.retries = 0
         #: requests that went to a fallback model
         self.fallbacks = 0
+        #: requests refused with 508 because their ``Via`` already named this proxy
+        self.loops = 0
+        #: streams continued on another backend after theirs failed mid-stream
+        self.stream_migrations = 0
+        #: streams that failed mid-stream and could not be migrated, by reason
+        self.stream_migration_failures: dict[str, int] = {}
         #: per served model: requests by status and latency
         self.models: dict[str, ModelStats] = {}
         #: streams, per model: time to the first token and between tokens

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from inferno.api import API, APIS, INFERENCE, ParsedText, openapi
 from inferno.config import ProxyConfig
-from inferno.errors import BadRequest, InfernoError, RateLimited
+from inferno.errors import BadRequest, InfernoError, LoopDetected, RateLimited
 from inferno.http.request_id import RequestIdFactory
 from inferno.http.responses import JSON_HEADERS, dumps, error_body
 from inferno.http.router import RouteTable
@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 #: how much of the prompt the routing context carries (prefix affinity reads its first words)
 PREFIX_CHARS = 2048
+#: a request that has passed more proxies than this is refused as a loop
+MAX_VIA_HOPS = 16
 #: a data-port route: the request, its responder, its request id, arrival time and API key
 ProxyRoute = Callable[[Request, Responder, str, float, ApiKey | None], Awaitable[None]]
 
@@ -70,6 +72,9 @@ class ProxyApp:
         self._stats.in_flight += 1
         key: ApiKey | None = None
         try:
+            via = request.headers.get(b"via")
+            if via is not None:
+                self._check_hops(via)
             if self._gate is not None and request.path != "/openapi.json":
                 key = self._gate.authenticate(request.headers)
             route = self._routes.match(request.method, request.path)
@@ -84,6 +89,14 @@ class ProxyApp:
             self._send_local(responder, rid, status, body, extra, self._route_label(request.path))
         finally:
             self._stats.in_flight -= 1
+
+    def _check_hops(self, via: bytes) -> None:
+        if self._forwarder.via in via or via.count(b",") + 1 > MAX_VIA_HOPS:
+            self._stats.loops += 1
+            raise LoopDetected(
+                "this request has already passed through this proxy (Via): "
+                "check --backend-servers and what registered"
+            )
 
     # -- routes --------------------------------------------------------------------------
     def _forward_route(self, api: API) -> ProxyRoute:
@@ -102,6 +115,7 @@ class ProxyApp:
                 body = with_model(body, parsed.model_field, ctx.model)
             deadline = self._deadline(request, t0)
             job = Job(ctx, path, body, parsed.max_tokens, t0, deadline, parsed.model_field)
+            job.via = request.headers.get(b"via", b"")
             if self._forwarder.tracing is not None:
                 job.traceparent = request.headers.get(b"traceparent")
             if key is not None:

@@ -75,6 +75,8 @@ class Job:
     on_usage: Callable[[str, int, int], None] | None = None
     #: the proxy asked for the stream's usage chunk itself: take it out before the client sees it
     strip_usage: bool = False
+    #: the ``Via`` header the request arrived with (hops before this proxy)
+    via: bytes = b""
     #: tracing on: the client's ``traceparent`` header, and this request's span
     traceparent: bytes | None = None
     span: Any = None
@@ -105,7 +107,11 @@ class Forwarder:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         tracing: Tracing | None = None,
+        via: bytes = b"1.1 inferno",
     ) -> None:
+        #: this proxy's ``Via`` entry, unique per process: a request that comes back
+        #: carrying it is a loop (ProxyApp answers it 508)
+        self.via = via
         #: OpenTelemetry (``--otlp-endpoint``), else None: then tracing costs one test per call
         self.tracing = tracing
         self._fallbacks = dict(fallbacks or {})
@@ -176,7 +182,14 @@ class Forwarder:
         Unless this is the ``last`` model to try, a final 5xx raises instead."""
         ctx = job.ctx
         tried: frozenset[str] = frozenset()
-        headers = b"Content-Type: application/json\r\nX-Request-ID: " + ctx.request_id.encode() + b"\r\n"
+        via = job.via + b", " + self.via if job.via else self.via
+        headers = (
+            b"Content-Type: application/json\r\nX-Request-ID: "
+            + ctx.request_id.encode()
+            + b"\r\nVia: "
+            + via
+            + b"\r\n"
+        )
         max_attempts = self._retry.max_attempts
         attempt = 0
         while True:

@@ -67,6 +67,24 @@ class ProxyCollector(Collector):
             "inferno_fallbacks", "Requests sent on to a fallback model", value=stats.fallbacks
         )
         yield CounterMetricFamily(
+            "inferno_loops_detected",
+            "Requests refused with 508: their Via header already named this proxy",
+            value=stats.loops,
+        )
+        yield CounterMetricFamily(
+            "inferno_stream_migrations",
+            "Streams continued on another backend after theirs failed mid-stream",
+            value=stats.stream_migrations,
+        )
+        unmigrated = CounterMetricFamily(
+            "inferno_stream_migration_failures",
+            "Streams that failed mid-stream and could not be continued, by reason",
+            labels=["reason"],
+        )
+        for reason, count in stats.stream_migration_failures.items():
+            unmigrated.add_metric([reason], count)
+        yield unmigrated
+        yield CounterMetricFamily(
             "inferno_ejections",
             "Backends ejected by their circuit breaker",
             value=self._registry.ejections_total,

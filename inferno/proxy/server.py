@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -84,6 +85,7 @@ class ProxyServer:
             clock=clock,
             rng=rng,
             tracing=self.tracing,
+            via=b"1.1 inferno-" + secrets.token_hex(6).encode(),
         )
         self.health = HealthChecker(self.registry, self.pool, config.health, config.registry)
         self.gate: ClientGate | None = None

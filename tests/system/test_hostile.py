@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import HOST, TEST_TOKEN, ProcessCluster, start_process_cluster
+from tests.conftest import HOST, TEST_TOKEN, ProcessCluster, ThreadedServer, start_process_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -313,31 +312,16 @@ def test_registry_is_bounded(spawn: Any) -> None:
     _still_serving(cluster)
 
 
-class RogueBackend:
+class RogueBackend(ThreadedServer):
     """A registered 'backend' that answers with far more than any proxy should hold."""
 
     def __init__(self, mode: str, megabytes: int) -> None:
         self.mode = mode
         self.megabytes = megabytes
-        self.sock = socket.socket()
-        self.sock.bind((HOST, 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
         self.sent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
+    def _connection(self, conn: socket.socket) -> None:
         conn.settimeout(10)
         with conn, contextlib.suppress(OSError):
             request = conn.recv(65536)
@@ -365,11 +349,6 @@ class RogueBackend:
                         return
                     conn.sendall(piece)
                     self.sent += len(piece)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
 
 
 @pytest.fixture

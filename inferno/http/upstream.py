@@ -1,0 +1,120 @@
+"""What an upstream call is given (deadlines, limits) and what it returns."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class BodySource(Protocol):
+    """The connection a streamed body is read from (``inferno.http.client``)."""
+
+    async def next_chunk(self, timeout_s: float) -> bytes | None: ...
+
+    def finish_stream(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Deadlines for one upstream call, in seconds (like httpx.Timeout)."""
+
+    connect_s: float = 2.0
+    #: until the response headers arrive (a stream), or the whole response (buffered)
+    first_byte_s: float = 60.0
+    #: between body chunks of a streamed response / until a buffered body completes
+    read_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseLimits:
+    """What the proxy reads from a backend at most; past it the try fails cleanly."""
+
+    #: a non-streamed body, buffered whole
+    max_body_bytes: int = 64 << 20
+    #: one chunk of a chunked (streamed) body; also what is queued before reading pauses
+    max_chunk_bytes: int = 1 << 20
+    #: the status line and headers
+    max_header_bytes: int = 65536
+
+
+#: interim (1xx) answers read and dropped before a connection is given up on
+MAX_INTERIM_RESPONSES = 8
+
+
+class UpstreamResponse:
+    """Status and headers of an upstream response; the body is buffered or streamed."""
+
+    __slots__ = ("_conn", "_peeked", "body", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        conn: BodySource | None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self._conn = conn
+        self._peeked: bytes | None = None
+
+    def unshift(self, chunk: bytes | None) -> None:
+        """Put back a chunk read ahead (``None``: the stream had already ended)."""
+        self._peeked = chunk if chunk is not None else b""
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    async def iter_chunks(self, read_timeout_s: float) -> AsyncIterator[bytes]:
+        """Yield body chunks as they arrive. Closing early closes the socket."""
+        conn = self._conn
+        if conn is None:
+            if self.body:
+                yield self.body
+            return
+        try:
+            while True:
+                chunk = await conn.next_chunk(read_timeout_s)
+                if chunk is None:
+                    break
+                yield chunk
+        finally:
+            self._conn = None
+            conn.finish_stream()
+
+    async def next_chunk(self, timeout_s: float) -> bytes | None:
+        """The next body chunk of a streamed response, or None at its end.
+
+        Raises ``UpstreamTimeout`` if nothing arrives within ``timeout_s``. At the
+        end the connection goes back to the pool.
+        """
+        peeked = self._peeked
+        if peeked is not None:
+            self._peeked = None
+            if peeked:
+                return peeked
+        conn = self._conn
+        if conn is None:
+            return None
+        try:
+            chunk = await conn.next_chunk(timeout_s)
+        except BaseException:
+            self.close()
+            raise
+        if chunk is None:
+            self._conn = None
+            conn.finish_stream()
+        return chunk
+
+    def close(self) -> None:
+        """Abandon a streamed body (closes the connection)."""
+        if self._conn is not None:
+            self._conn.abort()
+            self._conn = None

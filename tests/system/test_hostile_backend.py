@@ -1,0 +1,218 @@
+"""Hostile and odd backends against a real `inferno proxy` process.
+
+A backend may speak legal but unusual HTTP (interim 1xx answers), or say more than
+it was asked for. Whatever it does, no client may receive another client's answer:
+a pooled connection is reused only after its previous answer was read to the end
+and nothing followed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import HOST, ProcessCluster, ThreadedServer, start_process_cluster
+
+pytestmark = pytest.mark.slow
+
+#: what the scripted backend sends for one request: (request id, the raw request) ->
+#: parts, written apart (a short pause between them), as a real server flushes an
+#: interim answer
+Script = Callable[[str, bytes], list[bytes]]
+
+
+def answer(rid: str, status: bytes = b"200 OK") -> bytes:
+    body = b'{"object":"inference","text":"echo:%s","finish_reason":"stop"}' % rid.encode()
+    return b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        status,
+        len(body),
+        body,
+    )
+
+
+class ScriptedBackend(ThreadedServer):
+    """A keep-alive HTTP/1.1 server on loopback whose answers follow a script."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.served = 0
+        super().__init__()
+
+    def _connection(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        buffered = b""
+        with conn, contextlib.suppress(OSError):
+            while not self._stop.is_set():
+                while b"\r\n\r\n" not in buffered:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffered += data
+                head, _, rest = buffered.partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                need = int(length.group(1)) if length else 0
+                while len(rest) < need:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    rest += data
+                buffered = rest[need:]
+                if head.startswith(b"GET /health"):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    continue
+                rid = re.search(rb"(?i)\r\nx-request-id: *([^\r]+)", head)
+                self.served += 1
+                for index, part in enumerate(
+                    self.script(rid.group(1).decode() if rid else "-", head + b"\r\n\r\n" + rest[:need])
+                ):
+                    if index:
+                        time.sleep(0.03)
+                    conn.sendall(part)
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[[Script], ScriptedBackend]]:
+    made: list[ScriptedBackend] = []
+
+    def factory(script: Script) -> ScriptedBackend:
+        backend = ScriptedBackend(script)
+        made.append(backend)
+        return backend
+
+    yield factory
+    for backend in made:
+        backend.close()
+
+
+def _cluster(spawn: Any, rogue: ScriptedBackend) -> ProcessCluster:
+    return start_process_cluster(
+        spawn,
+        1,
+        proxy_args=("--backend-servers", f"{HOST}:{rogue.port}", "--policy", "round_robin"),
+        ready_timeout_s=30,
+        expect_healthy=2,
+    )
+
+
+def _each_gets_its_own(
+    cluster: ProcessCluster, rogue: ScriptedBackend, n: int = 24, pause_s: float = 0.0
+) -> None:
+    """Sequential requests (so pooled sockets are reused): each answer is 200 and,
+    where the rogue served it, carries its own request id and nobody else's.
+    ``pause_s`` between requests leaves pooled sockets idle for that long."""
+    with httpx.Client(timeout=10) as http:
+        for i in range(n):
+            time.sleep(pause_s)
+            rid = f"req-{i}"
+            r = http.post(
+                f"{cluster.url}/inference",
+                json={"prompt": "x", "max_tokens": 1},
+                headers={"X-Request-ID": rid},
+            )
+            assert r.status_code == 200, (i, r.status_code, r.text[:200])
+            echoed = re.findall(r"echo:([\w-]+)", r.text)
+            assert echoed in ([], [rid]), (rid, r.text[:300])
+    assert rogue.served >= n // 3, rogue.served
+
+
+@pytest.mark.parametrize("interims", [b"100 Continue", b"103 Early Hints", b"100 Continue|103 Early Hints"])
+def test_interim_answers_are_dropped_and_never_relayed(spawn: Any, scripted: Any, interims: bytes) -> None:
+    def script(rid: str, _: bytes) -> list[bytes]:
+        return [
+            b"HTTP/1.1 %s\r\n%s\r\n"
+            % (s, b"Link: </a.css>; rel=preload\r\n" if s.startswith(b"103") else b"")
+            for s in interims.split(b"|")
+        ] + [answer(rid)]
+
+    rogue = scripted(script)
+    _each_gets_its_own(_cluster(spawn, rogue), rogue)
+
+
+@pytest.mark.parametrize("when", ["same write", "while idle"])
+def test_bytes_after_an_answer_never_reach_the_next_client(spawn: Any, scripted: Any, when: str) -> None:
+    # The rogue follows each real answer with a second, unasked one naming a bogus id:
+    # in the same write, or a moment later while the socket idles in the pool.
+    if when == "same write":
+        rogue = scripted(lambda rid, _: [answer(rid) + answer("someone-else")])
+    else:
+        rogue = scripted(lambda rid, _: [answer(rid), answer("someone-else")])
+    _each_gets_its_own(_cluster(spawn, rogue), rogue, pause_s=0.0 if when == "same write" else 0.12)
+
+
+def test_switching_protocols_fails_the_try_and_is_retried(spawn: Any, scripted: Any) -> None:
+    rogue = scripted(lambda rid, _: [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", answer(rid)])
+    cluster = _cluster(spawn, rogue)
+    with httpx.Client(timeout=10) as http:
+        for i in range(4):
+            r = http.post(
+                f"{cluster.url}/inference",
+                json={"prompt": "x", "max_tokens": 1},
+                headers={"X-Request-ID": f"s-{i}"},
+            )
+            # Served by the real backend, never with the rogue's echo.
+            assert r.status_code == 200 and "echo:" not in r.text, r.text[:300]
+
+
+def test_interim_answers_before_a_stream_are_dropped(spawn: Any, scripted: Any) -> None:
+    def script(rid: str, _: bytes) -> list[bytes]:
+        event = b'data: {"text": "echo:%s"}\n\n' % rid.encode()
+        done = b"data: [DONE]\n\n"
+        return [
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(event), event, len(done), done),
+        ]
+
+    rogue = scripted(script)
+    cluster = _cluster(spawn, rogue)
+    with httpx.Client(timeout=10) as http:
+        for i in range(12):
+            rid = f"st-{i}"
+            body = {"prompt": "x", "max_tokens": 1, "stream": True}
+            r = http.post(f"{cluster.url}/inference", json=body, headers={"X-Request-ID": rid})
+            assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n"), r.text[:300]
+            assert re.findall(r"echo:([\w-]+)", r.text) in ([], [rid]), r.text[:300]
+    assert rogue.served >= 4
+
+
+def test_a_request_that_comes_back_to_the_proxy_is_refused_as_a_loop(spawn: Any, scripted: Any) -> None:
+    """A 'backend' that hands every request back to the proxy (a registration at the
+    proxy's own address, or a balancer in front of it) makes one request a loop: the
+    proxy sees its own Via entry and answers 508 at the second hop, not thousands."""
+    target: list[int] = []
+
+    def reflect(rid: str, raw: bytes) -> list[bytes]:
+        with socket.create_connection((HOST, target[0]), timeout=5) as sock:
+            sock.settimeout(5)
+            sock.sendall(raw)
+            reply = b""
+            with contextlib.suppress(OSError):
+                while chunk := sock.recv(65536):
+                    reply += chunk
+                    head, sep, body = reply.partition(b"\r\n\r\n")
+                    length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                    if sep and length and len(body) >= int(length.group(1)):
+                        break
+        return [reply]
+
+    rogue = scripted(reflect)
+    cluster = start_process_cluster(
+        spawn, 0, proxy_args=("--backend-servers", f"{HOST}:{rogue.port}"), expect_healthy=1
+    )
+    target.append(int(cluster.url.rsplit(":", 1)[1]))
+    r = httpx.post(f"{cluster.url}/inference", json={"prompt": "x", "max_tokens": 1}, timeout=10)
+    assert r.status_code == 508 and r.json()["error"]["code"] == "loop_detected", r.text[:300]
+    assert rogue.served == 1
+    metrics = httpx.get(f"{cluster.ops}/metrics", timeout=5).text
+    assert "inferno_loops_detected_total 1.0" in metrics
+    # A chain longer than any real deployment is refused too, and the proxy serves on.
+    chain = ", ".join(f"1.1 hop{i}" for i in range(17))
+    r = httpx.post(f"{cluster.url}/inference", json={"prompt": "x"}, headers={"Via": chain}, timeout=5)
+    assert r.status_code == 508
