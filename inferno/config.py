@@ -123,6 +123,24 @@ class UpstreamConfig(_Frozen):
     )
 
 
+class MigrationConfig(_Frozen):
+    """Streams that survive their backend: continued on another one (docs/retries.md)."""
+
+    max_per_stream: int = Field(
+        2, ge=0, le=10, description="times one stream may move to another backend after a mid-stream failure"
+    )
+    stream_bytes: int = Field(
+        256 << 10,
+        ge=0,
+        description="raw stream bytes kept per stream to continue it from; past this it cannot migrate",
+    )
+    port_bytes: int = Field(
+        64 << 20,
+        ge=0,
+        description="raw stream bytes kept across all streams; past it, new streams cannot migrate",
+    )
+
+
 class RetryConfig(_Frozen):
     """Retries on a different backend before any byte reached the client."""
 
@@ -225,6 +243,7 @@ class ProxyConfig(_Frozen):
     registry: RegistryConfig = RegistryConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     retry: RetryConfig = RetryConfig()
+    migration: MigrationConfig = MigrationConfig()
     deadline: DeadlineConfig = DeadlineConfig()
     outlier: OutlierConfig = OutlierConfig()
     admission: AdmissionConfig = AdmissionConfig()

@@ -92,6 +92,34 @@ class TextAPI(API):
         asked for it (OpenAI's ``stream_options.include_usage``)."""
         return None
 
+    # -- stream migration (proxy side; docs/retries.md) ------------------------------------
+    @abstractmethod
+    def chunk_text(self, event: dict[str, Any]) -> str | None:
+        """The generated text one decoded stream event carries (None: none)."""
+
+    @abstractmethod
+    def finished(self, event: dict[str, Any]) -> bool:
+        """Whether this event ends the answer (it has a finish reason)."""
+
+    @abstractmethod
+    def continuation(self, data: dict[str, Any], text: str, tokens: int) -> dict[str, Any] | None:
+        """The request body that continues an answer from ``text`` (``tokens`` of it
+        relayed), or None when nothing is left to generate."""
+
+    @abstractmethod
+    def restamp(self, event: dict[str, Any], first: dict[str, Any]) -> dict[str, Any] | None:
+        """An event of a continued segment as if the first segment had sent it (its
+        ``id``, ``created``, ``model``), or None to drop it (a role-only chunk)."""
+
+
+def remaining_tokens(data: dict[str, Any], fields: tuple[str, ...], default: int, used: int) -> int:
+    """What is left of a body's token budget (the first of ``fields`` it sets)."""
+    for name in fields:
+        value = data.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value - used
+    return default - used
+
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {

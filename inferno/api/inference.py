@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from inferno.api.base import ParsedText, RenderMeta, TextAPI, usage
+from inferno.api.base import ParsedText, RenderMeta, TextAPI, remaining_tokens, usage
 from inferno.engines.base import Delta, GenerationRequest, GenerationResult, Prediction
 from inferno.errors import BadRequest
 from inferno.schemas.openai import ImageRequest, InferenceRequest, parse_obj
@@ -75,7 +75,8 @@ class InferenceAPI(TextAPI):
             temperature=inf.temperature,
             top_p=inf.top_p,
             seed=inf.seed,
-            messages=(("user", inf.prompt),),
+            messages=(("user", inf.prompt),)
+            + ((("assistant", inf.continue_from),) if inf.continue_from else ()),
         )
 
     def render_whole(self, result: GenerationResult, meta: RenderMeta) -> dict[str, Any]:
@@ -122,4 +123,24 @@ class InferenceAPI(TextAPI):
         }
         if delta.finish_reason is not None:
             event["usage"] = usage(delta.prompt_tokens, delta.completion_tokens)
+        return event
+
+    def chunk_text(self, event: dict[str, Any]) -> str | None:
+        text = event.get("text")
+        return text if isinstance(text, str) and "finish_reason" in event else None
+
+    def finished(self, event: dict[str, Any]) -> bool:
+        return bool(event.get("finish_reason"))
+
+    def continuation(self, data: dict[str, Any], text: str, tokens: int) -> dict[str, Any] | None:
+        left = remaining_tokens(data, ("max_tokens",), 128, tokens)
+        if left <= 0:
+            return None
+        data["max_tokens"] = left
+        data["continue_from"] = data.get("continue_from", "") + text
+        return data
+
+    def restamp(self, event: dict[str, Any], first: dict[str, Any]) -> dict[str, Any] | None:
+        if "request_id" in first:
+            event["request_id"] = first["request_id"]
         return event

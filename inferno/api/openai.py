@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from inferno.api.base import ParsedText, RenderMeta, TextAPI, usage
+from inferno.api.base import ParsedText, RenderMeta, TextAPI, remaining_tokens, usage
 from inferno.engines.base import Delta, GenerationRequest, GenerationResult
 from inferno.schemas.openai import ChatCompletionRequest, CompletionRequest, parse_body
 
@@ -28,7 +28,21 @@ def _usage_chunk(
     }
 
 
-class ChatAPI(TextAPI):
+class _OpenAIStream(TextAPI):
+    """What chat and completions streams share: one choice, OpenAI chunk stamps."""
+
+    def finished(self, event: dict[str, Any]) -> bool:
+        choices = event.get("choices")
+        return bool(choices) and isinstance(choices, list) and bool(choices[0].get("finish_reason"))
+
+    def restamp(self, event: dict[str, Any], first: dict[str, Any]) -> dict[str, Any] | None:
+        for key in ("id", "created", "model"):
+            if key in first:
+                event[key] = first[key]
+        return event
+
+
+class ChatAPI(_OpenAIStream):
     path = "/v1/chat/completions"
 
     def parse(self, body: bytes) -> ParsedText:
@@ -81,11 +95,39 @@ class ChatAPI(TextAPI):
     def usage_chunk(self, parsed: ParsedText, last: Delta, meta: RenderMeta) -> dict[str, Any] | None:
         return _usage_chunk(parsed, last, f"chatcmpl-{meta.request_id}", "chat.completion.chunk", meta)
 
+    def chunk_text(self, event: dict[str, Any]) -> str | None:
+        choices = event.get("choices")
+        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+            return None
+        delta = choices[0].get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else None
+        return text if isinstance(text, str) else None
+
+    def continuation(self, data: dict[str, Any], text: str, tokens: int) -> dict[str, Any] | None:
+        # llama.cpp continues a trailing assistant message and streams only the new text.
+        fields = ("max_completion_tokens", "max_tokens")
+        left = remaining_tokens(data, fields, DEFAULT_CHAT_MAX_TOKENS, tokens)
+        if left <= 0:
+            return None
+        data.pop("max_completion_tokens", None)
+        data["max_tokens"] = left
+        data["messages"] = [*data.get("messages", ()), {"role": "assistant", "content": text}]
+        return data
+
+    def restamp(self, event: dict[str, Any], first: dict[str, Any]) -> dict[str, Any] | None:
+        choices = event.get("choices")
+        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+            delta = choices[0].get("delta")
+            role = delta.pop("role", None) if isinstance(delta, dict) else None
+            if role is not None and not delta and not choices[0].get("finish_reason"):
+                return None  # the new segment's role-only chunk
+        return super().restamp(event, first)
+
     def wants_usage(self, parsed: ParsedText) -> bool | None:
         return bool(parsed.body.include_usage())
 
 
-class CompletionAPI(TextAPI):
+class CompletionAPI(_OpenAIStream):
     path = "/v1/completions"
 
     def parse(self, body: bytes) -> ParsedText:
@@ -131,6 +173,22 @@ class CompletionAPI(TextAPI):
 
     def usage_chunk(self, parsed: ParsedText, last: Delta, meta: RenderMeta) -> dict[str, Any] | None:
         return _usage_chunk(parsed, last, f"cmpl-{meta.request_id}", "text_completion", meta)
+
+    def chunk_text(self, event: dict[str, Any]) -> str | None:
+        choices = event.get("choices")
+        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+            return None
+        text = choices[0].get("text")
+        return text if isinstance(text, str) else None
+
+    def continuation(self, data: dict[str, Any], text: str, tokens: int) -> dict[str, Any] | None:
+        left = remaining_tokens(data, ("max_tokens",), 16, tokens)
+        prompt = data.get("prompt")
+        if left <= 0 or not isinstance(prompt, str):
+            return None
+        data["max_tokens"] = left
+        data["prompt"] = prompt + text
+        return data
 
     def wants_usage(self, parsed: ParsedText) -> bool | None:
         return bool(parsed.body.include_usage())

@@ -42,6 +42,9 @@ class Waiter:
     #: the backend worth waiting for (affinity), until ``home_until``
     home: WorkerInfo | None = None
     home_until: float = 0.0
+    #: a migrating stream: served ahead of every class, and waits for a backend to
+    #: come back (until its deadline) rather than failing when none is routable
+    urgent: bool = False
 
 
 class AdmissionController:
@@ -95,10 +98,27 @@ class AdmissionController:
 
     # -- acquire / release ---------------------------------------------------------------
     async def acquire(
-        self, ctx: RequestContext, tried: frozenset[str] = frozenset(), *, timeout_s: float
+        self,
+        ctx: RequestContext,
+        tried: frozenset[str] = frozenset(),
+        *,
+        timeout_s: float,
+        urgent: bool = False,
     ) -> WorkerInfo:
-        """A backend for ``ctx`` with its in-flight count taken; ``release`` gives it back."""
+        """A backend for ``ctx`` with its in-flight count taken; ``release`` gives it back.
+
+        ``urgent`` (a stream migrating after its backend failed) takes the next free slot
+        ahead of every waiting request, is never refused for a full queue, and waits up
+        to ``timeout_s`` for a backend to become routable again.
+        """
         eligible = self._eligible(ctx, tried)
+        if urgent:
+            free = self._with_capacity(eligible)
+            if free:
+                worker = self._policy.choose(ctx, free)
+                worker.in_flight += 1
+                return worker
+            return await self._wait(Waiter(ctx, tried, self._clock(), self._future(), urgent=True), timeout_s)
         if not eligible:
             self._raise_unavailable(ctx, tried)
         home = self._policy.home(ctx, eligible, self._load) if self._affine else None
@@ -115,18 +135,24 @@ class AdmissionController:
                     return worker
         if len(self._waiters) >= self._cfg.max_queue:
             raise Overloaded(f"the request queue is full ({self._cfg.max_queue}); retry later")
-        loop = asyncio.get_running_loop()
-        now = self._clock()
-        waiter = Waiter(ctx, tried, now, loop.create_future())
-        wake: asyncio.TimerHandle | None = None
+        waiter = Waiter(ctx, tried, self._clock(), self._future())
         if home is not None and self._affinity_wait_s > 0:
-            waiter.home, waiter.home_until = home, now + self._affinity_wait_s
+            waiter.home, waiter.home_until = home, waiter.arrival + self._affinity_wait_s
             self._home_waiting[home.address] = self._home_waiting.get(home.address, 0) + 1
+        return await self._wait(waiter, min(timeout_s, self._cfg.queue_timeout_s))
+
+    def _future(self) -> asyncio.Future[WorkerInfo]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _wait(self, waiter: Waiter, wait_s: float) -> WorkerInfo:
+        """Queue ``waiter`` until ``dispatch`` hands it a backend or ``wait_s`` passes."""
+        loop = asyncio.get_running_loop()
+        wake: asyncio.TimerHandle | None = None
+        if waiter.home is not None:
             # When the wait for the home ends, any free backend will do.
             wake = loop.call_later(self._affinity_wait_s, self.dispatch)
         self._waiters.append(waiter)
-        timeout = min(timeout_s, self._cfg.queue_timeout_s)
-        handle = loop.call_later(timeout, self._expire, waiter, timeout)
+        handle = loop.call_later(wait_s, self._expire, waiter, wait_s)
         try:
             return await waiter.future
         except BaseException:
@@ -154,6 +180,10 @@ class AdmissionController:
             self.dispatch()
 
     def _expire(self, waiter: Waiter, timeout: float) -> None:
+        if waiter.urgent and not waiter.future.done():
+            waiter.future.set_exception(
+                NoBackendAvailable(f"no backend came back within {timeout:.3g}s to continue the stream on")
+            )
         if not waiter.future.done():
             waiter.future.set_exception(
                 Overloaded(f"no backend capacity within {timeout:.3g}s of queueing; retry later")
@@ -185,6 +215,8 @@ class AdmissionController:
 
     # -- the queue -----------------------------------------------------------------------
     def rank(self, waiter: Waiter, now: float) -> tuple[int, float]:
+        if waiter.urgent:
+            return -1_000_000, waiter.arrival
         waited = max(0.0, now - waiter.arrival)
         return int(waiter.ctx.priority) - math.floor(waited / self._cfg.aging_s), waiter.arrival
 
@@ -197,6 +229,8 @@ class AdmissionController:
             if waiter.future.done():
                 continue
             eligible = self._eligible(waiter.ctx, waiter.tried)
+            if not eligible and waiter.urgent:
+                continue  # it waits for a backend to come back
             if not eligible:
                 try:
                     self._raise_unavailable(waiter.ctx, waiter.tried)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from inferno.api import API, APIS, INFERENCE, ParsedText, openapi
+from inferno.api.base import TextAPI
 from inferno.config import ProxyConfig
 from inferno.errors import BadRequest, InfernoError, LoopDetected, RateLimited
 from inferno.http.request_id import RequestIdFactory
@@ -116,6 +117,9 @@ class ProxyApp:
             deadline = self._deadline(request, t0)
             job = Job(ctx, path, body, parsed.max_tokens, t0, deadline, parsed.model_field)
             job.via = request.headers.get(b"via", b"")
+            if parsed.stream and isinstance(api, TextAPI):
+                job.api = api
+                job.prompt_chars = len(parsed.prompt)
             if self._forwarder.tracing is not None:
                 job.traceparent = request.headers.get(b"traceparent")
             if key is not None:

@@ -39,6 +39,21 @@ def usage_of(data: bytes) -> tuple[int, int] | None:
     return max(0, prompt), max(0, completion)
 
 
+#: template and system-prompt tokens a backend may add to what the body holds
+PROMPT_OVERHEAD_TOKENS = 1024
+
+
+def sane_usage(used: tuple[int, int], body_bytes: int, max_tokens: int) -> tuple[int, int]:
+    """A backend's reported usage, bounded by what the request could have cost: a prompt
+    has at most about one token per byte of the body, an answer at most ``max_tokens``.
+    One absurd number from a backend cannot charge a key for centuries."""
+    prompt, completion = used
+    return (
+        max(0, min(prompt, body_bytes + PROMPT_OVERHEAD_TOKENS)),
+        max(0, min(completion, max_tokens)),
+    )
+
+
 def with_usage_requested(body: bytes) -> bytes:
     """The body of an OpenAI stream request with ``stream_options.include_usage`` set."""
     data = orjson.loads(body)

@@ -11,15 +11,12 @@ a backend. See docs/retries.md and docs/deadlines.md.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
 
-from inferno.config import DeadlineConfig, RetryConfig, UpstreamConfig
+from inferno.config import DeadlineConfig, MigrationConfig, RetryConfig, UpstreamConfig
 from inferno.errors import (
     DeadlineExceeded,
     InfernoError,
@@ -31,61 +28,22 @@ from inferno.errors import (
     UpstreamTimeout,
 )
 from inferno.http.client import Timeouts, UpstreamPool, UpstreamResponse, build_request
-from inferno.http.responses import sse_error_event
 from inferno.http.server import Responder
 from inferno.observability.metrics import ProxyStats
 from inferno.observability.tracing import Tracing
 from inferno.proxy.admission import AdmissionController
-from inferno.proxy.bodies import read_bounded, response_headers, served_model, usage_of, with_model
+from inferno.proxy.bodies import read_bounded, response_headers, sane_usage, served_model, usage_of
+from inferno.proxy.job import Job, Outcome
+from inferno.proxy.streams import StreamRelay
+
+__all__ = ["Forwarder", "Job", "Outcome"]
 from inferno.proxy.requestlog import log_answer, log_route
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.worker import WorkerInfo
-from inferno.schemas.routing import RequestContext
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
-
-
-@dataclass(slots=True)
-class Outcome:
-    """A complete answer, ready to send or to embed in a batch result."""
-
-    status: int
-    headers: bytes
-    body: bytes
-    worker: WorkerInfo
-
-
-@dataclass(slots=True)
-class Job:
-    """What the forwarder needs to know about one request."""
-
-    ctx: RequestContext
-    path: bytes
-    body: bytes
-    max_tokens: int
-    t0: float
-    deadline: float
-    #: the body field naming the model (rewritten for aliases and fallbacks)
-    model_field: str = "model"
-    #: extra response headers (an API key's ``x-ratelimit-*``)
-    extra_headers: bytes = b""
-    #: called with (model, prompt tokens, completion tokens) once the answer's usage is seen
-    on_usage: Callable[[str, int, int], None] | None = None
-    #: the proxy asked for the stream's usage chunk itself: take it out before the client sees it
-    strip_usage: bool = False
-    #: the ``Via`` header the request arrived with (hops before this proxy)
-    via: bytes = b""
-    #: tracing on: the client's ``traceparent`` header, and this request's span
-    traceparent: bytes | None = None
-    span: Any = None
-
-    def for_model(self, model: str) -> Job:
-        """The same request sent to another model (a fallback)."""
-        ctx = dataclasses.replace(self.ctx, model=model)
-        body = with_model(self.body, self.model_field, model)
-        return dataclasses.replace(self, ctx=ctx, body=body)
 
 
 #: what makes a model's own tries give up and its fallback run
@@ -108,6 +66,7 @@ class Forwarder:
         rng: random.Random | None = None,
         tracing: Tracing | None = None,
         via: bytes = b"1.1 inferno",
+        migration: MigrationConfig | None = None,
     ) -> None:
         #: this proxy's ``Via`` entry, unique per process: a request that comes back
         #: carrying it is a loop (ProxyApp answers it 508)
@@ -124,6 +83,16 @@ class Forwarder:
         self._deadline = deadline
         self._clock = clock
         self._rng = rng or random.Random()
+        self._streams = StreamRelay(
+            registry,
+            admission,
+            stats,
+            upstream,
+            migration or MigrationConfig(),
+            tries=self._tries,
+            on_failure=self._on_failure,
+            clock=clock,
+        )
 
     # -- the per-try timeout rule (docs/deadlines.md) ------------------------------------
     def per_try_timeout(self, worker: WorkerInfo, job: Job, *, can_retry: bool) -> float:
@@ -176,12 +145,19 @@ class Forwarder:
         raise AssertionError("unreachable")
 
     async def _tries(
-        self, job: Job, *, stream: bool, last: bool
+        self,
+        job: Job,
+        *,
+        stream: bool,
+        last: bool,
+        avoid: frozenset[str] = frozenset(),
+        urgent: bool = False,
     ) -> tuple[WorkerInfo, UpstreamResponse, float]:
         """Run attempts until one gets a response worth returning. The caller releases.
-        Unless this is the ``last`` model to try, a final 5xx raises instead."""
+        Unless this is the ``last`` model to try, a final 5xx raises instead. ``avoid``
+        and ``urgent`` are for a migrating stream (``AdmissionController.acquire``)."""
         ctx = job.ctx
-        tried: frozenset[str] = frozenset()
+        tried = avoid
         via = job.via + b", " + self.via if job.via else self.via
         headers = (
             b"Content-Type: application/json\r\nX-Request-ID: "
@@ -197,11 +173,12 @@ class Forwarder:
             remaining = job.deadline - self._clock()
             if remaining <= 0:
                 raise DeadlineExceeded("the request deadline passed before a backend answered")
-            worker = await self._admission.acquire(ctx, tried, timeout_s=remaining)
+            worker = await self._admission.acquire(ctx, tried, timeout_s=remaining, urgent=urgent)
             address = worker.address
             log_route(ctx.request_id, address, attempt)
             pool = self._registry.routable_for(ctx.model, ctx.task)
-            can_retry = attempt < max_attempts and len(pool) > len(tried) + 1
+            # A migrating stream may go back to a backend it tried, once that one is back.
+            can_retry = attempt < max_attempts and (urgent or len(pool) > len(tried) + 1)
             if stream:
                 budget = self._up.stream_first_byte_timeout_s
                 cap = remaining * self._deadline.per_try_max_fraction if can_retry else remaining
@@ -275,6 +252,8 @@ class Forwarder:
             if not can_retry:
                 raise failure
             tried = tried | {address}
+            if urgent and all(w.address in tried for w in self._registry.routable_for(ctx.model, ctx.task)):
+                tried = frozenset()
             self._stats.retries += 1
             logger.warning("Retrying request %s after %s: %s", ctx.request_id, address, failure.message)
             delay = min(self._backoff_s(attempt), max(0.0, job.deadline - self._clock()))
@@ -354,7 +333,7 @@ class Forwarder:
             log_answer(job.ctx.request_id, job.path, worker, upstream.status, model, job.t0, t_send, now)
             if job.on_usage is not None and upstream.status == 200:
                 used = usage_of(body)
-                job.on_usage(model, *(used or (0, 0)))
+                job.on_usage(model, *sane_usage(used or (0, 0), len(job.body), job.max_tokens))
             return Outcome(upstream.status, headers, body, worker)
         finally:
             self._admission.release(worker)
@@ -391,91 +370,11 @@ class Forwarder:
                 headers = response_headers(worker, job.ctx, model, content_type, b"") + job.extra_headers
                 responder.send(upstream.status, headers, body)
             else:
-                await self._relay_stream(responder, upstream, worker, job, t_send, model)
+                # The relay may move the stream; it hands back the backend that finished it.
+                worker = await self._streams.relay(responder, upstream, worker, job, t_send, model)
             now = self._clock()
             self._stats.record(worker.address, upstream.status, now - job.t0, model, job.path)
             log_answer(job.ctx.request_id, job.path, worker, upstream.status, model, job.t0, t_send, now)
             return upstream.status
         finally:
             self._admission.release(worker)
-
-    async def _relay_stream(
-        self,
-        responder: Responder,
-        upstream: UpstreamResponse,
-        worker: WorkerInfo,
-        job: Job,
-        t_send: float,
-        model: str,
-    ) -> None:
-        now = self._clock()
-        # For streams the timings are known when the headers go out: ``backend`` is the
-        # time to the backend's response headers, ``total`` the time to ours.
-        timing = b'queue;dur=%.3f, backend;dur=%.3f;desc="time to first chunk", total;dur=%.3f' % (
-            (t_send - job.t0) * 1000.0,
-            (now - t_send) * 1000.0,
-            (now - job.t0) * 1000.0,
-        )
-        content_type = upstream.header(b"content-type") or b"text/event-stream"
-        responder.start_stream(
-            200,
-            response_headers(worker, job.ctx, model, content_type, timing)
-            + b"Cache-Control: no-cache\r\n"
-            + job.extra_headers,
-        )
-        idle = self._up.stream_idle_timeout_s
-        used: tuple[int, int] | None = None
-        # The first chunk was in hand when the headers went out: that is the first token.
-        first_token = now
-        chunks = 0
-        slow = self._up.slow_chunk_s
-        last = now
-        was_slow = False
-        try:
-            while True:
-                remaining = job.deadline - self._clock()
-                if remaining <= 0:
-                    raise DeadlineExceeded("the request deadline passed during the stream")
-                try:
-                    chunk = await upstream.next_chunk(min(idle, remaining))
-                except UpstreamTimeout as exc:
-                    if self._clock() >= job.deadline:
-                        raise DeadlineExceeded("the request deadline passed during the stream") from exc
-                    raise
-                if chunk is None:
-                    break
-                arrived = self._clock()
-                if arrived - last > slow:
-                    # Slow but alive: reported, never ejected for it.
-                    self._registry.mark_suspect(worker, f"{arrived - last:.1f}s between stream chunks")
-                    was_slow = True
-                last = arrived
-                chunks += 1
-                if job.on_usage is not None and b'"usage"' in chunk:
-                    used = usage_of(chunk) or used
-                    if job.strip_usage and b'"choices":[]' in chunk:
-                        continue  # the usage chunk the client did not ask for
-                await responder.write(chunk)
-            self._registry.record_success(worker, slow=was_slow)
-            # Token events are the chunks but the closing ones (finish, usage, [DONE]).
-            tokens = max(0, chunks - 2)
-            tpot = (last - first_token) / (tokens - 1) if tokens > 1 else None
-            self._stats.record_stream(worker.address, model, first_token - job.t0, tpot)
-        except (UpstreamError, DeadlineExceeded) as exc:
-            # Never retried: the client already has part of the answer.
-            if isinstance(exc, UpstreamError):
-                self._on_failure(worker, exc)
-            logger.warning(
-                "Stream %s from %s ended early: %s", job.ctx.request_id, worker.address, exc.message
-            )
-            upstream.close()
-            if responder.client_connected:
-                await responder.write(sse_error_event(exc.message, exc.code))
-        except BaseException:
-            upstream.close()
-            raise
-        finally:
-            if job.on_usage is not None:
-                # What was generated is charged even when the stream ended early.
-                job.on_usage(model, *(used or (0, 0)))
-        responder.end_stream()

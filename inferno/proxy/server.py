@@ -86,6 +86,7 @@ class ProxyServer:
             rng=rng,
             tracing=self.tracing,
             via=b"1.1 inferno-" + secrets.token_hex(6).encode(),
+            migration=config.migration,
         )
         self.health = HealthChecker(self.registry, self.pool, config.health, config.registry)
         self.gate: ClientGate | None = None

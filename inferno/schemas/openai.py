@@ -31,6 +31,9 @@ class InferenceRequest(BaseModel):
     priority: PriorityName | None = None
     session_id: str | None = Field(None, max_length=256)
     seed: int | None = None
+    #: an answer to continue: the model goes on after this text, streaming only what
+    #: follows (the proxy sets it when it moves a stream to another backend)
+    continue_from: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
 
 
 class TextPart(BaseModel):

@@ -14,6 +14,7 @@ import httpx
 from inferno.backend.server import BackendServer
 from inferno.config import (
     AdmissionConfig,
+    MigrationConfig,
     OutlierConfig,
     UpstreamConfig,
 )
@@ -242,9 +243,14 @@ async def test_slow_stream_marks_suspect_but_never_ejects(
 async def test_stream_stalling_past_idle_timeout_ends_with_error_event(
     make_cluster: Any, client: httpx.AsyncClient
 ) -> None:
+    """With migration off, a stalled stream ends with an error event (with it on, see
+    tests/system/test_stream_migration.py)."""
     cluster = await make_cluster(
         1,
-        proxy_overrides={"upstream": UpstreamConfig(stream_idle_timeout_s=0.3)},
+        proxy_overrides={
+            "upstream": UpstreamConfig(stream_idle_timeout_s=0.3),
+            "migration": MigrationConfig(max_per_stream=0),
+        },
         engine_options={"fake_tokens_per_s": 2.0},
     )
     chat = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 5, "stream": True}
