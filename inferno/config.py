@@ -77,6 +77,13 @@ class HttpConfig(_Frozen):
         description="after an early error (413, 431, 400) keep reading and discarding for this long, "
         "so the client sees the answer instead of a reset",
     )
+    refused_log_interval_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="refusals anyone can cause (a wrong cluster token) are logged once, then in at most "
+        "one summary line with a count per this many seconds",
+    )
 
 
 class RegistryConfig(_Frozen):
@@ -210,6 +217,19 @@ class DashboardConfig(_Frozen):
     )
     history_points: int = Field(
         600, ge=10, le=86_400, description="points of the charts' history the proxy keeps (one per interval)"
+    )
+    session_ttl_s: float = Field(
+        43_200.0,
+        ge=60,
+        le=30 * 86_400,
+        description="a dashboard login lasts this long; then the browser must log in again",
+    )
+    max_revoked_sessions: int = Field(
+        4096,
+        ge=16,
+        le=1_000_000,
+        description="logged-out sessions remembered until they expire; past it the oldest logouts "
+        "end every session issued before them",
     )
 
 

@@ -64,6 +64,12 @@ class ProxyServer:
         self.policy = LoadBalancingPolicy.create(config.policy, rng, affinity=config.affinity)
         token = config.cluster_token.get_secret_value() if config.cluster_token else None
         self.auth = ClusterAuth(token)
+        self.dashboard_auth = DashboardAuth(
+            token,
+            session_ttl_s=config.dashboard.session_ttl_s,
+            max_revoked=config.dashboard.max_revoked_sessions,
+            refused_log_interval_s=config.http.refused_log_interval_s,
+        )
         self.admission = AdmissionController(
             config.admission,
             self.registry,
@@ -90,7 +96,15 @@ class ProxyServer:
         if config.require_api_key:
             db = connect(Path(config.state_dir))
             self.gate = ClientGate(KeyStore(db), UsageLedger(db), clock=clock)
-        metrics = new_registry(ProxyCollector(self.stats, self.registry, self.gate, self.admission))
+        metrics = new_registry(
+            ProxyCollector(
+                self.stats,
+                self.registry,
+                self.gate,
+                self.admission,
+                refusals=(self.dashboard_auth.refusals,),
+            )
+        )
         ops_limits = limits_from(config.http, max_body_bytes=OPS_MAX_BODY_BYTES, ops=True)
         self._data = HttpServer(
             ProxyApp(config, self.registry, self.forwarder, self.stats, clock=clock, gate=self.gate),
@@ -109,7 +123,7 @@ class ProxyServer:
             insecure=not self.auth.enabled,
         )
         self._try = TryIt(config.listen_host, config.deadline.default_s)
-        dashboard = Dashboard(self.feed, DashboardAuth(token), self._try, config.dashboard.max_clients)
+        dashboard = Dashboard(self.feed, self.dashboard_auth, self._try, config.dashboard.max_clients)
         self._ops = HttpServer(
             ProxyOps(
                 self.registry,
