@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from inferno.config import ProxyConfig
+from inferno.errors import ConfigError
 from inferno.http.client import ResponseLimits, UpstreamPool
 from inferno.http.server import HttpServer, fit_to_fd_limit, limits_from
 from inferno.observability.metrics import ProxyStats, new_registry
@@ -27,6 +28,7 @@ from inferno.proxy.forward import Forwarder
 from inferno.proxy.metrics import ProxyCollector
 from inferno.proxy.ops import ProxyOps
 from inferno.registry.health import HealthChecker
+from inferno.registry.loops import OwnAddresses, normal_ip
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.resolver import Resolver
 from inferno.security import ClusterAuth, KeyStore, UsageLedger, connect
@@ -63,7 +65,7 @@ class ProxyServer:
         rng = random.Random(config.seed)
         self.policy = LoadBalancingPolicy.create(config.policy, rng, affinity=config.affinity)
         token = config.cluster_token.get_secret_value() if config.cluster_token else None
-        self.auth = ClusterAuth(token)
+        self.auth = ClusterAuth(token, refused_log_interval_s=config.http.refused_log_interval_s)
         self.dashboard_auth = DashboardAuth(
             token,
             session_ttl_s=config.dashboard.session_ttl_s,
@@ -102,9 +104,10 @@ class ProxyServer:
                 self.registry,
                 self.gate,
                 self.admission,
-                refusals=(self.dashboard_auth.refusals,),
+                refusals=(self.auth.refusals, self.dashboard_auth.refusals),
             )
         )
+        self.own = OwnAddresses()
         ops_limits = limits_from(config.http, max_body_bytes=OPS_MAX_BODY_BYTES, ops=True)
         self._data = HttpServer(
             ProxyApp(config, self.registry, self.forwarder, self.stats, clock=clock, gate=self.gate),
@@ -134,6 +137,7 @@ class ProxyServer:
                 self.auth,
                 self.gate,
                 dashboard,
+                self.own,
             ),
             limits=ops_limits,
             name="ops",
@@ -144,7 +148,11 @@ class ProxyServer:
     async def start(self) -> None:
         cfg = self.config
         self.ops_address = await self._ops.start(cfg.ops_host, cfg.ops_port)
+        configured_data = [(cfg.listen_host, cfg.listen_port)] if cfg.listen_port else []
+        self.own.set(self._ops.bound + configured_data)
         self.data_address = await self._data.start(cfg.listen_host, cfg.listen_port)
+        self.own.set(self._ops.bound + self._data.bound)
+        self._refuse_static_self()
         self._try.set_port(self.data_address[1])
         self.feed.start()
         self.health.start()
@@ -159,6 +167,19 @@ class ProxyServer:
                 cfg.ops_host,
                 self.ops_address[1],
             )
+
+    def _refuse_static_self(self) -> None:
+        """``--backend-servers`` must not name the proxy itself (every request would loop)."""
+        for worker in self.registry.all():
+            if worker.source != "static":
+                continue
+            host, _, port = worker.address.rpartition(":")
+            ips = ["127.0.0.1", "::1"] if host == "localhost" else [normal_ip(host) or ""]
+            if any(ip and self.own.contains(ip, int(port)) for ip in ips):
+                raise ConfigError(
+                    f"--backend-servers lists {worker.address}, this proxy's own address: "
+                    "every request would come straight back into the proxy"
+                )
 
     async def aclose(self, grace_s: float = 0.0) -> None:
         """Stop accepting, finish in-flight requests within ``grace_s``, then stop."""
