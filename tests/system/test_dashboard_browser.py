@@ -136,6 +136,15 @@ def test_dashboard_in_chromium(spawn: Callable[..., Proc], browser: Any) -> None
             timeout=15_000,
         )
         expect(page.locator("#routing-backends .bar")).to_have_count(3)
+        # Backends go by node id in every panel (the address on hover), as in the table.
+        names = page.locator("#routing-backends .bar .name")
+        assert sorted(names.all_inner_texts()) == ["b1", "b2", "b3"], names.all_inner_texts()
+        addresses = {w["address"] for w in cluster.workers().values()}
+        assert {names.nth(i).get_attribute("title") for i in range(3)} == addresses
+        # The latency chart is per model: it shows one served model, not all mixed.
+        chosen = page.locator("#latency-model").input_value()
+        assert chosen and chosen in {m for w in cluster.workers().values() for m in w["models"]}, chosen
+        expect(page.locator("#latency-model option")).to_have_count(2)  # the model, and "all, mixed"
         shot(page, "01-cluster")
 
         # Kill a backend outright: its row turns unhealthy and the event shows up.

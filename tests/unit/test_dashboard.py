@@ -140,9 +140,37 @@ def test_feed_turns_counters_into_rates_percentiles_and_shares() -> None:
     assert snap["routing"] == {
         "window_s": 2.0,
         "backends": {"10.0.0.1:3000": 30, "10.0.0.2:3000": 10},
+        "names": {"10.0.0.1:3000": "n1", "10.0.0.2:3000": "n2"},
         "models": {"m": 40},
     }
     assert snap["health"]["status"] == "healthy"  # type: ignore[index]
+
+
+def test_feed_charts_latency_per_model_and_names_backends_by_node_id() -> None:
+    clock = FakeClock()
+    stats = ProxyStats()
+    reg = registry(clock)
+    register(reg, "10.0.0.1:3000", "n1")
+    feed = make_feed(clock, stats, reg)
+    feed.sample()
+    clock.now += 1.0
+    for _ in range(20):
+        stats.record("10.0.0.1:3000", 200, 0.004, "all-minilm-l6-v2", b"/v1/embeddings")
+        stats.record("10.0.0.1:3000", 200, 2.0, "smollm2", b"/v1/chat/completions")
+    point = feed.sample()
+    per_model = point["models"]
+    assert isinstance(per_model, dict) and set(per_model) == {"all-minilm-l6-v2", "smollm2"}
+    # One chart per model: the embeddings' 4 ms are not drowned by the chats' 2 s.
+    assert per_model["all-minilm-l6-v2"]["p99_ms"] <= 5
+    assert 1000 <= per_model["smollm2"]["p50_ms"] <= 2500
+    for _ in range(6):  # past the short window, a model with no traffic has no point
+        clock.now += 1.0
+        stats.record("10.0.0.1:3000", 200, 2.0, "smollm2", b"/v1/chat/completions")
+        point = feed.sample()
+    assert set(point["models"]) == {"smollm2"}  # type: ignore[call-overload]
+    # A backend that left is still named by its node id while its traffic is shown.
+    reg.deregister("10.0.0.1:3000")
+    assert feed.snapshot([])["routing"]["names"] == {"10.0.0.1:3000": "n1"}  # type: ignore[index]
 
 
 def test_feed_keeps_a_bounded_history_and_hands_each_event_out_once() -> None:
@@ -179,7 +207,8 @@ def test_dashboard_login_sets_a_cookie_derived_from_the_token() -> None:
     assert b"Max-Age=43200" in header
     value = cookie_of(header)
     assert auth.allowed({b"cookie": b"theme=dark; inferno_dashboard=" + value}, "127.0.0.1")
-    assert not auth.allowed({b"cookie": b"inferno_dashboard=" + value[:-1] + b"0"}, "127.0.0.1")
+    tampered = value[:-1] + (b"1" if value.endswith(b"0") else b"0")
+    assert not auth.allowed({b"cookie": b"inferno_dashboard=" + tampered}, "127.0.0.1")
     # Another token (rotated) makes old cookies worthless.
     other = DashboardAuth("another-token-0123456789ab")
     assert not other.allowed({b"cookie": b"inferno_dashboard=" + value}, "127.0.0.1")
