@@ -178,11 +178,19 @@ def test_dashboard_in_chromium(spawn: Callable[..., Proc], browser: Any) -> None
     shot(page, "04-disconnected")
     ops_addr = cluster.ops.removeprefix("http://")
     listen = cluster.url.removeprefix("http://")
-    spawn(["proxy", "--ops-addr", ops_addr, "--listen-addr", listen, *PROXY_ARGS], "proxy-again")
+    again = spawn(["proxy", "--ops-addr", ops_addr, "--listen-addr", listen, *PROXY_ARGS], "proxy-again")
     wait_http(f"{cluster.ops}/livez")
     expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=20_000)
     expect(page.locator("#disconnected")).to_be_hidden()
     # The two live backends re-register with their next heartbeat.
     expect(rows).to_have_count(2, timeout=20_000)
     shot(page, "05-reconnected")
+
+    # A session that has ended (here: a proxy that wants another token) brings the login
+    # form back instead of retrying for ever.
+    again.stop()
+    other = {"INFERNO_CLUSTER_TOKEN": "another-cluster-token-0123456789"}
+    spawn(["proxy", "--ops-addr", ops_addr, "--listen-addr", listen, *PROXY_ARGS], "proxy-other", env=other)
+    wait_http(f"{cluster.ops}/livez")
+    expect(page.locator("#login-form")).to_be_visible(timeout=20_000)
     assert not errors, errors

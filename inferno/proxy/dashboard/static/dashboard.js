@@ -56,9 +56,19 @@ function connect() {
     // The browser retries network errors by itself, but gives up on an HTTP error
     // (a restarted proxy answering 401 or 503): then start over ourselves.
     if (source.readyState === EventSource.CLOSED && !state.retryTimer) {
-      state.retryTimer = setTimeout(() => { state.retryTimer = null; connect(); }, 2000);
+      state.retryTimer = setTimeout(() => { state.retryTimer = null; reconnect(); }, 2000);
     }
   };
+}
+
+// The session may have ended (it expires, or was logged out elsewhere): then show the
+// login form instead of retrying for ever.
+async function reconnect() {
+  try {
+    const probe = await fetch("/dashboard/api/state", { credentials: "same-origin" });
+    if (probe.status === 401) { window.location.reload(); return; }
+  } catch (e) { /* the proxy is away: keep trying */ }
+  connect();
 }
 
 // A proxy that stops sending (frozen, or a silent network) shows as disconnected too.
