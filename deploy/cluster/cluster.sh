@@ -28,7 +28,7 @@ node_ip() { echo "${SUBNET%.*}.${HOST_OCTET[$1]}"; }
 container() { echo "inferno-node-$1"; }
 on() { local node=$1; shift; docker exec "$(container "$node")" "$@"; }
 on_manager() { on "$MANAGER" "$@"; }
-into_manager() { docker exec -i "$(container "$MANAGER")" sh -c "cat > $1"; }  # stdin -> a file in the manager
+into_manager() { docker exec -i "$(container "$MANAGER")" sh -c "umask 077 && cat > $1"; }  # stdin -> a 0600 file in the manager
 log() { echo "[cluster] $*"; }
 
 # What `docker run --privileged` would give, which this engine refuses.
@@ -160,8 +160,8 @@ cmd_status() {
 
 cmd_deploy() {
     if [ ! -s "$TOKEN_FILE" ]; then
-        python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > "$TOKEN_FILE"
-        chmod 0644 "$TOKEN_FILE"
+        # The token is readable by its owner only: Swarm copies it into its secret store.
+        (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > "$TOKEN_FILE")
     fi
     on_manager mkdir -p /stack
     for file in deploy/docker-stack.yml deploy/cluster/stack-multinode.yml; do

@@ -133,7 +133,9 @@ class BackendApp:
     async def _simulate(self, request: Request, responder: Responder, rid: str, headers: bytes) -> None:
         assert self.chaos is not None
         # Fault injection needs --chaos and, when the cluster has one, the cluster token.
-        self._auth.check(request.headers, f"POST {request.path}", request.peer.rpartition(":")[0])
+        self._auth.check(
+            request.headers, f"POST {request.path}", request.peer.rpartition(":")[0], endpoint="chaos"
+        )
         self.chaos.handle(request, responder)
 
     def _generate_route(self, api: TextAPI) -> BackendRoute:

@@ -65,7 +65,10 @@ class BackendServer:
         self.config = config
         self.engines = list(engines) if engines is not None else create_engines(config)
         self.service = InferenceService(self.engines)
-        self.auth = ClusterAuth(config.cluster_token.get_secret_value() if config.cluster_token else None)
+        self.auth = ClusterAuth(
+            config.cluster_token.get_secret_value() if config.cluster_token else None,
+            refused_log_interval_s=config.http.refused_log_interval_s,
+        )
         self.node_id = config.node_id or f"{socket.gethostname()}-{config.listen_port}"
         self.tracing = (
             Tracing(config.otlp_endpoint, "inferno-backend", node_id=self.node_id)

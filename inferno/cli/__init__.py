@@ -21,15 +21,22 @@ from inferno.cli.up import up
 @click.group(context_settings={"auto_envvar_prefix": "INFERNO", "help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="inferno-serve")
 def main() -> None:
-    """Inferno: a load-balancing proxy and inference backends for language models."""
+    """Inferno: a load-balancing proxy and inference backends for language, embeddings and image models."""
 
 
 main.add_command(keys)
 for _command in (proxy, backend, up, bench):
     main.add_command(_command)
-    # Every option's help shows the environment variable that sets it.
     for _param in _command.params:
         if isinstance(_param, click.Option):
+            # Every option's help shows the environment variable that sets it...
             _param.show_envvar = True
+            # ...and an option with aliases (INFERNO_LISTEN_ADDR, OTEL_EXPORTER_OTLP_ENDPOINT)
+            # still answers to the rule's name, INFERNO_<COMMAND>_<FLAG>, first.
+            if _param.envvar:
+                _flag = next(o for o in _param.opts if o.startswith("--"))
+                _rule = f"INFERNO_{_command.name}_{_flag[2:]}".upper().replace("-", "_")
+                _aliases = [_param.envvar] if isinstance(_param.envvar, str) else list(_param.envvar)
+                _param.envvar = [_rule, *(a for a in _aliases if a != _rule)]
 
 __all__ = ["backend", "bench", "keys", "main", "proxy", "up"]

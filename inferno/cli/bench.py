@@ -25,23 +25,45 @@ from inferno.cli.common import hostport, run_loop
     default=None,
     help="Load shape (default: open with --rate, burst with --burst-size, ramp with --ramp-to, else closed).",
 )
-@click.option("-c", "--concurrency", type=click.IntRange(1, 100_000), default=8, show_default=True)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(1, 100_000),
+    default=8,
+    show_default=True,
+    help="Closed loop: requests in flight at once.",
+)
 @click.option("--rate", type=float, default=None, help="Open loop: target requests/s.")
-@click.option("--arrival", type=click.Choice(["constant", "poisson"]), default="constant", show_default=True)
-@click.option("--burst-size", type=click.IntRange(1), default=None)
+@click.option(
+    "--arrival",
+    type=click.Choice(["constant", "poisson"]),
+    default="constant",
+    show_default=True,
+    help="Open loop: constant or Poisson inter-arrival times.",
+)
+@click.option(
+    "--burst-size", type=click.IntRange(1), default=None, help="Burst mode: requests fired together."
+)
 @click.option(
     "--burst-interval",
-    "burst_interval_s",
     type=float,
     default=1.0,
     show_default=True,
     help="Seconds between bursts.",
 )
 @click.option("--ramp-to", type=click.IntRange(1), default=None, help="Ramp concurrency up to this.")
-@click.option("--ramp-by", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--ramp-step", "ramp_step_s", type=float, default=1.0, show_default=True)
+@click.option(
+    "--ramp-by",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Ramp mode: raise concurrency by this much each step.",
+)
+@click.option(
+    "--ramp-step", type=float, default=1.0, show_default=True, help="Ramp mode: seconds between steps."
+)
 @click.option("-n", "--requests", type=click.IntRange(1), default=None, help="Stop after this many.")
-@click.option("-d", "--duration", "duration_s", type=float, default=None, help="Stop after seconds.")
+@click.option("-d", "--duration", type=float, default=None, help="Stop after this many seconds.")
 @click.option(
     "--processes",
     type=click.IntRange(1, 64),
@@ -51,12 +73,13 @@ from inferno.cli.common import hostport, run_loop
 )
 @click.option(
     "--prompts",
-    "prompts_path",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
     help='JSONL file of {"prompt": ...} or {"messages": [...]} (default: built-in set).',
 )
-@click.option("--max-tokens", type=click.IntRange(1), default=32, show_default=True)
+@click.option(
+    "--max-tokens", type=click.IntRange(1), default=32, show_default=True, help="max_tokens of each request."
+)
 @click.option("--model", default=None, help="Model to ask for (for images: the model_type; default any).")
 @click.option(
     "--items",
@@ -67,13 +90,18 @@ from inferno.cli.common import hostport, run_loop
 )
 @click.option(
     "--image",
-    "images",
     multiple=True,
     type=click.Path(exists=True, dir_okay=False),
     help="Photo(s) for --kind image, sent in turn (default: a synthetic 320x240 JPEG).",
 )
-@click.option("--timeout-s", type=float, default=120.0, show_default=True)
-@click.option("--output", type=click.Choice(["text", "json", "html"]), default="text", show_default=True)
+@click.option("--timeout-s", type=float, default=120.0, show_default=True, help="Per-request timeout.")
+@click.option(
+    "--output",
+    type=click.Choice(["text", "json", "html"]),
+    default="text",
+    show_default=True,
+    help="Report format: text, json, or html (one self-contained page with charts).",
+)
 @click.option(
     "--output-file",
     type=click.Path(dir_okay=False, writable=True),
@@ -85,7 +113,9 @@ from inferno.cli.common import hostport, run_loop
     default=None,
     help="host:port for GET /stats /nodes /fails, POST /reset /parallelism?value=N.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the prompt order and Poisson arrivals."
+)
 @click.option("--quiet", is_flag=True, help="No live progress line.")
 def bench(**opts: Any) -> None:
     """Load-test a proxy or backend at URL (e.g. http://127.0.0.1:8080)."""
@@ -97,7 +127,7 @@ def bench(**opts: Any) -> None:
         target = parse_target(opts["url"])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="URL") from exc
-    if opts["requests"] is None and opts["duration_s"] is None:
+    if opts["requests"] is None and opts["duration"] is None:
         raise click.UsageError("bound the run with --requests and/or --duration")
     mode = opts["mode"] or (
         "open" if opts["rate"] else "burst" if opts["burst_size"] else "ramp" if opts["ramp_to"] else "closed"
@@ -112,12 +142,12 @@ def bench(**opts: Any) -> None:
         rate=opts["rate"] or 1.0,
         arrival=opts["arrival"],
         burst_size=opts["burst_size"] or 10,
-        burst_interval_s=opts["burst_interval_s"],
+        burst_interval_s=opts["burst_interval"],
         ramp_to=opts["ramp_to"] or opts["concurrency"],
         ramp_by=opts["ramp_by"],
-        ramp_step_s=opts["ramp_step_s"],
+        ramp_step_s=opts["ramp_step"],
         requests=opts["requests"],
-        duration_s=opts["duration_s"],
+        duration_s=opts["duration"],
         timeout_s=opts["timeout_s"],
     )
     config = BenchConfig(
@@ -125,11 +155,11 @@ def bench(**opts: Any) -> None:
         kind=opts["kind"],
         shape=shape,
         processes=opts["processes"],
-        prompts_path=opts["prompts_path"],
+        prompts_path=opts["prompts"],
         max_tokens=opts["max_tokens"],
         model=opts["model"],
         items=opts["items"],
-        images=tuple(opts["images"]),
+        images=tuple(opts["image"]),
         control_addr=opts["control_addr"],
         progress=not opts["quiet"],
         seed=opts["seed"],

@@ -90,8 +90,16 @@ def logging_options(fn: Any) -> Any:
     fn = click.option(
         "--log-prompts", is_flag=True, help="Log full prompt text at DEBUG (off: lengths only)."
     )(fn)
-    fn = click.option("--log-level", default="INFO", show_default=True)(fn)
-    fn = click.option("--log-format", type=LOG_FORMATS, default="text", show_default=True)(fn)
+    fn = click.option(
+        "--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR."
+    )(fn)
+    fn = click.option(
+        "--log-format",
+        type=LOG_FORMATS,
+        default="text",
+        show_default=True,
+        help="text, or json: one object per line, request lines with their facts as keys.",
+    )(fn)
     return fn
 
 

@@ -86,7 +86,13 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
     "and receive prompts. For local experiments only.",
 )
 @click.option("--backend-servers", default="", help="Static backends: host:port[=weight],...")
-@click.option("--policy", type=click.Choice(available_policies()), default="round_robin", show_default=True)
+@click.option(
+    "--policy",
+    type=click.Choice(available_policies()),
+    default="round_robin",
+    show_default=True,
+    help="Load-balancing policy (docs/policies.md).",
+)
 @click.option(
     "--max-body-bytes",
     type=int,
@@ -94,7 +100,9 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
     show_default=True,
     help="Larger request bodies get 413 (base64 images need room).",
 )
-@click.option("--max-tokens-limit", type=int, default=4096, show_default=True)
+@click.option(
+    "--max-tokens-limit", type=int, default=4096, show_default=True, help="Larger max_tokens gets 400."
+)
 @click.option(
     "--grace-s",
     type=float,

@@ -13,8 +13,20 @@ from inferno.policies import available_policies
 
 
 @click.command()
-@click.option("--backends", type=click.IntRange(1, 16), default=2, show_default=True)
-@click.option("--engine", type=click.Choice(available_engines()), default="llamacpp", show_default=True)
+@click.option(
+    "--backends",
+    type=click.IntRange(1, 16),
+    default=2,
+    show_default=True,
+    help="Number of backends, all running --engine (see --models for a mixed cluster).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(available_engines()),
+    default="llamacpp",
+    show_default=True,
+    help="Engine of every backend ('fake' is a test engine that runs no model).",
+)
 @click.option(
     "--models",
     default=None,
@@ -23,10 +35,28 @@ from inferno.policies import available_policies
         "e.g. 'llamacpp*2,minilm+efficientnet-lite0'. Overrides --backends and --engine."
     ),
 )
-@click.option("--policy", type=click.Choice(available_policies()), default="round_robin", show_default=True)
+@click.option(
+    "--policy",
+    type=click.Choice(available_policies()),
+    default="round_robin",
+    show_default=True,
+    help="The proxy's load-balancing policy (docs/policies.md).",
+)
 @click.option("--free-ports", is_flag=True, help="Pick free ports instead of 8080/6100/300N/620N.")
-@click.option("--ready-timeout-s", type=float, default=180.0, show_default=True)
-@click.option("--log-format", type=LOG_FORMATS, default="text", show_default=True)
+@click.option(
+    "--ready-timeout-s",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="Wait at most this long for every backend to load its model and be healthy.",
+)
+@click.option(
+    "--log-format",
+    type=LOG_FORMATS,
+    default="text",
+    show_default=True,
+    help="Log format of the proxy and the backends: text, or json (one object per line).",
+)
 def up(**opts: Any) -> None:
     """Start a local cluster: one proxy and N backends on 127.0.0.1."""
     from inferno.launcher import make_plan, parse_models, run_up

@@ -454,6 +454,13 @@ class HttpServer:
         return str(sock[0]), int(sock[1])
 
     @property
+    def bound(self) -> list[tuple[str, int]]:
+        """Every ``(host, port)`` this server listens on (one socket per address family)."""
+        if self._server is None:
+            return []
+        return [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in self._server.sockets]
+
+    @property
     def in_flight(self) -> int:
         return len(self._state.tasks)
 

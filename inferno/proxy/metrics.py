@@ -26,7 +26,10 @@ class ProxyCollector(Collector):
         registry: WorkerRegistry,
         gate: ClientGate | None = None,
         admission: AdmissionController | None = None,
+        refusals: tuple[dict[tuple[str, str], int], ...] = (),
     ) -> None:
+        #: (endpoint, reason) -> refused tries, live dicts kept by ClusterAuth and DashboardAuth
+        self._refusals = refusals
         self._stats = stats
         self._registry = registry
         self._gate = gate
@@ -60,6 +63,16 @@ class ProxyCollector(Collector):
         yield requests
         yield errors
         yield latency
+        refused = CounterMetricFamily(
+            "inferno_cluster_token_refusals",
+            "Requests refused for a missing or wrong cluster token (or over the dashboard's budget "
+            "of wrong tries), by endpoint and reason",
+            labels=["endpoint", "reason"],
+        )
+        for counts in self._refusals:
+            for (endpoint, reason), count in counts.items():
+                refused.add_metric([endpoint, reason], count)
+        yield refused
         yield CounterMetricFamily(
             "inferno_retries", "Requests re-sent to another backend", value=stats.retries
         )

@@ -16,6 +16,7 @@ from inferno.http.server import Request, Responder
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.clients import ClientGate
 from inferno.proxy.dashboard.routes import Dashboard
+from inferno.registry.loops import OwnAddresses
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.resolver import Resolver
 from inferno.schemas import parse_body
@@ -38,8 +39,11 @@ class ProxyOps:
         auth: ClusterAuth | None = None,
         gate: ClientGate | None = None,
         dashboard: Dashboard | None = None,
+        own: OwnAddresses | None = None,
     ) -> None:
         self._auth = auth or ClusterAuth(None)
+        #: the proxy's own sockets: a backend there would loop every request back in
+        self._own = own or OwnAddresses()
         self._gate = gate
         self._registry = registry
         self._metrics = metrics
@@ -124,6 +128,12 @@ class ProxyOps:
             self._registry.check_room()
             host, _, port = address.rpartition(":")
             ip = await self._resolver.resolve(host, int(port))
+            if self._own.contains(ip, int(port)):
+                raise BadRequest(
+                    "that address is this proxy's own data or ops port: requests routed there would "
+                    "come straight back into the proxy; register the backend's own address",
+                    param="address",
+                )
             if self._registry.get(address) is None:
                 self._pool.pin(address, ip)
         worker = self._registry.register(payload, peer_host)

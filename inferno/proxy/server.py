@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from inferno.config import ProxyConfig
+from inferno.errors import ConfigError
 from inferno.http.client import ResponseLimits, UpstreamPool
 from inferno.http.server import HttpServer, fit_to_fd_limit, limits_from
 from inferno.observability.metrics import ProxyStats, new_registry
@@ -28,6 +29,7 @@ from inferno.proxy.forward import Forwarder
 from inferno.proxy.metrics import ProxyCollector
 from inferno.proxy.ops import ProxyOps
 from inferno.registry.health import HealthChecker
+from inferno.registry.loops import OwnAddresses, normal_ip
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.resolver import Resolver
 from inferno.security import ClusterAuth, KeyStore, UsageLedger, connect
@@ -64,7 +66,13 @@ class ProxyServer:
         rng = random.Random(config.seed)
         self.policy = LoadBalancingPolicy.create(config.policy, rng, affinity=config.affinity)
         token = config.cluster_token.get_secret_value() if config.cluster_token else None
-        self.auth = ClusterAuth(token)
+        self.auth = ClusterAuth(token, refused_log_interval_s=config.http.refused_log_interval_s)
+        self.dashboard_auth = DashboardAuth(
+            token,
+            session_ttl_s=config.dashboard.session_ttl_s,
+            max_revoked=config.dashboard.max_revoked_sessions,
+            refused_log_interval_s=config.http.refused_log_interval_s,
+        )
         self.admission = AdmissionController(
             config.admission,
             self.registry,
@@ -93,7 +101,16 @@ class ProxyServer:
         if config.require_api_key:
             db = connect(Path(config.state_dir))
             self.gate = ClientGate(KeyStore(db), UsageLedger(db), clock=clock)
-        metrics = new_registry(ProxyCollector(self.stats, self.registry, self.gate, self.admission))
+        metrics = new_registry(
+            ProxyCollector(
+                self.stats,
+                self.registry,
+                self.gate,
+                self.admission,
+                refusals=(self.auth.refusals, self.dashboard_auth.refusals),
+            )
+        )
+        self.own = OwnAddresses()
         ops_limits = limits_from(config.http, max_body_bytes=OPS_MAX_BODY_BYTES, ops=True)
         self._data = HttpServer(
             ProxyApp(config, self.registry, self.forwarder, self.stats, clock=clock, gate=self.gate),
@@ -112,7 +129,7 @@ class ProxyServer:
             insecure=not self.auth.enabled,
         )
         self._try = TryIt(config.listen_host, config.deadline.default_s)
-        dashboard = Dashboard(self.feed, DashboardAuth(token), self._try, config.dashboard.max_clients)
+        dashboard = Dashboard(self.feed, self.dashboard_auth, self._try, config.dashboard.max_clients)
         self._ops = HttpServer(
             ProxyOps(
                 self.registry,
@@ -123,6 +140,7 @@ class ProxyServer:
                 self.auth,
                 self.gate,
                 dashboard,
+                self.own,
             ),
             limits=ops_limits,
             name="ops",
@@ -133,7 +151,11 @@ class ProxyServer:
     async def start(self) -> None:
         cfg = self.config
         self.ops_address = await self._ops.start(cfg.ops_host, cfg.ops_port)
+        configured_data = [(cfg.listen_host, cfg.listen_port)] if cfg.listen_port else []
+        self.own.set(self._ops.bound + configured_data)
         self.data_address = await self._data.start(cfg.listen_host, cfg.listen_port)
+        self.own.set(self._ops.bound + self._data.bound)
+        self._refuse_static_self()
         self._try.set_port(self.data_address[1])
         self.feed.start()
         self.health.start()
@@ -148,6 +170,19 @@ class ProxyServer:
                 cfg.ops_host,
                 self.ops_address[1],
             )
+
+    def _refuse_static_self(self) -> None:
+        """``--backend-servers`` must not name the proxy itself (every request would loop)."""
+        for worker in self.registry.all():
+            if worker.source != "static":
+                continue
+            host, _, port = worker.address.rpartition(":")
+            ips = ["127.0.0.1", "::1"] if host == "localhost" else [normal_ip(host) or ""]
+            if any(ip and self.own.contains(ip, int(port)) for ip in ips):
+                raise ConfigError(
+                    f"--backend-servers lists {worker.address}, this proxy's own address: "
+                    "every request would come straight back into the proxy"
+                )
 
     async def aclose(self, grace_s: float = 0.0) -> None:
         """Stop accepting, finish in-flight requests within ``grace_s``, then stop."""

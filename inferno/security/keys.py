@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import sqlite3
 import time
@@ -79,9 +80,15 @@ def key_id(key: str) -> str | None:
 
 
 def connect(state_dir: Path) -> sqlite3.Connection:
+    """The state database; a new directory and file are made readable by their owner only
+    (API key hashes, names and usage are nobody else's business; SQLite gives its -wal and
+    -shm files the database file's mode)."""
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(state_dir / DB_NAME, timeout=5.0, isolation_level=None, check_same_thread=False)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = state_dir / DB_NAME
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(SCHEMA)
     except (OSError, sqlite3.Error) as exc:

@@ -4,7 +4,9 @@ Proxy and backends share one secret, read from ``--cluster-token-file`` (a Docke
 secret, say) or the ``INFERNO_CLUSTER_TOKEN`` environment variable. Registration,
 heartbeats, deregistration and the chaos hooks need ``Authorization: Bearer
 <token>``; the comparison is constant-time, and a refusal is logged with the
-peer's address, never with what it sent.
+peer's address, never with what it sent. Anyone can be refused, so refusals are
+counted exactly (``refusals``, a Prometheus counter) but logged at a bounded rate:
+the first at once, then one summary line per ``refused_log_interval_s``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import logging
 import os
 import secrets
 import string
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from inferno.errors import ConfigError, Unauthorized
+from inferno.observability.throttle import ThrottledLog
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +62,17 @@ def read_token(path: str | None, environ: Mapping[str, str] = os.environ) -> str
 class ClusterAuth:
     """Checks (proxy side) or adds (backend side) the cluster token."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(
+        self,
+        token: str | None,
+        *,
+        refused_log_interval_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._expected = b"Bearer " + token.encode() if token else None
+        #: (endpoint, "missing" | "wrong") -> refused requests, ever
+        self.refusals: dict[tuple[str, str], int] = {}
+        self._refused_log = ThrottledLog(logger, refused_log_interval_s, clock)
 
     @property
     def enabled(self) -> bool:
@@ -69,12 +82,22 @@ class ClusterAuth:
         """The request header a backend sends (empty without a token)."""
         return b"Authorization: " + self._expected + b"\r\n" if self._expected else b""
 
-    def check(self, headers: Mapping[bytes, bytes], what: str, peer: str) -> None:
-        """Raise ``Unauthorized`` unless the request carries the token."""
+    def check(
+        self, headers: Mapping[bytes, bytes], what: str, peer: str, endpoint: str = "registration"
+    ) -> None:
+        """Raise ``Unauthorized`` unless the request carries the token.
+
+        ``what`` names the call in the log line; ``endpoint`` is the counter's
+        label, a fixed name (never a client's path).
+        """
         if self._expected is None:
             return
         sent = headers.get(b"authorization", b"")
         if hmac.compare_digest(sent, self._expected):
             return
-        logger.warning("Refused %s from %s: %s cluster token", what, peer or "?", "wrong" if sent else "no")
+        reason = "wrong" if sent else "missing"
+        self.refusals[endpoint, reason] = self.refusals.get((endpoint, reason), 0) + 1
+        self._refused_log.warning(
+            "Refused %s from %s: %s cluster token", what, peer or "?", "wrong" if sent else "no"
+        )
         raise Unauthorized("this needs the cluster token: Authorization: Bearer <token>")

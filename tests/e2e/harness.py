@@ -175,13 +175,32 @@ PHOTO = ROOT / "tests" / "data" / "images" / "coffee.jpg"
 CLUSTER_TOKEN = "e2e-" + secrets.token_urlsafe(24)
 
 
+#: the image's non-root user (deploy/Dockerfile), who reads the token inside the containers
+IMAGE_UID = 10001
+
+
+def write_secret(path: Path, text: str, owner_uid: int | None = None) -> Path:
+    """Write ``text`` to ``path`` readable by its owner only (0600), never world-readable,
+    not even for a moment; as root, hand it to ``owner_uid``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a file that was there already keeps its old mode otherwise
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    if owner_uid is not None and os.geteuid() == 0:
+        os.chown(path, owner_uid, owner_uid)
+    return path
+
+
 def token_file() -> Path:
-    """The token as a file for the stack's ``cluster_token`` secret (world-readable:
-    Compose bind-mounts it for the image's non-root user)."""
+    """The token as a file for the stack's ``cluster_token`` secret, mode 0600.
+
+    Swarm copies it into its secret store (the container gets its own copy); Compose
+    bind-mounts it, so as root it is handed to the image's user, who alone may read it.
+    """
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / "cluster-token"
-    path.write_text(CLUSTER_TOKEN + "\n")
-    path.chmod(0o644)
+    path = write_secret(ARTIFACTS / "cluster-token", CLUSTER_TOKEN + "\n", owner_uid=IMAGE_UID)
     # Every later compose/stack command reads the same file (it parses the secrets).
     os.environ["INFERNO_CLUSTER_TOKEN_FILE"] = str(path)
     return path

@@ -48,6 +48,9 @@ async def test_dashboard_needs_the_cluster_token(make_cluster: Any, client: http
     assert [r["node_id"] for r in state.json()["backends"]] == ["node-1"]
     out = await client.post(f"{ops}/dashboard/logout", headers={"Cookie": cookie})
     assert out.status_code == 303 and "Max-Age=0" in out.headers["set-cookie"]
+    # Logging out revoked the session: the same cookie, replayed, opens nothing.
+    assert (await client.get(f"{ops}/dashboard/api/state", headers={"Cookie": cookie})).status_code == 401
+    assert (await client.get(f"{ops}/dashboard", headers={"Cookie": cookie})).status_code == 401
 
     # The page's files are served by the proxy itself; nothing else is.
     script = await client.get(f"{ops}/dashboard/static/dashboard.js")
@@ -62,8 +65,71 @@ async def test_dashboard_needs_the_cluster_token(make_cluster: Any, client: http
     assert codes[-1] == 429 and set(codes) == {401, 429}, codes
     refused = await client.post(f"{ops}/dashboard/login", data={"token": TEST_TOKEN})
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
-    # ...while the bearer token (scripts) and the proxy itself are unaffected.
-    assert (await client.get(f"{ops}/dashboard/api/state", headers=BEARER)).status_code == 200
+    # ...and so are bearer tokens from that address (every way of trying a token is
+    # counted), while the rest of the ops port is unaffected.
+    limited = await client.get(f"{ops}/dashboard/api/state", headers=BEARER)
+    assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(limited.headers["retry-after"]) >= 1
+    assert (await client.get(f"{ops}/health")).status_code == 200
+    metrics = (await client.get(f"{ops}/metrics")).text
+    assert 'inferno_cluster_token_refusals_total{endpoint="dashboard",reason="wrong"} 10.0' in metrics
+
+
+async def test_wrong_bearer_tokens_are_rate_limited_too(make_cluster: Any, client: httpx.AsyncClient) -> None:
+    cluster = await make_cluster(0, proxy_overrides=secured(), cluster_token=SecretStr(TEST_TOKEN))
+    state = f"{cluster.ops_url}/dashboard/api/state"
+    codes = [
+        (await client.get(state, headers={"Authorization": f"Bearer guess-{i}"})).status_code
+        for i in range(12)
+    ]
+    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429], codes
+    assert (await client.get(state, headers=BEARER)).status_code == 429
+    assert (await client.get(f"{cluster.ops_url}/dashboard", headers=BEARER)).status_code == 429
+
+
+FORM = b"application/x-www-form-urlencoded"
+
+
+async def raw_post(port: int, path: bytes, body: bytes, content_type: bytes) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = b"POST %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: %d\r\n" % (
+            path,
+            len(body),
+        )
+        if content_type:
+            head += b"Content-Type: " + content_type + b"\r\n"
+        writer.write(head + b"\r\n" + body)
+        answer = await asyncio.wait_for(reader.read(), timeout=5)
+    finally:
+        writer.close()
+    status = int(answer.split(b" ", 2)[1])
+    return status, answer.partition(b"\r\n\r\n")[2]
+
+
+async def test_malformed_login_forms_get_a_clear_4xx(make_cluster: Any, client: httpx.AsyncClient) -> None:
+    cluster = await make_cluster(0, proxy_overrides=secured(), cluster_token=SecretStr(TEST_TOKEN))
+    port = cluster.proxy.ops_address[1]
+    cases = [
+        (b"token=%zz%", FORM, 400),  # bad percent-encoding
+        (b"token=%E2%82", FORM, 400),  # percent-encoded bytes that are not UTF-8
+        (b"token=\xff\xfe", FORM, 400),  # raw non-ASCII
+        (b"token=a&token=b", FORM, 400),  # a repeated field
+        (b"other=1", FORM, 400),  # no token field
+        (b"&".join(b"f%d=1" % i for i in range(50)), FORM, 400),  # many fields
+        (b"token=" + b"a" * 100_000, FORM, 413),  # a huge field
+        (b'{"token": "x"}', b"application/json", 415),  # a JSON body
+        (b"token=x", b"text/plain", 415),  # the wrong content type
+        (b"token=x", b"", 415),  # none at all
+    ]
+    for body, content_type, expected in cases:
+        status, answer = await raw_post(port, b"/dashboard/login", body, content_type)
+        assert status == expected, (body[:40], content_type, status, answer[:200])
+        assert json.loads(answer)["error"]["message"]
+    # None of these was a try of a token, and the proxy serves on.
+    ok = await client.post(f"{cluster.ops_url}/dashboard/login", data={"token": TEST_TOKEN})
+    assert ok.status_code == 303
+    assert (await client.get(f"{cluster.ops_url}/livez")).status_code == 200
 
 
 async def read_events(lines: AsyncIterator[str], count: int) -> list[dict[str, Any]]:

@@ -136,6 +136,15 @@ def test_dashboard_in_chromium(spawn: Callable[..., Proc], browser: Any) -> None
             timeout=15_000,
         )
         expect(page.locator("#routing-backends .bar")).to_have_count(3)
+        # Backends go by node id in every panel (the address on hover), as in the table.
+        names = page.locator("#routing-backends .bar .name")
+        assert sorted(names.all_inner_texts()) == ["b1", "b2", "b3"], names.all_inner_texts()
+        addresses = {w["address"] for w in cluster.workers().values()}
+        assert {names.nth(i).get_attribute("title") for i in range(3)} == addresses
+        # The latency chart is per model: it shows one served model, not all mixed.
+        chosen = page.locator("#latency-model").input_value()
+        assert chosen and chosen in {m for w in cluster.workers().values() for m in w["models"]}, chosen
+        expect(page.locator("#latency-model option")).to_have_count(2)  # the model, and "all, mixed"
         shot(page, "01-cluster")
 
         # Kill a backend outright: its row turns unhealthy and the event shows up.
@@ -169,11 +178,19 @@ def test_dashboard_in_chromium(spawn: Callable[..., Proc], browser: Any) -> None
     shot(page, "04-disconnected")
     ops_addr = cluster.ops.removeprefix("http://")
     listen = cluster.url.removeprefix("http://")
-    spawn(["proxy", "--ops-addr", ops_addr, "--listen-addr", listen, *PROXY_ARGS], "proxy-again")
+    again = spawn(["proxy", "--ops-addr", ops_addr, "--listen-addr", listen, *PROXY_ARGS], "proxy-again")
     wait_http(f"{cluster.ops}/livez")
     expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=20_000)
     expect(page.locator("#disconnected")).to_be_hidden()
     # The two live backends re-register with their next heartbeat.
     expect(rows).to_have_count(2, timeout=20_000)
     shot(page, "05-reconnected")
+
+    # A session that has ended (here: a proxy that wants another token) brings the login
+    # form back instead of retrying for ever.
+    again.stop()
+    other = {"INFERNO_CLUSTER_TOKEN": "another-cluster-token-0123456789"}
+    spawn(["proxy", "--ops-addr", ops_addr, "--listen-addr", listen, *PROXY_ARGS], "proxy-other", env=other)
+    wait_http(f"{cluster.ops}/livez")
+    expect(page.locator("#login-form")).to_be_visible(timeout=20_000)
     assert not errors, errors

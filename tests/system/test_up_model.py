@@ -152,7 +152,6 @@ def test_the_readme_and_banner_examples_work_as_written(cluster: dict[str, Any],
     banner = cluster["proc"].output().split("Try it:", 1)[1].split("Press Ctrl-C", 1)[0]
     commands += [c.strip() for c in banner.split("\n\n") if c.strip()]
     assert len(commands) >= 7, commands
-    (tmp_path / "photo.jpg").write_bytes((ROOT / "tests" / "data" / "images" / "cat.jpg").read_bytes())
     (tmp_path / "tests").symlink_to(ROOT / "tests")
     for command in commands:
         out = subprocess.run(

@@ -53,3 +53,14 @@ def test_usage_ledger_persists_deltas(tmp_path: Path) -> None:
     again = UsageLedger(connect(tmp_path))
     ((key, model, usage),) = list(again.rows())
     assert (key, model, usage.requests, usage.prompt_tokens, usage.completion_tokens) == ("k1", "m", 3, 14, 6)
+
+
+def test_a_new_state_database_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    import stat
+
+    state = tmp_path / "state"
+    store = KeyStore(connect(state))
+    store.create("alice")
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    for path in state.iterdir():  # the database and SQLite's -wal and -shm files
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, (path.name, oct(path.stat().st_mode))

@@ -140,9 +140,37 @@ def test_feed_turns_counters_into_rates_percentiles_and_shares() -> None:
     assert snap["routing"] == {
         "window_s": 2.0,
         "backends": {"10.0.0.1:3000": 30, "10.0.0.2:3000": 10},
+        "names": {"10.0.0.1:3000": "n1", "10.0.0.2:3000": "n2"},
         "models": {"m": 40},
     }
     assert snap["health"]["status"] == "healthy"  # type: ignore[index]
+
+
+def test_feed_charts_latency_per_model_and_names_backends_by_node_id() -> None:
+    clock = FakeClock()
+    stats = ProxyStats()
+    reg = registry(clock)
+    register(reg, "10.0.0.1:3000", "n1")
+    feed = make_feed(clock, stats, reg)
+    feed.sample()
+    clock.now += 1.0
+    for _ in range(20):
+        stats.record("10.0.0.1:3000", 200, 0.004, "all-minilm-l6-v2", b"/v1/embeddings")
+        stats.record("10.0.0.1:3000", 200, 2.0, "smollm2", b"/v1/chat/completions")
+    point = feed.sample()
+    per_model = point["models"]
+    assert isinstance(per_model, dict) and set(per_model) == {"all-minilm-l6-v2", "smollm2"}
+    # One chart per model: the embeddings' 4 ms are not drowned by the chats' 2 s.
+    assert per_model["all-minilm-l6-v2"]["p99_ms"] <= 5
+    assert 1000 <= per_model["smollm2"]["p50_ms"] <= 2500
+    for _ in range(6):  # past the short window, a model with no traffic has no point
+        clock.now += 1.0
+        stats.record("10.0.0.1:3000", 200, 2.0, "smollm2", b"/v1/chat/completions")
+        point = feed.sample()
+    assert set(point["models"]) == {"smollm2"}  # type: ignore[call-overload]
+    # A backend that left is still named by its node id while its traffic is shown.
+    reg.deregister("10.0.0.1:3000")
+    assert feed.snapshot([])["routing"]["names"] == {"10.0.0.1:3000": "n1"}  # type: ignore[index]
 
 
 def test_feed_keeps_a_bounded_history_and_hands_each_event_out_once() -> None:
@@ -163,21 +191,136 @@ def test_feed_keeps_a_bounded_history_and_hands_each_event_out_once() -> None:
 
 
 # -- login -------------------------------------------------------------------------------
+def cookie_of(header: bytes | None) -> bytes:
+    assert header is not None
+    return header.split(b"=", 1)[1].split(b";", 1)[0]
+
+
 def test_dashboard_login_sets_a_cookie_derived_from_the_token() -> None:
     auth = DashboardAuth("a-cluster-token-0123456789")
-    assert not auth.allowed({})
-    assert auth.allowed({b"authorization": b"Bearer a-cluster-token-0123456789"})
-    assert not auth.allowed({b"authorization": b"Bearer a-cluster-token-012345678X"})
+    assert not auth.allowed({}, "127.0.0.1")
+    assert auth.allowed({b"authorization": b"Bearer a-cluster-token-0123456789"}, "127.0.0.1")
+    assert not auth.allowed({b"authorization": b"Bearer a-cluster-token-012345678X"}, "127.0.0.1")
     assert auth.login(b"wrong", "127.0.0.1") is None
     header = auth.login(b"a-cluster-token-0123456789", "127.0.0.1")
     assert header is not None and b"HttpOnly" in header and b"SameSite=Strict" in header
-    value = header.split(b"=", 1)[1].split(b";", 1)[0]
-    assert auth.allowed({b"cookie": b"theme=dark; inferno_dashboard=" + value})
-    assert not auth.allowed({b"cookie": b"inferno_dashboard=" + value[:-1] + b"0"})
+    assert b"Max-Age=43200" in header
+    value = cookie_of(header)
+    assert auth.allowed({b"cookie": b"theme=dark; inferno_dashboard=" + value}, "127.0.0.1")
+    tampered = value[:-1] + (b"1" if value.endswith(b"0") else b"0")
+    assert not auth.allowed({b"cookie": b"inferno_dashboard=" + tampered}, "127.0.0.1")
     # Another token (rotated) makes old cookies worthless.
-    assert not DashboardAuth("another-token-0123456789ab").allowed({b"cookie": b"inferno_dashboard=" + value})
+    other = DashboardAuth("another-token-0123456789ab")
+    assert not other.allowed({b"cookie": b"inferno_dashboard=" + value}, "127.0.0.1")
     assert session_cookie(b"a=b;inferno_dashboardx=1") is None
-    assert DashboardAuth(None).allowed({})
+    assert DashboardAuth(None).allowed({}, "127.0.0.1")
+
+
+TOKEN = b"a-cluster-token-0123456789"
+
+
+def test_sessions_expire_after_their_ttl() -> None:
+    wall = FakeClock()
+    auth = DashboardAuth(TOKEN.decode(), session_ttl_s=3600, clock=wall, wall=wall)
+    cookie = {b"cookie": b"inferno_dashboard=" + cookie_of(auth.login(TOKEN, "10.0.0.1"))}
+    wall.now += 3599
+    assert auth.allowed(cookie, "10.0.0.1")
+    wall.now += 1
+    assert not auth.allowed(cookie, "10.0.0.1")
+    # An authentic session that ended is not a guess: it costs the peer nothing.
+    assert auth._failures == {} and auth.refusals == {}
+    # A proxy restarted with the same token still honours (and still expires) the session.
+    wall.now -= 100
+    assert DashboardAuth(TOKEN.decode(), session_ttl_s=3600, clock=wall, wall=wall).allowed(cookie, "x")
+
+
+def test_logout_revokes_the_session_and_revocations_stay_bounded() -> None:
+    wall = FakeClock()
+    auth = DashboardAuth(TOKEN.decode(), session_ttl_s=3600, max_revoked=16, clock=wall, wall=wall)
+    mine = {b"cookie": b"inferno_dashboard=" + cookie_of(auth.login(TOKEN, "10.0.0.1"))}
+    other = {b"cookie": b"inferno_dashboard=" + cookie_of(auth.login(TOKEN, "10.0.0.2"))}
+    assert b"Max-Age=0" in auth.logout(mine)
+    assert not auth.allowed(mine, "10.0.0.1")  # the old cookie is dead, even if a browser kept it
+    assert auth.allowed(other, "10.0.0.2")  # another browser stays logged in
+    # A forged cookie's logout revokes nothing and is not remembered.
+    auth.logout({b"cookie": b"inferno_dashboard=" + b"A" * 22 + b".1000." + b"0" * 64})
+    assert len(auth._revoked) == 1
+    # Many logouts: the set stays bounded, and no logged-out session ever comes back.
+    dead = [mine]
+    for _ in range(40):
+        wall.now += 1
+        session = {b"cookie": b"inferno_dashboard=" + cookie_of(auth.login(TOKEN, "10.0.0.3"))}
+        auth.logout(session)
+        dead.append(session)
+        assert len(auth._revoked) <= 16
+    assert not any(auth.allowed(s, "10.0.0.3") for s in dead)
+    wall.now += 10
+    assert auth.allowed({b"cookie": b"inferno_dashboard=" + cookie_of(auth.login(TOKEN, "10.0.0.3"))}, "x")
+    # Once they have expired anyway, revoked sessions are forgotten.
+    wall.now += 3600
+    for _ in range(2):
+        auth.logout({b"cookie": b"inferno_dashboard=" + cookie_of(auth.login(TOKEN, "10.0.0.3"))})
+    assert len(auth._revoked) <= 16
+
+
+def test_bearer_tokens_and_forged_cookies_spend_the_same_budget_as_logins() -> None:
+    from inferno.errors import RateLimited
+    from inferno.proxy.dashboard.auth import LOGIN_FAILURES_PER_MINUTE
+
+    clock = FakeClock()
+    auth = DashboardAuth(TOKEN.decode(), clock=clock, wall=clock)
+    right = {b"authorization": b"Bearer " + TOKEN}
+    half = LOGIN_FAILURES_PER_MINUTE // 2
+    for i in range(half):
+        assert not auth.allowed({b"authorization": b"Bearer guess-%d" % i}, "10.0.0.9")
+    for i in range(LOGIN_FAILURES_PER_MINUTE - half):
+        forged = b"inferno_dashboard=" + b"A" * 22 + b".%d." % int(clock.now) + b"%064x" % i
+        assert not auth.allowed({b"cookie": forged}, "10.0.0.9")
+    for tries in (right, {b"cookie": b"inferno_dashboard=x"}):
+        with pytest.raises(RateLimited):
+            auth.allowed(tries, "10.0.0.9")  # the right token too, while over budget
+    with pytest.raises(RateLimited):
+        auth.login(TOKEN, "10.0.0.9")
+    assert not auth.allowed({}, "10.0.0.9")  # presenting nothing is no try: a plain 401
+    assert auth.allowed(right, "10.0.0.10")
+    assert auth.refusals == {("dashboard", "wrong"): 10, ("dashboard", "rate_limited"): 3}
+    clock.now += 60 / LOGIN_FAILURES_PER_MINUTE
+    assert auth.allowed(right, "10.0.0.9")
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (b"token=%zz%", b"application/x-www-form-urlencoded", 400),
+        (b"token=a&token=b", b"application/x-www-form-urlencoded", 400),
+        (b"token=\xff\xfe", b"application/x-www-form-urlencoded", 400),
+        (b"token=%ff%fe", b"application/x-www-form-urlencoded", 400),
+        (b"other=1", b"application/x-www-form-urlencoded", 400),
+        (b"", b"application/x-www-form-urlencoded", 400),
+        (b"token", b"application/x-www-form-urlencoded", 400),
+        (b"&".join(b"f%d=1" % i for i in range(20)), b"application/x-www-form-urlencoded", 400),
+        (b"token=" + b"a" * 5000, b"application/x-www-form-urlencoded", 413),
+        (b'{"token": "x"}', b"application/json", 415),
+        (b"token=x", b"", 415),
+        (b"--b\r\n", b"multipart/form-data; boundary=b", 415),
+    ],
+)
+def test_malformed_login_forms_are_clear_client_errors(body: bytes, content_type: bytes, status: int) -> None:
+    from inferno.errors import ClientError
+    from inferno.proxy.dashboard.auth import login_token
+
+    with pytest.raises(ClientError) as refused:
+        login_token(body, content_type)
+    assert refused.value.status == status
+
+
+def test_well_formed_login_forms_give_their_token() -> None:
+    from inferno.proxy.dashboard.auth import login_token
+
+    form = b"application/x-www-form-urlencoded"
+    assert login_token(b"token=abc%2B%2F%3D", form + b"; charset=UTF-8") == b"abc+/="
+    assert login_token(b"token=+abc+&submit=", form) == b"abc"
+    assert login_token(b"token=%E2%82%AC", form) == "\u20ac".encode()  # just a wrong token
 
 
 # -- the page ----------------------------------------------------------------------------
@@ -202,7 +345,7 @@ def test_wrong_tokens_are_rate_limited_per_peer() -> None:
 
     clock = FakeClock()
     token = b"a-cluster-token-0123456789"
-    auth = DashboardAuth(token.decode(), clock=clock)
+    auth = DashboardAuth(token.decode(), clock=clock, wall=clock)
     for _ in range(LOGIN_FAILURES_PER_MINUTE):
         assert auth.login(b"guess", "10.0.0.9") is None
     with pytest.raises(RateLimited) as refused:

@@ -57,3 +57,53 @@ def test_every_limit_is_in_security_md_with_its_default() -> None:
     for flag, default in limits:
         assert f"`{flag}`" in rows, f"{flag} missing from the limits table"
         assert float(rows[f"`{flag}`"]) == float(default), (flag, rows[f"`{flag}`"], default)  # type: ignore[arg-type]
+
+
+def _code_blocks(text: str) -> list[tuple[int, str]]:
+    """(offset, body) of every fenced code block."""
+    return [(m.start(), m.group(1)) for m in re.finditer(r"```[a-z]*\n(.*?)```", text, flags=re.S)]
+
+
+def test_readme_commands_run_from_the_venv_make_run_made() -> None:
+    """`make run` installs into .venv, which is not on the PATH: the README activates it
+    before its first `inferno` or `python` command, and says so once, consistently."""
+    readme = (ROOT / "README.md").read_text()
+    activate = readme.index("source .venv/bin/activate")
+    assert readme.index("make run") < activate
+    for offset, block in _code_blocks(readme):
+        for line in block.splitlines():
+            if re.match(r"\s*(inferno|python) ", line) and "pip install" not in readme[offset - 300 : offset]:
+                assert offset > activate, f"README runs {line.strip()!r} before activating .venv"
+    assert ".venv/bin/inferno" not in readme  # one way of saying it, not two
+
+
+def _extras_make_run_installs() -> set[str]:
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^install: .*\$\(INSTALLED\)", makefile, re.M) and "run: install" in makefile
+    extras = re.search(r"^EXTRAS := (.+)$", makefile, re.M)
+    assert extras is not None
+    return set(extras.group(1).split(","))
+
+
+def test_make_run_installs_the_openai_client_the_readme_uses() -> None:
+    import tomllib
+
+    readme = (ROOT / "README.md").read_text()
+    assert "from openai import OpenAI" in readme
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = [dep for extra in _extras_make_run_installs() for dep in project["optional-dependencies"][extra]]
+    assert any(re.fullmatch(r"openai>=[0-9.]+", dep) for dep in deps), deps
+
+
+def test_the_banners_image_example_names_a_photo_that_exists(tmp_path: Path) -> None:
+    from inferno.launcher import Launcher, banner, example_photo, make_plan
+
+    plan = make_plan(1, free_ports=True, engine="fake", policy="round_robin", log_format="text")
+    text = banner(Launcher(plan), {"image-classification": "efficientnet-lite0"})
+    named = re.search(r"base64 -w0 (\S+)\)", text)
+    assert named is not None, text
+    assert (ROOT / named.group(1)).is_file() or Path(named.group(1)).is_file(), named.group(1)
+    # From the repository (where `make run` starts it) the path is the README's own.
+    assert example_photo(ROOT) == "tests/data/images/cat.jpg"
+    elsewhere = example_photo(tmp_path)  # run from anywhere else: a path that works there
+    assert Path(elsewhere).is_absolute() and Path(elsewhere).is_file()

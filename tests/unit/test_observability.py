@@ -64,3 +64,44 @@ def test_fast_info_matches_the_configured_format(capsys: object) -> None:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
         ilog._FAST_HANDLER = None
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throttled_log_writes_the_first_line_then_one_summary_per_interval() -> None:
+    from inferno.observability.throttle import ThrottledLog
+
+    clock = FakeClock()
+    log = logging.getLogger("tests.throttle")
+    throttled = ThrottledLog(log, interval_s=10.0, clock=clock)
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Collect()
+    log.addHandler(handler)
+    try:
+        for i in range(1000):  # a flood within one window: one line
+            clock.now += 0.001
+            throttled.warning("Refused %s from %s", "POST /registration", f"10.0.0.{i % 250}")
+        assert len(lines) == 1 and lines[0] == "Refused POST /registration from 10.0.0.0"
+        clock.now += 10.0
+        throttled.warning("Refused %s from %s", "POST /registration", "10.0.0.1")
+        # The window ended: its 999 held lines are summed up in one line, the new one is held.
+        assert len(lines) == 2 and "(and 999 more like it in the last 11s)" in lines[1]
+        throttled.flush()  # the end-of-window timer (or shutdown) sums up the rest
+        assert len(lines) == 3 and "(and 1 more like it" in lines[2]
+        throttled.flush()
+        clock.now += 60.0
+        throttled.warning("Refused %s from %s", "POST /registration", "10.0.0.2")
+        assert len(lines) == 4 and lines[3] == "Refused POST /registration from 10.0.0.2"  # quiet again
+    finally:
+        log.removeHandler(handler)

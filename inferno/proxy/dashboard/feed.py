@@ -45,6 +45,8 @@ class Sample:
     #: address -> (responses, failed tries)
     backends: dict[str, tuple[int, int]]
     models: dict[str, int]
+    #: model -> its latency histogram's bucket counts (each model has its own chart line)
+    model_latency: dict[str, list[int]]
 
 
 def percentile(counts: list[int], q: float, bounds: tuple[float, ...] = LATENCY_BUCKETS_S) -> float | None:
@@ -91,6 +93,8 @@ class DashboardFeed:
         #: chart points, oldest first
         self.history: deque[dict[str, object]] = deque(maxlen=config.history_points)
         self._event_seq = 0
+        #: address -> node id, also for backends that have left but still have counters
+        self._names: dict[str, str] = {}
         #: the message of the latest tick, shared by all open dashboards
         self.message = b""
         self.clients = 0
@@ -152,8 +156,13 @@ class DashboardFeed:
             total += count
             if status >= 500:
                 errors += count
+        # A backend that left keeps its node id while the proxy still has its counters.
+        names = {a: self._names[a] for a in backends if a in self._names}
+        names.update((w.address, w.node_id) for w in self._registry.all())
+        self._names = names
         models = {model: sum(m.requests.values()) for model, m in stats.models.items()}
-        now = Sample(self._wall(), total, errors, latency, backends, models)
+        model_latency = {model: list(m.latency.counts) for model, m in stats.models.items()}
+        now = Sample(self._wall(), total, errors, latency, backends, models, model_latency)
         previous = self._samples[-1] if self._samples else None
         self._samples.append(now)
         short = self._samples[max(0, len(self._samples) - 1 - SHORT_WINDOW)]
@@ -171,6 +180,7 @@ class DashboardFeed:
             "p99_ms": _ms(percentile(window, 0.99)),
             "in_flight": stats.in_flight,
             "queued": queued,
+            "models": _model_percentiles(now, short),
         }
         self.history.append(point)
         return point
@@ -264,11 +274,29 @@ class DashboardFeed:
             for address, (served, _) in latest.backends.items()
         }
         models = {model: n - first.models.get(model, 0) for model, n in latest.models.items()}
+        shown = {a: n for a, n in backends.items() if n > 0}
         return {
             "window_s": round(latest.t - first.t, 1),
-            "backends": {a: n for a, n in backends.items() if n > 0},
+            "backends": shown,
+            # Named by node id, as everywhere on the page (the address on hover).
+            "names": {a: self._names.get(a, a) for a in shown},
             "models": {m: n for m, n in models.items() if n > 0},
         }
+
+
+def _model_percentiles(now: Sample, short: Sample) -> dict[str, dict[str, float | None]]:
+    """p50/p95/p99 per model over the short window, for models that answered in it."""
+    out: dict[str, dict[str, float | None]] = {}
+    for model, counts in now.model_latency.items():
+        before = short.model_latency.get(model)
+        window = [a - b for a, b in zip(counts, before, strict=True)] if before is not None else counts
+        if sum(window) > 0:
+            out[model] = {
+                "p50_ms": _ms(percentile(window, 0.50)),
+                "p95_ms": _ms(percentile(window, 0.95)),
+                "p99_ms": _ms(percentile(window, 0.99)),
+            }
+    return out
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import urllib.parse
 from importlib import resources
 
 from inferno.errors import BadRequest, NotFound, RateLimited, TooManyConnections, Unauthorized
 from inferno.http.responses import JSON_HEADERS, SSE_HEADERS, dumps
 from inferno.http.router import Router
 from inferno.http.server import Request, Responder
-from inferno.proxy.dashboard.auth import DashboardAuth
+from inferno.proxy.dashboard.auth import DashboardAuth, login_token
 from inferno.proxy.dashboard.feed import DashboardFeed
 from inferno.proxy.dashboard.tryit import TryIt, TryRequest
 from inferno.schemas import parse_body
@@ -38,6 +37,11 @@ _PAGE_HEADERS = (
     b"frame-ancestors 'none'\r\n"
 )
 _STATIC_TYPES = {".js": b"text/javascript; charset=utf-8", ".css": b"text/css; charset=utf-8"}
+
+
+def _host(peer: str) -> str:
+    """The address part of ``host:port``: wrong tries are counted per address."""
+    return peer.rpartition(":")[0]
 
 
 def _asset(name: str) -> bytes:
@@ -76,25 +80,34 @@ class Dashboard:
         router.add("POST", "/dashboard/api/try", self._try_route)
 
     def _check(self, request: Request) -> None:
-        if not self._auth.allowed(request.headers):
+        """Unauthorized (401) without a good token, RateLimited (429) over the peer's budget."""
+        if not self._auth.allowed(request.headers, _host(request.peer)):
             raise Unauthorized("the dashboard needs the cluster token: log in at /dashboard")
 
+    def _too_many(self, responder: Responder, exc: RateLimited) -> None:
+        page = self._login_page.replace(
+            b"{{error}}", b'<p class="error" id="login-error">Too many wrong tokens: try again later.</p>'
+        )
+        responder.send(429, _PAGE_HEADERS + exc.headers(), page)
+
     async def _index(self, request: Request, responder: Responder) -> None:
-        if self._auth.allowed(request.headers):
+        try:
+            allowed = self._auth.allowed(request.headers, _host(request.peer))
+        except RateLimited as exc:
+            self._too_many(responder, exc)
+            return
+        if allowed:
             responder.send(200, _PAGE_HEADERS, self._page)
         else:
             responder.send(401, _PAGE_HEADERS, self._login_page.replace(b"{{error}}", b""))
 
     async def _login(self, request: Request, responder: Responder) -> None:
-        form = urllib.parse.parse_qs(request.body.decode("latin-1"), max_num_fields=4)
-        token = (form.get("token") or [""])[0].encode("latin-1")
+        # A malformed form is a 4xx of its own (JSON); only a well-formed try counts as one.
+        token = login_token(request.body, request.headers.get(b"content-type", b""))
         try:
-            cookie = self._auth.login(token, request.peer.rpartition(":")[0])
+            cookie = self._auth.login(token, _host(request.peer))
         except RateLimited as exc:
-            page = self._login_page.replace(
-                b"{{error}}", b'<p class="error" id="login-error">Too many wrong tokens: try again later.</p>'
-            )
-            responder.send(429, _PAGE_HEADERS + exc.headers(), page)
+            self._too_many(responder, exc)
             return
         if cookie is None:
             page = self._login_page.replace(
@@ -105,7 +118,7 @@ class Dashboard:
         responder.send(303, b"Location: /dashboard\r\n" + cookie, b"")
 
     async def _logout(self, request: Request, responder: Responder) -> None:
-        responder.send(303, b"Location: /dashboard\r\n" + self._auth.logout(), b"")
+        responder.send(303, b"Location: /dashboard\r\n" + self._auth.logout(request.headers), b"")
 
     async def _asset(self, request: Request, responder: Responder) -> None:
         asset = self._static.get(request.path.removeprefix("/dashboard/static/"))

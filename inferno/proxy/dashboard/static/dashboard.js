@@ -5,7 +5,8 @@
 const MAX_EVENTS_SHOWN = 300;
 const STALE_MS = 5000;
 
-const state = { history: [], lastSeq: 0, source: null, lastMessage: 0, retryTimer: null, models: new Set() };
+const state = { history: [], lastSeq: 0, source: null, lastMessage: 0, retryTimer: null, models: new Set(),
+  latencyModels: new Set(), latencyChosen: false };
 
 function $(id) { return document.getElementById(id); }
 
@@ -55,9 +56,19 @@ function connect() {
     // The browser retries network errors by itself, but gives up on an HTTP error
     // (a restarted proxy answering 401 or 503): then start over ourselves.
     if (source.readyState === EventSource.CLOSED && !state.retryTimer) {
-      state.retryTimer = setTimeout(() => { state.retryTimer = null; connect(); }, 2000);
+      state.retryTimer = setTimeout(() => { state.retryTimer = null; reconnect(); }, 2000);
     }
   };
+}
+
+// The session may have ended (it expires, or was logged out elsewhere): then show the
+// login form instead of retrying for ever.
+async function reconnect() {
+  try {
+    const probe = await fetch("/dashboard/api/state", { credentials: "same-origin" });
+    if (probe.status === 401) { window.location.reload(); return; }
+  } catch (e) { /* the proxy is away: keep trying */ }
+  connect();
 }
 
 // A proxy that stops sending (frozen, or a silent network) shows as disconnected too.
@@ -101,17 +112,44 @@ function renderHealth(health, backends) {
   }
 }
 
+// Models differ by orders of magnitude (an embedding in ms, a chat in seconds): the
+// latency chart shows one model at a time, the first one seen until the user picks.
+function updateLatencyModels() {
+  const select = $("latency-model");
+  let added = false;
+  for (const p of state.history) {
+    for (const m of Object.keys(p.models || {})) {
+      if (!state.latencyModels.has(m)) { state.latencyModels.add(m); added = true; }
+    }
+  }
+  if (!added) return;
+  const chosen = select.value;
+  const options = [...state.latencyModels].sort().map((m) => { const o = el("option", m); o.value = m; return o; });
+  const mixed = el("option", "all models, mixed");
+  mixed.value = "";
+  select.replaceChildren(...options, mixed);
+  select.value = state.latencyChosen ? chosen : options[0].value;
+}
+
+function latencyOf(point, model, key) {
+  if (!model) return point[key];
+  const m = point.models && point.models[model];
+  return m ? m[key] : null;
+}
+
 function renderCharts() {
   const h = state.history;
   const times = h.map((p) => p.t);
+  updateLatencyModels();
+  const model = $("latency-model").value;
   drawChart($("chart-rate"), times, [
     { label: "requests/s", color: "#58a6ff", values: h.map((p) => p.rps) },
     { label: "5xx/s", color: "#f85149", values: h.map((p) => p.errors_per_s) },
   ]);
   drawChart($("chart-latency"), times, [
-    { label: "p50", color: "#3fb950", values: h.map((p) => p.p50_ms) },
-    { label: "p95", color: "#d29922", values: h.map((p) => p.p95_ms) },
-    { label: "p99", color: "#f85149", values: h.map((p) => p.p99_ms) },
+    { label: "p50", color: "#3fb950", values: h.map((p) => latencyOf(p, model, "p50_ms")) },
+    { label: "p95", color: "#d29922", values: h.map((p) => latencyOf(p, model, "p95_ms")) },
+    { label: "p99", color: "#f85149", values: h.map((p) => latencyOf(p, model, "p99_ms")) },
   ], "");
   drawChart($("chart-load"), times, [
     { label: "in flight", color: "#bc8cff", values: h.map((p) => p.in_flight) },
@@ -135,7 +173,7 @@ function renderBackends(rows) {
     const circuit = el("td");
     circuit.append(pill(r.circuit, r.circuit));
     tr.append(
-      el("td", r.node_id, "node"),
+      Object.assign(el("td", r.node_id, "node"), { title: r.address }),
       el("td", r.address),
       el("td", r.models.join(", ") || "any"),
       health,
@@ -153,17 +191,20 @@ function renderBackends(rows) {
   body.replaceChildren(...cells);
 }
 
-function renderBars(container, counts) {
+function renderBars(container, counts, names) {
   const entries = Object.entries(counts).sort((a, b) => b[1] - a[1]);
   const total = entries.reduce((sum, [, n]) => sum + n, 0);
   container.replaceChildren(...entries.map(([name, n]) => {
     const bar = el("div", null, "bar");
     bar.dataset.name = name;
+    // Backends go by node id, as in the table and the event log; the address on hover.
+    const label = el("div", names ? names[name] || name : name, "name");
+    if (names) label.title = name;
     const track = el("div", null, "track");
     const fill = el("div", null, "fill");
     fill.style.width = (total ? (100 * n) / total : 0).toFixed(1) + "%";
     track.append(fill);
-    bar.append(el("div", name, "name"), track, el("div", `${n} (${total ? Math.round((100 * n) / total) : 0}%)`, "n"));
+    bar.append(label, track, el("div", `${n} (${total ? Math.round((100 * n) / total) : 0}%)`, "n"));
     return bar;
   }));
   if (!entries.length) container.replaceChildren(el("p", "no requests in this window", "empty"));
@@ -171,7 +212,7 @@ function renderBars(container, counts) {
 
 function renderRouting(routing) {
   $("routing-window").textContent = `last ${Math.round(routing.window_s)} s`;
-  renderBars($("routing-backends"), routing.backends);
+  renderBars($("routing-backends"), routing.backends, routing.names || {});
   renderBars($("routing-models"), routing.models);
 }
 
@@ -231,6 +272,8 @@ function shrinkImage(file) {
     img.src = url;
   });
 }
+
+$("latency-model").onchange = () => { state.latencyChosen = true; renderCharts(); };
 
 function setupTry() {
   const kind = $("try-kind");
