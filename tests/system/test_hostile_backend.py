@@ -9,6 +9,7 @@ and nothing followed it.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import socket
 import time
@@ -18,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from inferno.engines.base import GenerationRequest
+from inferno.engines.fake import fake_tokens
 from tests.conftest import HOST, ProcessCluster, ThreadedServer, start_process_cluster
 
 pytestmark = pytest.mark.slow
@@ -216,3 +219,55 @@ def test_a_request_that_comes_back_to_the_proxy_is_refused_as_a_loop(spawn: Any,
     chain = ", ".join(f"1.1 hop{i}" for i in range(17))
     r = httpx.post(f"{cluster.url}/inference", json={"prompt": "x"}, headers={"Via": chain}, timeout=5)
     assert r.status_code == 508
+
+
+def test_an_error_event_mid_stream_is_never_relayed_and_the_stream_goes_on(spawn: Any, scripted: Any) -> None:
+    """A backend that fails mid-stream with an error event: the client never sees the
+    event, the stream continues on the other backend, and reads as one answer."""
+    prompt = "tell me a story"
+    full = fake_tokens(GenerationRequest(max_tokens=12, messages=(("user", prompt),)))
+
+    def script(rid: str, _: bytes) -> list[bytes]:
+        events = [
+            {
+                "id": "chatcmpl-rogue",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": "fake",
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": token} if i == 0 else {"content": token},
+                        "finish_reason": None,
+                    }
+                ],
+            }
+            for i, token in enumerate(full[:5])
+        ]
+        parts = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events]
+        parts.append(b'data: {"error":{"message":"engine died","type":"server_error","code":"x"}}\n\n')
+        body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+        return [
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+        ]
+
+    rogue = scripted(script)
+    cluster = _cluster(spawn, rogue)
+    chat = {
+        "model": "fake",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 12,
+        "stream": True,
+        "temperature": 0,
+    }
+    with httpx.Client(timeout=10) as http:
+        for _ in range(4):
+            r = http.post(f"{cluster.url}/v1/chat/completions", json=chat)
+            assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n"), r.text[-300:]
+            assert "engine died" not in r.text and '"error"' not in r.text, r.text[-500:]
+            events = [json.loads(x[6:]) for x in r.text.split("\n") if x.startswith("data: {")]
+            text = "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
+            assert text == "".join(full), text
+            assert len({e["id"] for e in events}) == 1
+    assert rogue.served >= 1
+    assert "migrated from" in cluster.proxy.output()
