@@ -103,7 +103,9 @@ class HttpProtocol(asyncio.Protocol):
         # Per-message parse state.
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
-        self._body: list[bytes] = []
+        #: the body as it arrives: the first piece as is, then joined as it goes into one
+        #: buffer, so what the body costs is its size, however small its chunks
+        self._body: bytes | bytearray = b""
         self._body_size = 0
         #: body bytes this connection counts in ``ServerState.buffered``
         self._held = 0
@@ -202,7 +204,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = {}
-        self._body = []
+        self._body = b""
         self._body_size = 0
         self._header_count = 0
         self._hosts = 0
@@ -268,7 +270,13 @@ class HttpProtocol(asyncio.Protocol):
             return
         state.buffered += len(body)
         self._held += len(body)
-        self._body.append(body)
+        held = self._body
+        if not held:
+            self._body = body
+        elif isinstance(held, bytearray):
+            held += body
+        else:
+            self._body = bytearray(held) + body
 
     def on_message_complete(self) -> None:
         self._in_head = True
@@ -287,9 +295,10 @@ class HttpProtocol(asyncio.Protocol):
             path.decode("latin-1"),
             query.decode("latin-1"),
             self._headers,
-            b"".join(self._body) if len(self._body) != 1 else self._body[0],
+            bytes(self._body) if isinstance(self._body, bytearray) else self._body,
             self._peer,
         )
+        self._body = b""  # the request holds it now (the budget share is released with it)
         keep_alive = self._keep_alive
         if self._task is None:
             self._start(request, keep_alive)
@@ -352,8 +361,8 @@ class HttpProtocol(asyncio.Protocol):
         """Refuse the message being parsed: answer it after the ones before it, then close."""
         if self._rejected:
             return
-        self._release(sum(len(part) for part in self._body))
-        self._body = []
+        self._release(len(self._body))
+        self._body = b""
         self._rejected = True
         self._error = exc
         if self._task is None and not self._pending:

@@ -412,3 +412,47 @@ def test_request_bodies_share_a_bounded_memory_budget(spawn: Any) -> None:
     time.sleep(0.3)
     assert _status(_exchange(port, _post(port, body=padded))) == 200
     _still_serving(cluster)
+
+
+def test_a_body_of_tiny_chunks_costs_what_it_counts(spawn: Any) -> None:
+    """A chunked body of one-byte chunks, held open before its end: the proxy's memory
+    grows by about the body's size, not by an object per chunk (that was ~24x)."""
+    cluster = start_process_cluster(spawn, 1)
+    port = _port(cluster.url)
+    size = 400_000
+    holders = []
+    before = _rss(cluster.proxy.pid)
+    for _ in range(2):
+        sock = _connect(port, timeout_s=30)
+        sock.sendall(
+            b"POST /inference HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        sock.sendall(b"1\r\n \r\n" * size)  # whitespace: still a valid JSON body once ended
+        holders.append(sock)
+    # Bounded wait until the proxy has parsed what was sent (its CPU time stops growing).
+    proc = psutil.Process(cluster.proxy.pid)
+    last, deadline = -1.0, time.monotonic() + 20
+    while time.monotonic() < deadline:
+        cpu = sum(proc.cpu_times()[:2])
+        if cpu == last:
+            break
+        last = cpu
+        time.sleep(0.5)
+    grown = _rss(cluster.proxy.pid) - before
+    assert grown < 2 * size * 3, f"proxy grew {grown / 2**20:.1f} MiB for {2 * size / 2**20:.1f} MiB of body"
+    for sock in holders:
+        sock.sendall(b'1d\r\n{"prompt":"x","max_tokens":1}\r\n0\r\n\r\n')
+        assert _status(_read_until_answer(sock)) == 200
+        sock.close()
+    _still_serving(cluster)
+
+
+def _read_until_answer(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
