@@ -103,8 +103,7 @@ class HttpProtocol(asyncio.Protocol):
         # Per-message parse state.
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
-        #: the body as it arrives: the first piece as is, then joined as it goes into one
-        #: buffer, so what the body costs is its size, however small its chunks
+        #: the body, joined as it arrives: it costs its size, however small its chunks
         self._body: bytes | bytearray = b""
         self._body_size = 0
         #: body bytes this connection counts in ``ServerState.buffered``
