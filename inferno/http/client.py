@@ -106,17 +106,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._stray:
+        if not self._complete:
             self._headers.append((name.lower(), value))
 
-    def on_message_begin(self) -> None:
-        if self._complete or not self._exchanging:
-            # Bytes past the end of the answer, or unasked for: the next request on this
-            # socket would read them as its own response (another user's). Never reuse it.
-            self._stray = True
-
     def on_headers_complete(self) -> None:
-        if self._stray:
+        if self._complete or self._stray:
+            # A second answer after the one asked for (in the same read): the next
+            # request on this socket would take it for its own. Never reuse it.
+            self._stray = True
             return
         status = self._parser.get_status_code()
         if 100 <= status < 200:
@@ -144,7 +141,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunk_size = 0
 
     def on_chunk_complete(self) -> None:
-        if self._stray:
+        if self._complete or self._stray:
             return
         # A stream is relayed in whole chunks (one SSE event each, as backends write
         # them), so a chunk that breaks the limit fails the try before any of it is sent.
@@ -154,7 +151,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._push(parts[0] if len(parts) == 1 else b"".join(parts))
 
     def on_body(self, body: bytes) -> None:
-        if self.closed or self._stray:
+        if self.closed or self._complete:
             return
         size = len(body)
         if self._streaming:
