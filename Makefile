@@ -149,6 +149,7 @@ bench-deps:
 
 bench: install-dev bench-deps
 	$(BIN)/python benchmarks/lb_overhead.py $(if $(BASELINE),--baseline $(BASELINE))
+	$(if $(BASELINE),$(BIN)/python benchmarks/baseline_overhead.py --baseline $(BASELINE))
 	$(BIN)/python benchmarks/keys_overhead.py
 	$(BIN)/python benchmarks/dashboard_overhead.py
 	$(BIN)/python benchmarks/model_throughput.py

@@ -15,6 +15,7 @@ def main() -> None:
         (HERE / "results" / f"{name}.md").read_text().strip()
         for name in (
             "lb_overhead",
+            "baseline_overhead",
             "keys_overhead",
             "dashboard_overhead",
             "model_throughput",
