@@ -11,12 +11,10 @@ import binascii
 import uuid
 from typing import Any
 
-import orjson
-
 from inferno.api.base import ParsedText, RenderMeta, TextAPI, usage
 from inferno.engines.base import Delta, GenerationRequest, GenerationResult, Prediction
 from inferno.errors import BadRequest
-from inferno.schemas.openai import ImageRequest, InferenceRequest, parse_obj
+from inferno.schemas.openai import ImageRequest, InferenceRequest, decode_json, parse_obj
 
 
 def image_bytes(data: str) -> bytes:
@@ -37,13 +35,7 @@ class InferenceAPI(TextAPI):
     path = "/inference"
 
     def parse(self, body: bytes) -> ParsedText:
-        if not body:
-            raise BadRequest("request body is empty; expected a JSON object")
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise BadRequest("request body is not valid JSON") from None
-        return self.from_dict(data)
+        return self.from_dict(decode_json(body))
 
     def from_dict(self, data: Any) -> ParsedText:
         """A decoded ``/inference`` body (or one batch item): image or text."""

@@ -18,6 +18,7 @@ from inferno.errors import BadRequest, InfernoError
 from inferno.http.server import Request
 from inferno.proxy.bodies import with_model
 from inferno.proxy.forward import Forwarder, Job
+from inferno.schemas.openai import decode_json
 from inferno.schemas.routing import RequestContext
 
 #: one item's routing context and parsed form, from the proxy app
@@ -39,10 +40,7 @@ class BatchRunner:
         prepare: Callable[[Job], None] | None = None,
     ) -> bytes:
         """``prepare`` admits each item's job (an API key's model list and budgets)."""
-        try:
-            data = orjson.loads(request.body)
-        except orjson.JSONDecodeError:
-            raise BadRequest("request body is not valid JSON") from None
+        data = decode_json(request.body)
         items = data.get("requests") if isinstance(data, dict) else None
         if not isinstance(items, list) or not 1 <= len(items) <= self._max:
             raise BadRequest(

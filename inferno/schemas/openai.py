@@ -2,6 +2,10 @@
 
 ``parse_body`` is the one place where JSON and validation errors become a
 ``BadRequest`` with a message that names the field, never echoing the input.
+``decode_json`` is the one JSON parser every body goes through (orjson, strict
+RFC 8259: no ``NaN``, ``Infinity`` or numbers that overflow a double, no lone
+surrogates), on the proxy and the backend alike, so the two never disagree about
+what a body holds.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from inferno.errors import BadRequest
@@ -30,7 +35,7 @@ class InferenceRequest(BaseModel):
     stream: bool = False
     priority: PriorityName | None = None
     session_id: str | None = Field(None, max_length=256)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
 
 
 class TextPart(BaseModel):
@@ -76,7 +81,7 @@ class _OpenAIBase(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stream: bool = False
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     user: str | None = Field(None, max_length=256)
     n: int = Field(1, ge=1, le=1)
     priority: PriorityName | None = None
@@ -118,14 +123,21 @@ class CompletionRequest(_OpenAIBase):
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse_body(model: type[M], body: bytes) -> M:
-    """Validate a JSON body into ``model`` or raise a ``BadRequest`` naming the problem."""
+def decode_json(body: bytes) -> Any:
+    """The JSON value in ``body``, or a ``BadRequest``: the one parser's verdict everywhere."""
     if not body:
         raise BadRequest("request body is empty; expected a JSON object")
     try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        raise BadRequest(_describe(exc), param=_param(exc)) from None
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest(
+            "request body is not valid JSON (NaN, Infinity and numbers out of range are not JSON)"
+        ) from None
+
+
+def parse_body(model: type[M], body: bytes) -> M:
+    """Validate a JSON body into ``model`` or raise a ``BadRequest`` naming the problem."""
+    return parse_obj(model, decode_json(body))
 
 
 def parse_obj(model: type[M], data: Any) -> M:
