@@ -120,3 +120,15 @@ def test_the_built_classifier_is_cached_readable_by_others_and_reused(tmp_path: 
     assert stat.S_IMODE(cached.stat().st_mode) & 0o044 == 0o044  # a non-root container user reads it
     again, origin = onnx_model(tmp_path)
     assert again == model and origin.startswith("cache")
+
+
+def test_labels_are_the_1000_standard_imagenet_names_each_once() -> None:
+    from inferno.engines.vision.engine import load_labels
+
+    labels = load_labels()
+    assert len(labels) == 1000 and len(set(labels)) == 1000
+    assert all(label and label == label.strip() for label in labels)
+    assert labels[0] == "tench" and labels[281] == "tabby" and labels[282] == "tiger cat"
+    assert labels[285] == "Egyptian cat" and labels[999] == "toilet tissue"
+    assert {labels[134], labels[517]} == {"crane (bird)", "crane (machine)"}
+    assert {labels[638], labels[639]} == {"maillot (leotard)", "maillot (tank suit)"}

