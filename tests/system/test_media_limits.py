@@ -26,6 +26,9 @@ from tests.conftest import HOST, Proc, wait_http
 pytestmark = pytest.mark.slow
 
 CAT = Path(__file__).resolve().parents[1] / "data" / "images" / "cat.jpg"
+#: small bounds, so the biggest request allowed takes a few seconds here, not a minute
+EMBEDDING_FLAGS = ("--embedding-max-request-tokens", "8192", "--embedding-batch-tokens", "1024")
+LONG_TEXT = "the quick brown fox jumps over the lazy dog " * 60  # truncated to 256 tokens
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +48,7 @@ def backend(tmp_path_factory: Any) -> Iterator[str]:
             "1",
             "--image-max-batch",
             "8",
+            *EMBEDDING_FLAGS,
         ],
         str(logs / "backend.log"),
     )
@@ -148,3 +152,34 @@ def test_a_16_bit_grayscale_png_classifies_like_the_8_bit_one(backend: str) -> N
     top8, top16 = eight.json()["predictions"], sixteen.json()["predictions"]
     assert top16[0]["index"] == top8[0]["index"], (top8, top16)
     assert abs(top16[0]["confidence"] - top8[0]["confidence"]) < 0.02
+
+
+async def test_small_embeddings_are_served_while_a_big_request_runs(backend: str) -> None:
+    async with httpx.AsyncClient(timeout=120) as http:
+
+        async def timed(texts: list[str]) -> tuple[float, float, httpx.Response]:
+            started = time.monotonic()
+            r = await http.post(f"{backend}/v1/embeddings", json={"input": texts})
+            return started, time.monotonic(), r
+
+        big = asyncio.ensure_future(timed([LONG_TEXT] * 32))  # 8192 tokens: the most allowed
+        await asyncio.sleep(0.3)  # the big request is running
+        smalls = [await timed([f"a short text {i}"]) for i in range(3)]
+        big_started, big_done, big_answer = await big
+    assert big_answer.status_code == 200 and big_answer.json()["usage"]["prompt_tokens"] == 8192
+    big_s = big_done - big_started
+    for started, done, answer in smalls:
+        assert answer.status_code == 200 and len(answer.json()["data"][0]["embedding"]) == 384
+        assert done < big_done, "a small request waited for the whole big one"
+        assert done - started < big_s / 2, (done - started, big_s)
+
+
+def test_an_embeddings_request_over_the_token_cap_gets_400_before_any_work(backend: str) -> None:
+    started = time.monotonic()
+    r = httpx.post(f"{backend}/v1/embeddings", json={"input": [LONG_TEXT] * 33}, timeout=30)
+    assert r.status_code == 400, r.text[:300]
+    error = r.json()["error"]
+    assert error["param"] == "input" and "at most 8192" in error["message"]
+    assert time.monotonic() - started < 3.0
+    r = httpx.post(f"{backend}/v1/embeddings", json={"input": ["still serving"]}, timeout=30)
+    assert r.status_code == 200
