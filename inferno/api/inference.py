@@ -12,9 +12,10 @@ import uuid
 from typing import Any
 
 from inferno.api.base import ParsedText, RenderMeta, TextAPI, usage
+from inferno.config import RequestLimits
 from inferno.engines.base import Delta, GenerationRequest, GenerationResult, Prediction
 from inferno.errors import BadRequest
-from inferno.schemas.openai import ImageRequest, InferenceRequest, decode_json, parse_obj
+from inferno.schemas.openai import DEFAULT_LIMITS, ImageRequest, InferenceRequest, decode_json, parse_obj
 
 
 def image_bytes(data: str) -> bytes:
@@ -34,8 +35,9 @@ IMAGE_WORK_TOKENS = 1
 class InferenceAPI(TextAPI):
     path = "/inference"
 
-    def parse(self, body: bytes) -> ParsedText:
-        return self.from_dict(decode_json(body))
+    def parse(self, body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
+        # Unknown fields are refused, so the fields' count needs no bound of its own.
+        return self.from_dict(decode_json(body, limits.max_json_values))
 
     def from_dict(self, data: Any) -> ParsedText:
         """A decoded ``/inference`` body (or one batch item): image or text."""

@@ -138,7 +138,7 @@ class BackendApp:
 
     def _generate_route(self, api: TextAPI) -> BackendRoute:
         async def route(request: Request, responder: Responder, rid: str, headers: bytes) -> None:
-            parsed = api.parse_checked(request.body, self._cfg.max_tokens_limit)
+            parsed = api.parse_checked(request.body, self._cfg.max_tokens_limit, self._cfg.request)
             if parsed.task == "image-classification":
                 await self._classify(responder, headers, rid, parsed)
             else:
@@ -157,7 +157,7 @@ class BackendApp:
 
     # -- embeddings and images -----------------------------------------------------------
     async def _embeddings(self, request: Request, responder: Responder, rid: str, headers: bytes) -> None:
-        parsed = EMBEDDINGS.parse(request.body)
+        parsed = EMBEDDINGS.parse(request.body, self._cfg.request)
         engine = self._engine(parsed)
         assert isinstance(engine, EmbeddingEngine)
         req: EmbeddingRequest = parsed.body

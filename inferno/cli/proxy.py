@@ -28,6 +28,7 @@ from inferno.config import (
     OutlierConfig,
     ProxyConfig,
     RegistryConfig,
+    RequestLimits,
     RetryConfig,
     UpstreamConfig,
 )
@@ -48,6 +49,7 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
     "affinity": AffinityConfig,
     "dashboard": DashboardConfig,
     "http": HttpConfig,
+    "request": RequestLimits,
 }
 
 

@@ -19,6 +19,7 @@ from inferno.proxy.batch import BatchRunner
 from inferno.proxy.bodies import with_model, with_usage_requested
 from inferno.proxy.clients import ClientGate
 from inferno.proxy.forward import Forwarder, Job
+from inferno.proxy.vetting import BodyVetter
 from inferno.registry.registry import WorkerRegistry
 from inferno.schemas import PRIORITIES, Priority, RequestContext, check_max_tokens
 from inferno.security import ApiKey
@@ -45,7 +46,10 @@ class ProxyApp:
         ids: RequestIdFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
         gate: ClientGate | None = None,
+        vetter: BodyVetter | None = None,
     ) -> None:
+        #: parses bodies that may be costly to parse in another process first
+        self._vetter = vetter or BodyVetter(config.request, config.max_tokens_limit)
         #: API keys, budgets and usage (``--require-api-key``), else None
         self._gate = gate
         self._cfg = config
@@ -54,7 +58,12 @@ class ProxyApp:
         self._stats = stats
         self._ids = ids or RequestIdFactory()
         self._clock = clock
-        self._batch = BatchRunner(forwarder, config.admission.max_batch_items, self.inference_context)
+        self._batch = BatchRunner(
+            forwarder,
+            config.admission.max_batch_items,
+            self.inference_context,
+            config.request.max_json_values,
+        )
         self._routes: RouteTable[ProxyRoute] = RouteTable()
         for path, api in APIS.items():
             self._routes.add("POST", path, self._forward_route(api))
@@ -73,6 +82,8 @@ class ProxyApp:
             if self._gate is not None and request.path != "/openapi.json":
                 key = self._gate.authenticate(request.headers)
             route = self._routes.match(request.method, request.path)
+            if request.method == "POST" and self._vetter.needs(request.body):
+                await self._vetter.check(request.path, request.body)
             await route(request, responder, rid, t0, key)
         except InfernoError as exc:
             if responder.started:
@@ -93,7 +104,7 @@ class ProxyApp:
         async def route(
             request: Request, responder: Responder, rid: str, t0: float, key: ApiKey | None
         ) -> None:
-            parsed = api.parse_checked(request.body, self._cfg.max_tokens_limit)
+            parsed = api.parse_checked(request.body, self._cfg.max_tokens_limit, self._cfg.request)
             self._log_prompt(rid, parsed.prompt)
             ctx = self._context(request, rid, parsed)
             body = request.body

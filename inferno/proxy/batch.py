@@ -26,9 +26,12 @@ Contextualize = Callable[[Request, str, object], tuple[RequestContext, ParsedTex
 
 
 class BatchRunner:
-    def __init__(self, forwarder: Forwarder, max_items: int, contextualize: Contextualize) -> None:
+    def __init__(
+        self, forwarder: Forwarder, max_items: int, contextualize: Contextualize, max_values: int
+    ) -> None:
         self._forwarder = forwarder
         self._max = max_items
+        self._max_values = max_values
         self._contextualize = contextualize
 
     async def run(
@@ -40,7 +43,7 @@ class BatchRunner:
         prepare: Callable[[Job], None] | None = None,
     ) -> bytes:
         """``prepare`` admits each item's job (an API key's model list and budgets)."""
-        data = decode_json(request.body)
+        data = decode_json(request.body, self._max_values)
         items = data.get("requests") if isinstance(data, dict) else None
         if not isinstance(items, list) or not 1 <= len(items) <= self._max:
             raise BadRequest(

@@ -26,6 +26,7 @@ from inferno.proxy.dashboard.tryit import TryIt
 from inferno.proxy.forward import Forwarder
 from inferno.proxy.metrics import ProxyCollector
 from inferno.proxy.ops import ProxyOps
+from inferno.proxy.vetting import BodyVetter
 from inferno.registry.health import HealthChecker
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.resolver import Resolver
@@ -92,8 +93,17 @@ class ProxyServer:
             self.gate = ClientGate(KeyStore(db), UsageLedger(db), clock=clock)
         metrics = new_registry(ProxyCollector(self.stats, self.registry, self.gate, self.admission))
         ops_limits = limits_from(config.http, max_body_bytes=OPS_MAX_BODY_BYTES, ops=True)
+        self.vetter = BodyVetter(config.request, config.max_tokens_limit)
         self._data = HttpServer(
-            ProxyApp(config, self.registry, self.forwarder, self.stats, clock=clock, gate=self.gate),
+            ProxyApp(
+                config,
+                self.registry,
+                self.forwarder,
+                self.stats,
+                clock=clock,
+                gate=self.gate,
+                vetter=self.vetter,
+            ),
             limits=fit_to_fd_limit(
                 limits_from(config.http, max_body_bytes=config.max_body_bytes), ops_limits, "proxy"
             ),
@@ -149,6 +159,7 @@ class ProxyServer:
     async def aclose(self, grace_s: float = 0.0) -> None:
         """Stop accepting, finish in-flight requests within ``grace_s``, then stop."""
         await self._data.aclose(grace_s)
+        await self.vetter.aclose()
         if self.gate is not None:
             await self.gate.aclose()  # writes the last usage out
         await self.health.aclose()

@@ -16,10 +16,14 @@ from typing import Any, Literal, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from inferno.config import RequestLimits
 from inferno.errors import BadRequest
+from inferno.schemas.bounds import check_values
 
 PriorityName = Literal["high", "normal", "low"]
 MAX_PROMPT_CHARS = 200_000
+#: the bounds a body is held to when the caller names none (``--request-*`` flags)
+DEFAULT_LIMITS = RequestLimits()
 
 
 class InferenceRequest(BaseModel):
@@ -90,13 +94,6 @@ class _OpenAIBase(BaseModel):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return value
-
     def stop_tuple(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
@@ -104,7 +101,8 @@ class _OpenAIBase(BaseModel):
 
 
 class ChatCompletionRequest(_OpenAIBase):
-    messages: list[ChatMessage] = Field(min_length=1, max_length=512)
+    #: how many, and how many content parts, is bounded before validation (``bounds.check_chat``)
+    messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
 
@@ -123,16 +121,19 @@ class CompletionRequest(_OpenAIBase):
 M = TypeVar("M", bound=BaseModel)
 
 
-def decode_json(body: bytes) -> Any:
-    """The JSON value in ``body``, or a ``BadRequest``: the one parser's verdict everywhere."""
+def decode_json(body: bytes, max_values: int = DEFAULT_LIMITS.max_json_values) -> Any:
+    """The JSON value in ``body``, or a ``BadRequest``: the one parser's verdict everywhere,
+    and at most ``max_values`` JSON values."""
     if not body:
         raise BadRequest("request body is empty; expected a JSON object")
     try:
-        return orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise BadRequest(
             "request body is not valid JSON (NaN, Infinity and numbers out of range are not JSON)"
         ) from None
+    check_values(body, data, max_values)
+    return data
 
 
 def parse_body(model: type[M], body: bytes) -> M:
@@ -190,15 +191,13 @@ def check_max_tokens(value: int, limit: int) -> int:
     return value
 
 
-MAX_EMBEDDING_INPUTS = 2048
-
-
 class EmbeddingRequest(BaseModel):
     """OpenAI ``POST /v1/embeddings``: one string or a list of strings."""
 
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
-    input: str | list[str] = Field(max_length=MAX_EMBEDDING_INPUTS)
+    #: how many is bounded before validation (``bounds.check_embeddings``)
+    input: str | list[str]
     model: str | None = Field(None, max_length=128)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)

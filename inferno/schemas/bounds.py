@@ -1,0 +1,96 @@
+"""Bounds on what a decoded request body holds, checked before any field is validated.
+
+Parsing costs per JSON value (each becomes a Python object), and validating costs per
+element of the lists the schemas hold, so both are counted first, cheaply: a body
+past a bound costs its parse and nothing more. ``estimate_values`` reads the raw
+bytes without parsing them, so the proxy can tell a body that may be costly to parse
+(and parse it in another process) from one that cannot be.
+
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inferno.config import RequestLimits
+from inferno.errors import BadRequest
+
+
+def estimate_values(body: bytes, stop_above: int | None = None) -> int:
+    """An upper bound on the JSON values in ``body`` (object keys included), read
+    without parsing: after the root, every value follows a comma, a colon or an
+    opening bracket (commas inside strings only make the bound looser). Counting
+    stops once past ``stop_above``."""
+    total = 1
+    for separator in (b",", b":", b"[", b"{"):
+        total += body.count(separator)
+        if stop_above is not None and total > stop_above:
+            break
+    return total
+
+
+def may_exceed(body: bytes, max_values: int) -> bool:
+    """Whether ``body`` may hold more than ``max_values`` JSON values. A value takes
+    at least two bytes with its separator, so a short body never does."""
+    return len(body) > 2 * max_values and estimate_values(body, max_values) > max_values
+
+
+def count_values(data: Any, limit: int) -> int:
+    """The JSON values in ``data`` (keys included), counting no further than ``limit + 1``."""
+    count = 0
+    stack = [data]
+    while stack and count <= limit:
+        value = stack.pop()
+        count += 1
+        if isinstance(value, dict):
+            count += len(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return count
+
+
+def check_values(body: bytes, data: Any, max_values: int) -> None:
+    if may_exceed(body, max_values) and count_values(data, max_values) > max_values:
+        raise BadRequest(f"request body holds more than {max_values} JSON values")
+
+
+def _check_fields(data: dict[str, Any], limits: RequestLimits) -> None:
+    if len(data) > limits.max_fields:
+        raise BadRequest(f"request body has more than {limits.max_fields} fields")
+    stop = data.get("stop")
+    if isinstance(stop, list) and len(stop) > limits.max_stop:
+        raise BadRequest(f"at most {limits.max_stop} stop sequences", param="stop")
+
+
+def check_chat(data: Any, limits: RequestLimits) -> None:
+    if not isinstance(data, dict):
+        return  # validation names the problem
+    _check_fields(data, limits)
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        return
+    if len(messages) > limits.max_messages:
+        raise BadRequest(f"at most {limits.max_messages} messages", param="messages")
+    parts = sum(
+        len(m["content"]) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list)
+    )
+    if parts > limits.max_content_parts:
+        raise BadRequest(
+            f"at most {limits.max_content_parts} content parts in all messages", param="messages"
+        )
+
+
+def check_completion(data: Any, limits: RequestLimits) -> None:
+    if isinstance(data, dict):
+        _check_fields(data, limits)
+
+
+def check_embeddings(data: Any, limits: RequestLimits) -> None:
+    if not isinstance(data, dict):
+        return
+    if len(data) > limits.max_fields:
+        raise BadRequest(f"request body has more than {limits.max_fields} fields")
+    texts = data.get("input")
+    if isinstance(texts, list) and len(texts) > limits.max_embedding_inputs:
+        raise BadRequest(f"at most {limits.max_embedding_inputs} inputs", param="input")

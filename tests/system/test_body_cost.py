@@ -1,0 +1,126 @@
+"""A body that is costly to parse never holds the proxy's event loop: against a real
+`inferno proxy` process, small requests stay fast while another client sends
+maximal bodies, and every over-count body gets 400."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import start_process_cluster
+
+pytestmark = pytest.mark.slow
+
+MAX_BODY = 8 << 20
+
+
+def _filled(prefix: bytes, item: bytes, suffix: bytes) -> bytes:
+    """``prefix`` + as many ``item``s as fit in the body limit + ``suffix``."""
+    count = (MAX_BODY - len(prefix) - len(suffix) - 64) // len(item)
+    return prefix + item * count + item.rstrip(b",") + suffix
+
+
+#: maximal bodies, each a few hundred ms of parsing on the event loop before
+COSTLY: list[tuple[str, bytes]] = [
+    ("/v1/completions", _filled(b'{"prompt": "x", "extra": [', b"{},", b"]}")),
+    ("/v1/chat/completions", _filled(b'{"messages": [', b'{"role": "user", "content": "x"},', b"]}")),
+    (
+        "/v1/chat/completions",
+        _filled(b'{"messages": [{"role": "user", "content": [', b'{"type": "text", "text": "x"},', b"]}]}"),
+    ),
+    ("/v1/embeddings", _filled(b'{"input": [', b'"a",', b"]}")),
+    ("/batch_inference", _filled(b'{"requests": [{"prompt": "x"}], "x": [', b"0,", b"]}")),
+    ("/inference", _filled(b'{"prompt": "x", "seed": [', b"[],", b"]}")),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: Any) -> Any:
+    from tests.conftest import Proc
+
+    procs: list[Proc] = []
+    logs = tmp_path_factory.mktemp("cost")
+
+    def spawn(args: list[str], name: str, env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(args, str(logs / f"{name}.log"), env)
+        procs.append(proc)
+        return proc
+
+    yield start_process_cluster(spawn, 1)
+    for proc in procs:
+        proc.stop(timeout_s=5.0)
+    assert "Traceback" not in procs[0].output(), procs[0].output()[-3000:]
+
+
+def _in_thread(fn: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=fn, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_maximal_bodies_get_400_and_never_delay_a_small_request(cluster: Any) -> None:
+    with httpx.Client(timeout=30) as http:  # the parsing process starts, once
+        r = http.post(f"{cluster.url}{COSTLY[0][0]}", content=COSTLY[0][1])
+        assert r.status_code == 400
+    stop = threading.Event()
+    answers: list[tuple[str, int, str]] = []
+    latencies: list[float] = []
+
+    def hostile() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                for path, body in COSTLY:
+                    r = http.post(f"{cluster.url}{path}", content=body)
+                    answers.append((path, r.status_code, r.json()["error"]["message"]))
+
+    def small() -> None:
+        with httpx.Client(timeout=30) as http:
+            deadline = time.monotonic() + 4.0
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                r = http.post(f"{cluster.url}/inference", json={"prompt": "x", "max_tokens": 1})
+                latencies.append(time.monotonic() - started)
+                assert r.status_code == 200
+                time.sleep(0.02)
+
+    attacker = _in_thread(hostile)
+    small()
+    stop.set()
+    attacker.join(timeout=60)
+    assert not attacker.is_alive()
+    assert len(answers) >= len(COSTLY), answers
+    for path, status, message in answers:
+        assert status == 400, (path, status, message)
+        assert "more than 32768 JSON values" in message, (path, message)
+    latencies.sort()
+    # coarse: parsing one of these bodies on the event loop took 100-1000 ms
+    assert latencies[-1] < 0.25, latencies[-10:]
+
+
+def test_counts_past_their_bounds_get_400_and_a_long_legit_body_passes(cluster: Any) -> None:
+    msg = {"role": "user", "content": "x"}
+    part = {"type": "text", "text": "x"}
+    over = [
+        ("/v1/chat/completions", {"messages": [msg] * 513}, "at most 512 messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": [part] * 513}]}, "content parts"),
+        ("/v1/chat/completions", {"messages": [msg], "stop": ["a"] * 5}, "at most 4 stop"),
+        ("/v1/completions", {"prompt": "x", **{f"f{i}": 0 for i in range(70)}}, "more than 64 fields"),
+        ("/v1/embeddings", {"input": ["a"] * 2049}, "at most 2048 inputs"),
+    ]
+    backend = "http://" + cluster.workers()["b1"]["address"]
+    with httpx.Client(timeout=30) as http:
+        for base in (cluster.url, backend):
+            for path, body, fragment in over:
+                r = http.post(f"{base}{path}", json=body)
+                assert r.status_code == 400 and fragment in r.json()["error"]["message"], (base, path, r.text)
+        # 100,000 commas in a prompt: maybe costly by its separators, so parsed in the
+        # parsing process first; it is one string, and passes
+        r = http.post(f"{cluster.url}/v1/completions", json={"prompt": "a," * 99_000, "max_tokens": 1})
+        assert r.status_code == 200, r.text
+        r = http.post(f"{cluster.url}/v1/chat/completions", json={"messages": [msg] * 512, "max_tokens": 1})
+        assert r.status_code == 200, r.text
