@@ -90,9 +90,21 @@ class _OpenAIBase(BaseModel):
     n: int = Field(1, ge=1, le=1)
     priority: PriorityName | None = None
     stream_options: StreamOptions | None = None
+    #: accepted within OpenAI's range and ignored: the engines do not implement them
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    #: OpenAI's bounds: 16 pairs, keys of 64 characters, values of 512
+    metadata: dict[str, str] | None = Field(None, max_length=16)
 
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and any(len(k) > 64 or len(v) > 512 for k, v in value.items()):
+            raise ValueError("metadata keys are at most 64 characters, values at most 512")
+        return value
 
     def stop_tuple(self) -> tuple[str, ...]:
         if self.stop is None:
