@@ -107,7 +107,7 @@ class RequestLimits(_Frozen):
         1,
         ge=1,
         le=64,
-        description="proxy: processes that parse bodies that may hold more than max_json_values "
+        description="processes that parse bodies that may hold more than max_json_values "
         "(so a costly parse never holds the event loop)",
     )
 

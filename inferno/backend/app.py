@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from inferno.api import EMBEDDINGS, INFERENCE, TEXT_APIS, ParsedText, RenderMeta, TextAPI
 from inferno.api.inference import image_bytes
+from inferno.api.vetting import BodyVetter
 from inferno.backend.chaos import Chaos
 from inferno.backend.service import InferenceService
 from inferno.config import BackendConfig
@@ -65,7 +66,10 @@ class BackendApp:
         node_id: str,
         auth: ClusterAuth | None = None,
         tracing: Tracing | None = None,
+        vetter: BodyVetter | None = None,
     ) -> None:
+        #: parses bodies that may be costly to parse in another process first
+        self.vetter = vetter or BodyVetter(config.request, config.max_tokens_limit)
         self._auth = auth or ClusterAuth(None)
         #: OpenTelemetry (``--otlp-endpoint``), else None
         self._tracing = tracing
@@ -108,6 +112,8 @@ class BackendApp:
         """Answer one request; the status of an error answer (None when a route answered)."""
         try:
             route = self._routes.match(request.method, request.path)
+            if request.method == "POST" and self.vetter.needs(request.body):
+                await self.vetter.check(request.path, request.body)
             await route(request, responder, rid, headers)
         except InfernoError as exc:
             if responder.started:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from inferno.api import API, APIS, INFERENCE, ParsedText, openapi
+from inferno.api.vetting import BodyVetter
 from inferno.config import ProxyConfig
 from inferno.errors import BadRequest, InfernoError, RateLimited
 from inferno.http.request_id import RequestIdFactory
@@ -19,7 +20,6 @@ from inferno.proxy.batch import BatchRunner
 from inferno.proxy.bodies import with_model, with_usage_requested
 from inferno.proxy.clients import ClientGate
 from inferno.proxy.forward import Forwarder, Job
-from inferno.proxy.vetting import BodyVetter
 from inferno.registry.registry import WorkerRegistry
 from inferno.schemas import PRIORITIES, Priority, RequestContext, check_max_tokens
 from inferno.security import ApiKey

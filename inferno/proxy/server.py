@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from inferno.api.vetting import BodyVetter
 from inferno.config import ProxyConfig
 from inferno.http.client import ResponseLimits, UpstreamPool
 from inferno.http.server import HttpServer, fit_to_fd_limit, limits_from
@@ -26,7 +27,6 @@ from inferno.proxy.dashboard.tryit import TryIt
 from inferno.proxy.forward import Forwarder
 from inferno.proxy.metrics import ProxyCollector
 from inferno.proxy.ops import ProxyOps
-from inferno.proxy.vetting import BodyVetter
 from inferno.registry.health import HealthChecker
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.resolver import Resolver

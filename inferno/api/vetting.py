@@ -1,4 +1,5 @@
-"""Bodies that may be costly to parse are parsed first in another process.
+"""Bodies that may be costly to parse are parsed first in another process (proxy and
+backend alike).
 
 A JSON parse holds the GIL for as long as it runs (orjson and pydantic alike), so a
 thread would not help: 8 MiB of ``[{},{},...]`` holds the event loop for about 360 ms,
@@ -75,5 +76,7 @@ class BodyVetter:
 
     async def aclose(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+            pool, self._pool = self._pool, None
+            # Waited for (off the loop): a pool left to the interpreter's exit hook raises
+            # there, on a wake-up pipe already closed. A parse in progress ends within ~1 s.
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
