@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from inferno.config import RequestLimits
 from inferno.engines.base import Delta, GenerationRequest, GenerationResult
-from inferno.schemas.openai import DEFAULT_LIMITS, check_max_tokens
+from inferno.schemas.openai import DEFAULT_LIMITS, check_max_tokens, decode_json
 from inferno.schemas.registration import Task
 
 
@@ -60,15 +60,20 @@ class API(ABC):
 
     path: ClassVar[str]
 
-    @abstractmethod
     def parse(self, body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
         """Validate a request body (``BadRequest`` naming the field on any problem),
         its counts held to ``limits`` before any field is validated."""
+        return self.parse_data(decode_json(body, limits.max_json_values), limits)
+
+    @abstractmethod
+    def parse_data(self, data: Any, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
+        """Validate a decoded body (``decode_json``'s, so its JSON values are counted)."""
 
     def parse_checked(
-        self, body: bytes, max_tokens_limit: int, limits: RequestLimits = DEFAULT_LIMITS
+        self, data: Any, max_tokens_limit: int, limits: RequestLimits = DEFAULT_LIMITS
     ) -> ParsedText:
-        parsed = self.parse(body, limits)
+        """``parse_data`` and the ``max_tokens`` limit."""
+        parsed = self.parse_data(data, limits)
         check_max_tokens(parsed.max_tokens, max_tokens_limit)
         return parsed
 

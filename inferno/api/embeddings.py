@@ -11,7 +11,7 @@ from inferno.config import RequestLimits
 from inferno.engines.base import Embeddings
 from inferno.errors import BadRequest
 from inferno.schemas.bounds import check_embeddings
-from inferno.schemas.openai import DEFAULT_LIMITS, EmbeddingRequest, decode_json, parse_obj
+from inferno.schemas.openai import DEFAULT_LIMITS, EmbeddingRequest, parse_obj
 
 PREFIX_CHARS = 256
 
@@ -19,8 +19,7 @@ PREFIX_CHARS = 256
 class EmbeddingsAPI(API):
     path = "/v1/embeddings"
 
-    def parse(self, body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
-        data = decode_json(body, limits.max_json_values)
+    def parse_data(self, data: Any, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
         check_embeddings(data, limits)
         req = parse_obj(EmbeddingRequest, data)
         texts = req.texts()

@@ -15,7 +15,7 @@ from inferno.api.base import ParsedText, RenderMeta, TextAPI, usage
 from inferno.config import RequestLimits
 from inferno.engines.base import Delta, GenerationRequest, GenerationResult, Prediction
 from inferno.errors import BadRequest
-from inferno.schemas.openai import DEFAULT_LIMITS, ImageRequest, InferenceRequest, decode_json, parse_obj
+from inferno.schemas.openai import DEFAULT_LIMITS, ImageRequest, InferenceRequest, parse_obj
 
 
 def image_bytes(data: str) -> bytes:
@@ -35,9 +35,9 @@ IMAGE_WORK_TOKENS = 1
 class InferenceAPI(TextAPI):
     path = "/inference"
 
-    def parse(self, body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
+    def parse_data(self, data: Any, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
         # Unknown fields are refused, so the fields' count needs no bound of its own.
-        return self.from_dict(decode_json(body, limits.max_json_values))
+        return self.from_dict(data)
 
     def from_dict(self, data: Any) -> ParsedText:
         """A decoded ``/inference`` body (or one batch item): image or text."""

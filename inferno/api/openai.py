@@ -12,7 +12,6 @@ from inferno.schemas.openai import (
     DEFAULT_LIMITS,
     ChatCompletionRequest,
     CompletionRequest,
-    decode_json,
     parse_obj,
 )
 
@@ -39,8 +38,7 @@ def _usage_chunk(
 class ChatAPI(TextAPI):
     path = "/v1/chat/completions"
 
-    def parse(self, body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
-        data = decode_json(body, limits.max_json_values)
+    def parse_data(self, data: Any, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
         check_chat(data, limits)
         chat = parse_obj(ChatCompletionRequest, data)
         max_tokens = chat.effective_max_tokens(DEFAULT_CHAT_MAX_TOKENS)
@@ -98,8 +96,7 @@ class ChatAPI(TextAPI):
 class CompletionAPI(TextAPI):
     path = "/v1/completions"
 
-    def parse(self, body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
-        data = decode_json(body, limits.max_json_values)
+    def parse_data(self, data: Any, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
         check_completion(data, limits)
         comp = parse_obj(CompletionRequest, data)
         return ParsedText(

@@ -68,8 +68,8 @@ class BackendApp:
         tracing: Tracing | None = None,
         vetter: BodyVetter | None = None,
     ) -> None:
-        #: parses bodies that may be costly to parse in another process first
-        self.vetter = vetter or BodyVetter(config.request, config.max_tokens_limit)
+        #: decodes bodies, in another process those that may be costly to decode
+        self.vetter = vetter or BodyVetter(config.request)
         self._auth = auth or ClusterAuth(None)
         #: OpenTelemetry (``--otlp-endpoint``), else None
         self._tracing = tracing
@@ -112,8 +112,6 @@ class BackendApp:
         """Answer one request; the status of an error answer (None when a route answered)."""
         try:
             route = self._routes.match(request.method, request.path)
-            if request.method == "POST" and self.vetter.needs(request.body):
-                await self.vetter.check(request.path, request.body)
             await route(request, responder, rid, headers)
         except InfernoError as exc:
             if responder.started:
@@ -144,7 +142,8 @@ class BackendApp:
 
     def _generate_route(self, api: TextAPI) -> BackendRoute:
         async def route(request: Request, responder: Responder, rid: str, headers: bytes) -> None:
-            parsed = api.parse_checked(request.body, self._cfg.max_tokens_limit, self._cfg.request)
+            data = await self.vetter.decode(request.body)
+            parsed = api.parse_checked(data, self._cfg.max_tokens_limit, self._cfg.request)
             if parsed.task == "image-classification":
                 await self._classify(responder, headers, rid, parsed)
             else:
@@ -163,7 +162,7 @@ class BackendApp:
 
     # -- embeddings and images -----------------------------------------------------------
     async def _embeddings(self, request: Request, responder: Responder, rid: str, headers: bytes) -> None:
-        parsed = EMBEDDINGS.parse(request.body, self._cfg.request)
+        parsed = EMBEDDINGS.parse_data(await self.vetter.decode(request.body), self._cfg.request)
         engine = self._engine(parsed)
         assert isinstance(engine, EmbeddingEngine)
         req: EmbeddingRequest = parsed.body

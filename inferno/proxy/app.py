@@ -48,8 +48,8 @@ class ProxyApp:
         gate: ClientGate | None = None,
         vetter: BodyVetter | None = None,
     ) -> None:
-        #: parses bodies that may be costly to parse in another process first
-        self._vetter = vetter or BodyVetter(config.request, config.max_tokens_limit)
+        #: decodes bodies, in another process those that may be costly to decode
+        self._vetter = vetter or BodyVetter(config.request)
         #: API keys, budgets and usage (``--require-api-key``), else None
         self._gate = gate
         self._cfg = config
@@ -58,12 +58,7 @@ class ProxyApp:
         self._stats = stats
         self._ids = ids or RequestIdFactory()
         self._clock = clock
-        self._batch = BatchRunner(
-            forwarder,
-            config.admission.max_batch_items,
-            self.inference_context,
-            config.request.max_json_values,
-        )
+        self._batch = BatchRunner(forwarder, config.admission.max_batch_items, self.inference_context)
         self._routes: RouteTable[ProxyRoute] = RouteTable()
         for path, api in APIS.items():
             self._routes.add("POST", path, self._forward_route(api))
@@ -82,8 +77,6 @@ class ProxyApp:
             if self._gate is not None and request.path != "/openapi.json":
                 key = self._gate.authenticate(request.headers)
             route = self._routes.match(request.method, request.path)
-            if request.method == "POST" and self._vetter.needs(request.body):
-                await self._vetter.check(request.path, request.body)
             await route(request, responder, rid, t0, key)
         except InfernoError as exc:
             if responder.started:
@@ -104,7 +97,8 @@ class ProxyApp:
         async def route(
             request: Request, responder: Responder, rid: str, t0: float, key: ApiKey | None
         ) -> None:
-            parsed = api.parse_checked(request.body, self._cfg.max_tokens_limit, self._cfg.request)
+            data = await self._vetter.decode(request.body)
+            parsed = api.parse_checked(data, self._cfg.max_tokens_limit, self._cfg.request)
             self._log_prompt(rid, parsed.prompt)
             ctx = self._context(request, rid, parsed)
             body = request.body
@@ -141,7 +135,8 @@ class ProxyApp:
         self, request: Request, responder: Responder, rid: str, t0: float, key: ApiKey | None
     ) -> None:
         prepare = functools.partial(self._charge, key=key) if key is not None else None
-        body = await self._batch.run(request, rid, t0, self._deadline(request, t0), prepare)
+        data = await self._vetter.decode(request.body)
+        body = await self._batch.run(data, request, rid, t0, self._deadline(request, t0), prepare)
         extra = self._gate.headers_for(key) if key is not None and self._gate is not None else b""
         self._send_local(responder, rid, 200, body, extra, "/batch_inference")
 

@@ -18,7 +18,6 @@ from inferno.errors import BadRequest, InfernoError
 from inferno.http.server import Request
 from inferno.proxy.bodies import with_model
 from inferno.proxy.forward import Forwarder, Job
-from inferno.schemas.openai import decode_json
 from inferno.schemas.routing import RequestContext
 
 #: one item's routing context and parsed form, from the proxy app
@@ -26,24 +25,22 @@ Contextualize = Callable[[Request, str, object], tuple[RequestContext, ParsedTex
 
 
 class BatchRunner:
-    def __init__(
-        self, forwarder: Forwarder, max_items: int, contextualize: Contextualize, max_values: int
-    ) -> None:
+    def __init__(self, forwarder: Forwarder, max_items: int, contextualize: Contextualize) -> None:
         self._forwarder = forwarder
         self._max = max_items
-        self._max_values = max_values
         self._contextualize = contextualize
 
     async def run(
         self,
+        data: Any,
         request: Request,
         rid: str,
         t0: float,
         deadline: float,
         prepare: Callable[[Job], None] | None = None,
     ) -> bytes:
-        """``prepare`` admits each item's job (an API key's model list and budgets)."""
-        data = decode_json(request.body, self._max_values)
+        """Answer the decoded batch ``data``; ``prepare`` admits each item's job (an API
+        key's model list and budgets)."""
         items = data.get("requests") if isinstance(data, dict) else None
         if not isinstance(items, list) or not 1 <= len(items) <= self._max:
             raise BadRequest(

@@ -93,7 +93,7 @@ class ProxyServer:
             self.gate = ClientGate(KeyStore(db), UsageLedger(db), clock=clock)
         metrics = new_registry(ProxyCollector(self.stats, self.registry, self.gate, self.admission))
         ops_limits = limits_from(config.http, max_body_bytes=OPS_MAX_BODY_BYTES, ops=True)
-        self.vetter = BodyVetter(config.request, config.max_tokens_limit)
+        self.vetter = BodyVetter(config.request)
         self._data = HttpServer(
             ProxyApp(
                 config,

@@ -36,7 +36,11 @@ COSTLY: list[tuple[str, bytes]] = [
     ("/v1/embeddings", _filled(b'{"input": [', b'"a",', b"]}")),
     ("/batch_inference", _filled(b'{"requests": [{"prompt": "x"}], "x": [', b"0,", b"]}")),
     ("/inference", _filled(b'{"prompt": "x", "seed": [', b"[],", b"]}")),
+    # one key a million times: valid, and few values once decoded; decoded once, in the
+    # parsing process (decoding it again on the event loop would hold it for ~70 ms)
+    ("/v1/completions", _filled(b'{"prompt": "x", "max_tokens": 1, ', b'"k": 0,', b"}")),
 ]
+VALUES = "more than 32768 JSON values"
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +84,7 @@ def test_maximal_bodies_get_400_and_never_delay_a_small_request(cluster: Any, ta
             while not stop.is_set():
                 for path, body in costly:
                     r = http.post(f"{url}{path}", content=body)
-                    answers.append((path, r.status_code, r.json()["error"]["message"]))
+                    answers.append((path, r.status_code, r.json().get("error", {}).get("message", "")))
 
     def small() -> None:
         with httpx.Client(timeout=30) as http:
@@ -99,8 +103,10 @@ def test_maximal_bodies_get_400_and_never_delay_a_small_request(cluster: Any, ta
     assert not attacker.is_alive()
     assert len(answers) >= len(costly), answers
     for path, status, message in answers:
-        assert status == 400, (path, status, message)
-        assert "more than 32768 JSON values" in message, (path, message)
+        if status == 200:  # the duplicate keys: a valid completion request
+            continue
+        assert status == 400 and VALUES in message, (path, status, message)
+    assert sum(status == 200 for _, status, _ in answers) == len(answers) // len(costly)
     latencies.sort()
     # coarse: parsing one of these bodies on the event loop took 100-1000 ms
     assert latencies[-1] < 0.25, latencies[-10:]
