@@ -49,11 +49,14 @@ def count_values(data: Any, limit: int) -> int:
     while stack and count <= limit:
         value = stack.pop()
         count += 1
-        if isinstance(value, dict):
-            count += len(value)
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
+        if isinstance(value, dict | list):
+            if count + len(value) > limit:  # over already: no need to look inside
+                return count + len(value)
+            if isinstance(value, dict):
+                count += len(value)
+                stack.extend(value.values())
+            else:
+                stack.extend(value)
     return count
 
 
