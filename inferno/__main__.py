@@ -2,4 +2,6 @@
 
 from inferno.cli import main
 
-main()
+# Guarded: a spawned worker process (the proxy's body parser) imports this module too.
+if __name__ == "__main__":
+    main()

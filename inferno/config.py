@@ -86,6 +86,39 @@ class HttpConfig(_Frozen):
     )
 
 
+class RequestLimits(_Frozen):
+    """What one JSON request body may hold (proxy and backend alike; docs/security.md).
+
+    Counted on the decoded body before any field is validated, so a body past a
+    bound costs its parse and nothing more."""
+
+    max_json_values: int = Field(
+        32768,
+        ge=1024,
+        le=1 << 24,
+        description="JSON values (objects, arrays, strings, numbers, ...) in one body; more gets 400. "
+        "On the proxy, a body that may hold more is parsed in a separate process, off the event loop",
+    )
+    max_fields: int = Field(64, ge=16, le=4096, description="top-level fields of one body; more gets 400")
+    max_messages: int = Field(
+        512, ge=1, le=1 << 20, description="messages in one chat request; more gets 400"
+    )
+    max_content_parts: int = Field(
+        512, ge=1, le=1 << 20, description="content parts in all messages of one chat request; more gets 400"
+    )
+    max_stop: int = Field(4, ge=1, le=64, description="stop sequences in one request; more gets 400")
+    max_embedding_inputs: int = Field(
+        2048, ge=1, le=1 << 20, description="texts in one embeddings request; more gets 400"
+    )
+    parse_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="processes that parse bodies that may hold more than max_json_values "
+        "(so a costly parse never holds the event loop)",
+    )
+
+
 class RegistryConfig(_Frozen):
     """Membership from registrations and heartbeats."""
 
@@ -282,6 +315,7 @@ class ProxyConfig(_Frozen):
     affinity: AffinityConfig = AffinityConfig()
     dashboard: DashboardConfig = DashboardConfig()
     http: HttpConfig = HttpConfig()
+    request: RequestLimits = RequestLimits()
     max_body_bytes: int = Field(8 << 20, ge=1024)
     max_tokens_limit: int = Field(4096, ge=1)
     log_format: LogFormat = "text"
@@ -371,6 +405,7 @@ class BackendConfig(_Frozen):
     #: the cluster token, sent with every registration (and needed by the chaos hooks)
     cluster_token: SecretStr | None = None
     http: HttpConfig = HttpConfig()
+    request: RequestLimits = RequestLimits()
     log_format: LogFormat = "text"
     log_level: str = "INFO"
     log_prompts: bool = False

@@ -25,6 +25,7 @@
     │   └── Loading                  503 from a backend still loading its model (retried elsewhere)
     ├── TooManyConnections           503: the port's connection budget is spent
     ├── BodyBufferFull               503: the port's request-body memory budget is spent
+    ├── ParserUnavailable            503: the proxy's body parsing process died on this body
     ├── UpstreamError                a backend failed us (translated from socket/parser errors)
     │   ├── UpstreamConnectError     connection refused / unreachable / connect timeout
     │   ├── UpstreamTimeout          no (complete) answer by the deadline
@@ -222,6 +223,17 @@ class TooManyConnections(InfernoError):
 
 
 class BodyBufferFull(InfernoError):
+    status = 503
+    code = "server_busy"
+    kind = "service_unavailable"
+
+    def headers(self) -> bytes:
+        return b"Retry-After: 1\r\n"
+
+
+class ParserUnavailable(InfernoError):
+    """The proxy's body parsing process died while parsing this body (it is restarted)."""
+
     status = 503
     code = "server_busy"
     kind = "service_unavailable"

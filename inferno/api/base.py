@@ -13,8 +13,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from inferno.config import RequestLimits
 from inferno.engines.base import Delta, GenerationRequest, GenerationResult
-from inferno.schemas.openai import check_max_tokens
+from inferno.schemas.openai import DEFAULT_LIMITS, check_max_tokens, decode_json
 from inferno.schemas.registration import Task
 
 
@@ -59,12 +60,20 @@ class API(ABC):
 
     path: ClassVar[str]
 
-    @abstractmethod
-    def parse(self, body: bytes) -> ParsedText:
-        """Validate a request body (``BadRequest`` naming the field on any problem)."""
+    def parse(self, body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
+        """Validate a request body (``BadRequest`` naming the field on any problem),
+        its counts held to ``limits`` before any field is validated."""
+        return self.parse_data(decode_json(body, limits.max_json_values), limits)
 
-    def parse_checked(self, body: bytes, max_tokens_limit: int) -> ParsedText:
-        parsed = self.parse(body)
+    @abstractmethod
+    def parse_data(self, data: Any, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
+        """Validate a decoded body (``decode_json``'s, so its JSON values are counted)."""
+
+    def parse_checked(
+        self, data: Any, max_tokens_limit: int, limits: RequestLimits = DEFAULT_LIMITS
+    ) -> ParsedText:
+        """``parse_data`` and the ``max_tokens`` limit."""
+        parsed = self.parse_data(data, limits)
         check_max_tokens(parsed.max_tokens, max_tokens_limit)
         return parsed
 

@@ -7,9 +7,11 @@ import struct
 from typing import Any
 
 from inferno.api.base import API, ParsedText, RenderMeta
+from inferno.config import RequestLimits
 from inferno.engines.base import Embeddings
 from inferno.errors import BadRequest
-from inferno.schemas.openai import EmbeddingRequest, parse_body
+from inferno.schemas.bounds import check_embeddings
+from inferno.schemas.openai import DEFAULT_LIMITS, EmbeddingRequest, parse_obj
 
 PREFIX_CHARS = 256
 
@@ -17,8 +19,9 @@ PREFIX_CHARS = 256
 class EmbeddingsAPI(API):
     path = "/v1/embeddings"
 
-    def parse(self, body: bytes) -> ParsedText:
-        req = parse_body(EmbeddingRequest, body)
+    def parse_data(self, data: Any, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
+        check_embeddings(data, limits)
+        req = parse_obj(EmbeddingRequest, data)
         texts = req.texts()
         # One unit of work per text for the per-try timeout (docs/deadlines.md).
         return ParsedText(

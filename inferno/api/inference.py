@@ -11,12 +11,11 @@ import binascii
 import uuid
 from typing import Any
 
-import orjson
-
 from inferno.api.base import ParsedText, RenderMeta, TextAPI, remaining_tokens, usage
+from inferno.config import RequestLimits
 from inferno.engines.base import Delta, GenerationRequest, GenerationResult, Prediction
 from inferno.errors import BadRequest
-from inferno.schemas.openai import ImageRequest, InferenceRequest, parse_obj
+from inferno.schemas.openai import DEFAULT_LIMITS, ImageRequest, InferenceRequest, parse_obj
 
 
 def image_bytes(data: str) -> bytes:
@@ -36,13 +35,8 @@ IMAGE_WORK_TOKENS = 1
 class InferenceAPI(TextAPI):
     path = "/inference"
 
-    def parse(self, body: bytes) -> ParsedText:
-        if not body:
-            raise BadRequest("request body is empty; expected a JSON object")
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise BadRequest("request body is not valid JSON") from None
+    def parse_data(self, data: Any, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
+        # Unknown fields are refused, so the fields' count needs no bound of its own.
         return self.from_dict(data)
 
     def from_dict(self, data: Any) -> ParsedText:

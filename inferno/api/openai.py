@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from inferno.api.base import ParsedText, RenderMeta, TextAPI, remaining_tokens, usage
+from inferno.config import RequestLimits
 from inferno.engines.base import Delta, GenerationRequest, GenerationResult
-from inferno.schemas.openai import ChatCompletionRequest, CompletionRequest, parse_body
+from inferno.schemas.bounds import check_chat, check_completion
+from inferno.schemas.openai import (
+    DEFAULT_LIMITS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    parse_obj,
+)
 
 #: max_tokens of a chat request that names none
 DEFAULT_CHAT_MAX_TOKENS = 256
@@ -45,8 +52,9 @@ class _OpenAIStream(TextAPI):
 class ChatAPI(_OpenAIStream):
     path = "/v1/chat/completions"
 
-    def parse(self, body: bytes) -> ParsedText:
-        chat = parse_body(ChatCompletionRequest, body)
+    def parse_data(self, data: Any, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
+        check_chat(data, limits)
+        chat = parse_obj(ChatCompletionRequest, data)
         max_tokens = chat.effective_max_tokens(DEFAULT_CHAT_MAX_TOKENS)
         return ParsedText(
             chat.model, chat.stream, max_tokens, chat.prompt_text(), chat.user, chat.priority, chat
@@ -130,8 +138,9 @@ class ChatAPI(_OpenAIStream):
 class CompletionAPI(_OpenAIStream):
     path = "/v1/completions"
 
-    def parse(self, body: bytes) -> ParsedText:
-        comp = parse_body(CompletionRequest, body)
+    def parse_data(self, data: Any, limits: RequestLimits = DEFAULT_LIMITS) -> ParsedText:
+        check_completion(data, limits)
+        comp = parse_obj(CompletionRequest, data)
         return ParsedText(
             comp.model, comp.stream, comp.max_tokens, comp.prompt, comp.user, comp.priority, comp
         )

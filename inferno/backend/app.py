@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from inferno.api import EMBEDDINGS, INFERENCE, TEXT_APIS, ParsedText, RenderMeta, TextAPI
 from inferno.api.inference import image_bytes
+from inferno.api.vetting import BodyVetter
 from inferno.backend.chaos import Chaos
 from inferno.backend.service import InferenceService
 from inferno.config import BackendConfig
@@ -65,7 +66,10 @@ class BackendApp:
         node_id: str,
         auth: ClusterAuth | None = None,
         tracing: Tracing | None = None,
+        vetter: BodyVetter | None = None,
     ) -> None:
+        #: decodes bodies, in another process those that may be costly to decode
+        self.vetter = vetter or BodyVetter(config.request)
         self._auth = auth or ClusterAuth(None)
         #: OpenTelemetry (``--otlp-endpoint``), else None
         self._tracing = tracing
@@ -140,7 +144,8 @@ class BackendApp:
 
     def _generate_route(self, api: TextAPI) -> BackendRoute:
         async def route(request: Request, responder: Responder, rid: str, headers: bytes) -> None:
-            parsed = api.parse_checked(request.body, self._cfg.max_tokens_limit)
+            data = await self.vetter.decode(request.body)
+            parsed = api.parse_checked(data, self._cfg.max_tokens_limit, self._cfg.request)
             if parsed.task == "image-classification":
                 await self._classify(responder, headers, rid, parsed)
             else:
@@ -159,7 +164,7 @@ class BackendApp:
 
     # -- embeddings and images -----------------------------------------------------------
     async def _embeddings(self, request: Request, responder: Responder, rid: str, headers: bytes) -> None:
-        parsed = EMBEDDINGS.parse(request.body)
+        parsed = EMBEDDINGS.parse_data(await self.vetter.decode(request.body), self._cfg.request)
         engine = self._engine(parsed)
         assert isinstance(engine, EmbeddingEngine)
         req: EmbeddingRequest = parsed.body

@@ -159,6 +159,7 @@ class BackendServer:
         if self.registrar is not None:
             await self.registrar.aclose()
         await self.data_server.aclose()
+        await self.app.vetter.aclose()
         await self._ops.aclose()
         for engine in self.engines:
             await engine.aclose()

@@ -23,7 +23,7 @@ from inferno.cli.common import (
     section_options,
     serve,
 )
-from inferno.config import BACKEND_OPS_PORT, BackendConfig, HttpConfig
+from inferno.config import BACKEND_OPS_PORT, BackendConfig, HttpConfig, RequestLimits
 from inferno.engines import Engine, available_engines
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def engine_list(value: str) -> tuple[str, ...]:
     return names
 
 
-BACKEND_SECTIONS: dict[str, type[BaseModel]] = {"http": HttpConfig}
+BACKEND_SECTIONS: dict[str, type[BaseModel]] = {"http": HttpConfig, "request": RequestLimits}
 
 
 def _engine_fields() -> dict[str, Any]:

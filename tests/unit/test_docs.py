@@ -33,7 +33,9 @@ def test_relative_links_resolve() -> None:
 
 
 def test_every_limit_is_in_security_md_with_its_default() -> None:
-    from inferno.config import HttpConfig, ProxyConfig, RegistryConfig, UpstreamConfig
+    from inferno.config import HttpConfig, ProxyConfig, RegistryConfig, RequestLimits, UpstreamConfig
+    from inferno.engines.minilm import MiniLMOptions
+    from inferno.engines.vision.engine import EfficientNetOptions
 
     text = (ROOT / "docs" / "security.md").read_text()
     rows = {
@@ -50,6 +52,13 @@ def test_every_limit_is_in_security_md_with_its_default() -> None:
         if name.startswith("max_response") or name == "max_chunk_bytes"
     ]
     limits += [
+        (f"--request-{name}".replace("_", "-"), field.default)
+        for name, field in RequestLimits.model_fields.items()
+    ]
+    limits += [
+        ("--image-max-aspect-ratio", EfficientNetOptions().image_max_aspect_ratio),
+        ("--embedding-max-request-tokens", MiniLMOptions().embedding_max_request_tokens),
+        ("--embedding-batch-tokens", MiniLMOptions().embedding_batch_tokens),
         ("--registry-max-backends", RegistryConfig().max_backends),
         ("--registry-resolve-timeout-s", RegistryConfig().resolve_timeout_s),
         ("--max-body-bytes", ProxyConfig().max_body_bytes),

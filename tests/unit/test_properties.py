@@ -90,3 +90,21 @@ def test_registration_parses_to_safe_values_or_is_refused(payload: dict[str, Any
     assert "\n" not in parsed.address and "\r" not in parsed.address
     for spec in parsed.models:
         assert SAFE_ID.fullmatch(spec.id)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON, indent=st.booleans())
+def test_the_separator_count_never_undercounts_json_values(value: Any, indent: bool) -> None:
+    import orjson
+
+    from inferno.schemas.bounds import count_values, estimate_values
+
+    body = json.dumps(value, indent=2 if indent else None, separators=None if indent else (",", ":")).encode()
+    try:
+        decoded = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return  # Infinity: not JSON (and refused before any count)
+    exact = count_values(decoded, 10**9)
+    assert estimate_values(body) >= exact
+    assert count_values(orjson.loads(body), exact - 1) > exact - 1  # an early stop still says "over"
+    assert len(body) >= 2 * exact - 1  # so a body of 2n bytes holds at most n values

@@ -120,3 +120,76 @@ def test_the_built_classifier_is_cached_readable_by_others_and_reused(tmp_path: 
     assert stat.S_IMODE(cached.stat().st_mode) & 0o044 == 0o044  # a non-root container user reads it
     again, origin = onnx_model(tmp_path)
     assert again == model and origin.startswith("cache")
+
+
+def test_labels_are_the_1000_standard_imagenet_names_each_once() -> None:
+    from inferno.engines.vision.engine import load_labels
+
+    labels = load_labels()
+    assert len(labels) == 1000 and len(set(labels)) == 1000
+    assert all(label and label == label.strip() for label in labels)
+    assert labels[0] == "tench" and labels[281] == "tabby" and labels[282] == "tiger cat"
+    assert labels[285] == "Egyptian cat" and labels[999] == "toilet tissue"
+    assert {labels[134], labels[517]} == {"crane (bird)", "crane (machine)"}
+    assert {labels[638], labels[639]} == {"maillot (leotard)", "maillot (tank suit)"}
+
+
+def test_long_thin_images_are_refused_before_any_resize() -> None:
+    from inferno.engines.vision.engine import MAX_ASPECT_RATIO as ENGINE_DEFAULT
+    from inferno.engines.vision.images import MAX_ASPECT_RATIO, resized_size
+
+    assert ENGINE_DEFAULT == MAX_ASPECT_RATIO
+    for size in ((1, 200_000), (200_000, 1), (10, 321)):
+        raw = _encode(Image.new("L", size), "PNG")
+        assert len(raw) < 2000
+        with pytest.raises(BadRequest, match="factor of 32"):
+            load_image(raw, 10**7)
+        with pytest.raises(BadRequest, match="factor"):
+            resized_size(*size)
+    # the most elongated accepted image stays small once resized
+    width, height = resized_size(1, 32)
+    assert width * height <= 256 * 256 * 32
+    tensor = preprocess(load_image(_encode(Image.new("RGB", (1, 32)), "PNG"), 10**7))
+    assert tensor.shape == (3, 224, 224)
+
+
+def _png16_rgb(pixels: np.ndarray) -> bytes:
+    """A 48-bit RGB PNG (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_16_bit_images_are_scaled_to_8_bits_not_clipped() -> None:
+    from inferno.engines.vision.images import to_rgb
+
+    cat = Image.open(Path(__file__).resolve().parents[1] / "data" / "images" / "cat.jpg")
+    gray8 = np.asarray(cat.convert("L"))
+    wide = gray8.astype(np.uint16) * 257
+    png16 = _encode(Image.fromarray(wide), "PNG")
+    assert Image.open(io.BytesIO(png16)).mode == "I;16"
+    size = (wide.shape[1], wide.shape[0])
+    for image in (
+        load_image(png16, 10**7),
+        to_rgb(Image.fromarray(wide).convert("I")),
+        to_rgb(Image.frombytes("I;16B", size, wide.astype(">u2").tobytes())),
+    ):
+        pixels = np.asarray(image)
+        assert pixels.shape == (*gray8.shape, 3)
+        assert np.abs(pixels[..., 0].astype(int) - gray8).max() <= 1
+    rgb8 = np.asarray(cat.convert("RGB"))
+    rgb16 = load_image(_png16_rgb(rgb8.astype(np.uint16) * 257), 10**7)
+    assert np.abs(np.asarray(rgb16).astype(int) - rgb8).max() <= 1

