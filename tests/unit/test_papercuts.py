@@ -255,3 +255,26 @@ def test_make_installs_once_and_says_what_it_installs(tmp_path: Any) -> None:
     os.utime(tmp_path / "pyproject.toml", (time.time() + 5, time.time() + 5))
     make("run")
     assert installs() == 2  # a changed pyproject.toml is installed again
+
+
+def test_install_system_deps_never_mistakes_a_present_libgomp_for_a_missing_one(tmp_path: Path) -> None:
+    """`ldconfig -p | grep -q` under pipefail failed whenever grep stopped reading
+    before ldconfig had written everything (SIGPIPE), then ran apt-get: on an offline
+    machine the install failed. A long ldconfig listing with libgomp first makes that
+    happen every time; the script must still see libgomp and exit 0 without apt-get."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ldconfig").write_text(
+        "#!/bin/bash\necho '\tlibgomp.so.1 (libc6,x86-64) => /lib/libgomp.so.1'\n"
+        'for ((i = 0; i < 5000; i++)); do echo "\tlibfiller$i.so (libc6,x86-64) => /lib/libfiller$i.so"; done\n'
+    )
+    (bin_dir / "apt-get").write_text("#!/bin/sh\necho apt-get was called >&2\nexit 100\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    script = Path(__file__).resolve().parents[2] / "scripts" / "install-system-deps.sh"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    for _ in range(3):
+        out = subprocess.run(
+            ["bash", str(script)], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert out.returncode == 0 and "apt-get" not in out.stderr, out.stderr
