@@ -126,9 +126,14 @@ class ChatAPI(_OpenAIStream):
         choices = event.get("choices")
         if choices and isinstance(choices, list) and isinstance(choices[0], dict):
             delta = choices[0].get("delta")
-            role = delta.pop("role", None) if isinstance(delta, dict) else None
-            if role is not None and not delta and not choices[0].get("finish_reason"):
-                return None  # the new segment's role-only chunk
+            role_only = (
+                isinstance(delta, dict)
+                and delta.pop("role", None) is not None
+                and not any(delta.values())
+                and not choices[0].get("finish_reason")
+            )
+            if role_only:
+                return None  # the new segment's role-only chunk (content "" counts as none)
         return super().restamp(event, first)
 
     def wants_usage(self, parsed: ParsedText) -> bool | None:

@@ -83,6 +83,13 @@ def test_restamper_keeps_the_first_segments_stamps_drops_its_role_chunk_and_shif
     assert not isinstance(resume, str)
     stamp = Restamper(ChatAPI(), resume)
     assert stamp(_chat(None, role=True, rid="b")) == b""
+    vllm_style = {
+        "id": "x",
+        "created": 2,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+    }
+    assert stamp(_chunk(vllm_style)) == b""
     out = json.loads(stamp(_chat(" is", role=True, rid="b"))[6:])
     assert (out["id"], out["created"]) == ("chatcmpl-a", 100)
     assert out["choices"][0]["delta"] == {"content": " is"}
