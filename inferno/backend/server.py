@@ -17,9 +17,10 @@ from inferno.backend.service import BackendCollector, InferenceService
 from inferno.config import BackendConfig
 from inferno.engines.base import Engine
 from inferno.errors import ConfigError
+from inferno.http.listener import HttpServer
 from inferno.http.responses import JSON_HEADERS, dumps
 from inferno.http.router import Router
-from inferno.http.server import HttpServer, Request, Responder, fit_to_fd_limit, limits_from
+from inferno.http.server import Request, Responder, fit_to_fd_limit, limits_from
 from inferno.observability.metrics import new_registry
 from inferno.observability.tracing import Tracing
 from inferno.schemas.registration import WILDCARD_HOSTS, RegistrationPayload

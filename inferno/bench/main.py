@@ -20,10 +20,11 @@ from inferno.bench.runner import LoadShape, Runner
 from inferno.bench.stats import Sample, error_class, summarize
 from inferno.bench.workload import Workload, load_images, load_prompts
 from inferno.errors import BadRequest
+from inferno.http.listener import HttpServer
 from inferno.http.loop import run_loop
 from inferno.http.responses import JSON_HEADERS, dumps
 from inferno.http.router import Router
-from inferno.http.server import HttpServer, Request, Responder
+from inferno.http.server import Request, Responder
 
 
 @dataclass(frozen=True)

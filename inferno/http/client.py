@@ -73,6 +73,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._interim = False
         self._interims = 0
         self._stray = False
+        #: the X-Request-ID sent: an answer echoing another one is refused
+        self._request_id: bytes | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -127,9 +129,17 @@ class UpstreamConnection(asyncio.Protocol):
             self._interim = True
             return
         self._in_head = False
+        expected = self._request_id
         for name, value in self._headers:
             if name == b"transfer-encoding" and b"chunked" in value.lower():
                 self._chunked = True
+            elif name == b"x-request-id" and expected is not None and value != expected:
+                # The answer to another request (a backend that said more than it was
+                # asked, late): never hand it to this client, never reuse the socket.
+                self._stray = True
+                self._fail(UpstreamProtocolError(f"{self.address} answered another request"))
+                self.abort()
+                return
         # llhttp answers should_keep_alive() correctly only until the message ends.
         self._keep_alive = self._parser.should_keep_alive()
         self._status = self._parser.get_status_code()
@@ -227,9 +237,12 @@ class UpstreamConnection(asyncio.Protocol):
             fut.set_exception(UpstreamTimeout(f"{self.address}: no {what} within {timeout_s:.3g}s"))
 
     # -- API used by the pool ------------------------------------------------------------
-    async def exchange(self, data: bytes, *, stream: bool, timeouts: Timeouts) -> UpstreamResponse:
+    async def exchange(
+        self, data: bytes, *, stream: bool, timeouts: Timeouts, request_id: bytes | None = None
+    ) -> UpstreamResponse:
         assert self._transport is not None
         self._reset_state()
+        self._request_id = request_id
         self._exchanging = True
         self._streaming = stream
         # One future per exchange: the headers for a stream, the whole message otherwise
@@ -318,8 +331,10 @@ class UpstreamPool:
         *,
         stream: bool = False,
         timeouts: Timeouts,
+        request_id: bytes | None = None,
     ) -> UpstreamResponse:
-        """Send raw request bytes to ``address`` and read the response.
+        """Send raw request bytes to ``address`` and read the response (an answer whose
+        ``X-Request-ID`` is not ``request_id`` fails: it was meant for another request).
 
         A pooled socket that turns out to have been closed by the peer while idle
         is retried once on a fresh connection: nothing was processed there.
@@ -327,12 +342,12 @@ class UpstreamPool:
         conn = self._take_idle(address)
         if conn is not None:
             try:
-                return await conn.exchange(data, stream=stream, timeouts=timeouts)
+                return await conn.exchange(data, stream=stream, timeouts=timeouts, request_id=request_id)
             except UpstreamProtocolError:
                 if not conn.failed_before_response:
                     raise
         conn = await self._connect(address, timeouts.connect_s)
-        return await conn.exchange(data, stream=stream, timeouts=timeouts)
+        return await conn.exchange(data, stream=stream, timeouts=timeouts, request_id=request_id)
 
     def _take_idle(self, address: str) -> UpstreamConnection | None:
         idle = self._idle.get(address)

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import cast
 
 import httptools
 
@@ -44,7 +43,6 @@ __all__ = [
     "Handler",
     "Header",
     "HttpProtocol",
-    "HttpServer",
     "Limits",
     "Request",
     "Responder",
@@ -62,6 +60,10 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_LINGER_BYTES = 16 << 20
 #: pipelined requests parsed ahead of the one being served before reading pauses
 MAX_PIPELINED = 16
+#: a chunked body may have this many chunks, plus one per FREE_CHUNK_BYTES of it: each
+#: chunk costs a parser callback, so one-byte chunks would make 8 MiB cost seconds
+FREE_CHUNKS = 4096
+FREE_CHUNK_BYTES = 64
 
 
 def _error_bytes(exc: InfernoError) -> bytes:
@@ -114,6 +116,7 @@ class HttpProtocol(asyncio.Protocol):
         self._in_message = False
         self._head_bytes = 0
         self._header_count = 0
+        self._chunks = 0
         self._hosts = 0
         # Refusal: the error to answer once the requests before it are answered.
         self._rejected = False
@@ -201,6 +204,7 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._chunks = 0
         self._url = b""
         self._headers = {}
         self._body = b""
@@ -229,6 +233,9 @@ class HttpProtocol(asyncio.Protocol):
         name = name.lower()
         if name == b"host":
             self._hosts += 1
+        elif name == b"via" and name in self._headers:
+            # An intermediary may add its own Via line: every hop counts (loop detection).
+            value = self._headers[name] + b", " + value
         self._headers[name] = value
 
     def on_headers_complete(self) -> None:
@@ -255,6 +262,11 @@ class HttpProtocol(asyncio.Protocol):
                 self._reject(ExpectationFailed("only Expect: 100-continue is supported"))
             elif self._task is None and not self._pending:
                 self.write(_CONTINUE)
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+        if self._chunks > FREE_CHUNKS + self._body_size // FREE_CHUNK_BYTES and not self._rejected:
+            self._reject(BadRequest("the request body's chunks are too small"))
 
     def on_body(self, body: bytes) -> None:
         if self._rejected:
@@ -436,65 +448,3 @@ class HttpProtocol(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         return self._task is not None
-
-
-class HttpServer:
-    """Owns a listening socket and its connections; ``start()`` / ``aclose()``."""
-
-    def __init__(self, handler: Handler, *, limits: Limits | None = None, name: str = "http") -> None:
-        self._handler = handler
-        self.limits = limits or Limits()
-        self._name = name
-        self._state = ServerState()
-        self._server: asyncio.Server | None = None
-
-    async def start(self, host: str, port: int, **kwargs: Any) -> tuple[str, int]:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: HttpProtocol(self._handler, self._state, self.limits),
-            host=host,
-            port=port,
-            reuse_address=True,
-            backlog=1024,
-            **kwargs,
-        )
-        sock = self._server.sockets[0].getsockname()
-        return str(sock[0]), int(sock[1])
-
-    @property
-    def bound(self) -> list[tuple[str, int]]:
-        """Every ``(host, port)`` this server listens on (one socket per address family)."""
-        if self._server is None:
-            return []
-        return [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in self._server.sockets]
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._state.tasks)
-
-    @property
-    def connections_accepted(self) -> int:
-        return self._state.accepted
-
-    def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-    async def aclose(self, grace_s: float = 0.0) -> None:
-        """Stop accepting, let in-flight requests finish for ``grace_s``, then cancel."""
-        self.stop_accepting()
-        for conn in list(self._state.connections):
-            if not conn.busy:
-                conn.close()
-        tasks = set(self._state.tasks)
-        if tasks and grace_s > 0:
-            await asyncio.wait(tasks, timeout=grace_s)
-        for task in list(self._state.tasks):
-            task.cancel()
-        if self._state.tasks:
-            await asyncio.wait(set(self._state.tasks), timeout=1.0)
-        for conn in list(self._state.connections):
-            conn.close()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)

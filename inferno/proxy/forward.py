@@ -24,6 +24,7 @@ from inferno.errors import (
     NoBackendAvailable,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
 )
@@ -34,6 +35,7 @@ from inferno.observability.tracing import Tracing
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.bodies import read_bounded, response_headers, sane_usage, served_model, usage_of
 from inferno.proxy.job import Job, Outcome
+from inferno.proxy.migration import ERROR_EVENT
 from inferno.proxy.streams import StreamRelay
 
 __all__ = ["Forwarder", "Job", "Outcome"]
@@ -43,7 +45,8 @@ from inferno.registry.worker import WorkerInfo
 
 logger = logging.getLogger(__name__)
 
-RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
+#: 508: the backend is a route back into this proxy (a loop), never the answer
+RETRYABLE_STATUSES = frozenset({500, 502, 503, 504, 508})
 
 
 #: what makes a model's own tries give up and its fallback run
@@ -159,13 +162,8 @@ class Forwarder:
         ctx = job.ctx
         tried = avoid
         via = job.via + b", " + self.via if job.via else self.via
-        headers = (
-            b"Content-Type: application/json\r\nX-Request-ID: "
-            + ctx.request_id.encode()
-            + b"\r\nVia: "
-            + via
-            + b"\r\n"
-        )
+        rid = ctx.request_id.encode()
+        headers = b"Content-Type: application/json\r\nX-Request-ID: " + rid + b"\r\nVia: " + via + b"\r\n"
         max_attempts = self._retry.max_attempts
         attempt = 0
         while True:
@@ -205,17 +203,23 @@ class Forwarder:
             upstream: UpstreamResponse | None = None
             failure: UpstreamError | None = None
             try:
-                response = await self._pool.request(address, data, stream=stream, timeouts=timeouts)
+                response = await self._pool.request(
+                    address, data, stream=stream, timeouts=timeouts, request_id=rid
+                )
                 if stream and response.status == 200:
                     # Hold the headers until the first chunk: a backend that fails before
                     # it sends anything is retried elsewhere instead of breaking a stream.
                     # Headers and first chunk share one first-byte budget.
                     left = max(0.001, first_byte - (self._clock() - t_send))
                     try:
-                        response.unshift(await response.next_chunk(left))
+                        first_chunk = await response.next_chunk(left)
                     except BaseException:
                         response.close()
                         raise
+                    if first_chunk is not None and ERROR_EVENT in first_chunk:
+                        response.close()  # nothing relayed yet: try elsewhere
+                        raise UpstreamProtocolError(f"{address} began its stream with an error event")
+                    response.unshift(first_chunk)
                 upstream = response
                 if upstream.status in RETRYABLE_STATUSES:
                     failure = UpstreamStatusError(

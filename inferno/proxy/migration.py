@@ -20,6 +20,8 @@ import orjson
 from inferno.api.base import TextAPI
 
 DONE = b"data: [DONE]\n\n"
+#: how an error event from a backend begins (``inferno.http.responses.sse_error_event``)
+ERROR_EVENT = b'data: {"error"'
 
 
 class TapeBudget:
@@ -136,17 +138,27 @@ def continuation_body(body: bytes, api: TextAPI, resume: Resume) -> bytes | None
 class Restamper:
     """Rewrites a continued segment's chunks as if the first segment had sent them."""
 
-    __slots__ = ("_api", "_first", "_offset")
+    __slots__ = ("_api", "_first", "_offset", "_partial")
 
     def __init__(self, api: TextAPI, resume: Resume) -> None:
         self._api = api
         self._first = resume.first
         #: the continued text, which the new backend counted as prompt
         self._offset = resume.tokens
+        #: an event split across chunks, held until its end arrives
+        self._partial = b""
 
     def __call__(self, chunk: bytes) -> bytes:
+        """The whole events of ``chunk`` (and of what was held), restamped; an event
+        split across chunks goes out once it is whole."""
+        data = self._partial + chunk if self._partial else chunk
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._partial = data
+            return b""
+        whole, self._partial = data[: end + 2], data[end + 2 :]
         out = []
-        for payload in _events(chunk):
+        for payload in _events(whole):
             if payload == b"[DONE]":
                 out.append(DONE)
                 continue

@@ -15,7 +15,8 @@ from inferno.api.vetting import BodyVetter
 from inferno.config import ProxyConfig
 from inferno.errors import ConfigError
 from inferno.http.client import ResponseLimits, UpstreamPool
-from inferno.http.server import HttpServer, fit_to_fd_limit, limits_from
+from inferno.http.listener import HttpServer
+from inferno.http.server import fit_to_fd_limit, limits_from
 from inferno.observability.metrics import ProxyStats, new_registry
 from inferno.observability.tracing import Tracing
 from inferno.policies.base import LoadBalancingPolicy

@@ -32,14 +32,20 @@ from inferno.observability.metrics import ProxyStats
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.bodies import response_headers, sane_usage, usage_of
 from inferno.proxy.job import Job
-from inferno.proxy.migration import DONE, Restamper, StreamTape, TapeBudget, continuation_body, read_tape
+from inferno.proxy.migration import (
+    DONE,
+    ERROR_EVENT,
+    Restamper,
+    StreamTape,
+    TapeBudget,
+    continuation_body,
+    read_tape,
+)
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.worker import WorkerInfo
 
 logger = logging.getLogger(__name__)
 
-#: how an error event from a backend starts (``inferno.http.responses.sse_error_event``)
-ERROR_EVENT = b'data: {"error"'
 PAST_DEADLINE = "the request deadline passed during the stream"
 
 
@@ -119,6 +125,8 @@ class StreamRelay:
         tape = self._tape(job)
         restamp: Restamper | None = None
         migrations = 0
+        #: what went out last ended an SSE event
+        at_boundary = True
         try:
             while True:
                 try:
@@ -136,7 +144,7 @@ class StreamRelay:
                             raise
                         if chunk is None:
                             break
-                        if chunk.startswith(ERROR_EVENT):
+                        if ERROR_EVENT in chunk:
                             # Never relayed: the stream goes on elsewhere, or ends with our own.
                             raise UpstreamProtocolError(f"{worker.address} sent an error event mid-stream")
                         arrived = self._clock()
@@ -161,6 +169,7 @@ class StreamRelay:
                         elif chunk != DONE:
                             relayed += 1
                         await responder.write(chunk)
+                        at_boundary = chunk.endswith(b"\n\n")
                     break
                 except UpstreamError as exc:
                     self._on_failure(worker, exc)
@@ -188,7 +197,9 @@ class StreamRelay:
             )
             upstream.close()
             if responder.client_connected:
-                await responder.write(sse_error_event(exc.message, exc.code))
+                # Ended mid-event: close that event first, so the error is an event of its own.
+                head = b"" if at_boundary else b"\n\n"
+                await responder.write(head + sse_error_event(exc.message, exc.code))
         except BaseException:
             upstream.close()
             raise

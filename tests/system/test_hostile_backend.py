@@ -33,10 +33,14 @@ Script = Callable[[str, bytes], list[bytes]]
 
 def answer(rid: str, status: bytes = b"200 OK") -> bytes:
     body = b'{"object":"inference","text":"echo:%s","finish_reason":"stop"}' % rid.encode()
-    return b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-        status,
-        len(body),
-        body,
+    return (
+        b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nX-Request-ID: %s\r\nContent-Length: %d\r\n\r\n%s"
+        % (
+            status,
+            rid.encode(),
+            len(body),
+            body,
+        )
     )
 
 
@@ -138,7 +142,7 @@ def test_interim_answers_are_dropped_and_never_relayed(spawn: Any, scripted: Any
     _each_gets_its_own(_cluster(spawn, rogue), rogue)
 
 
-@pytest.mark.parametrize("when", ["same write", "while idle"])
+@pytest.mark.parametrize("when", ["same write", "while idle", "racing the next request"])
 def test_bytes_after_an_answer_never_reach_the_next_client(spawn: Any, scripted: Any, when: str) -> None:
     # The rogue follows each real answer with a second, unasked one naming a bogus id:
     # in the same write, or a moment later while the socket idles in the pool.
@@ -146,7 +150,9 @@ def test_bytes_after_an_answer_never_reach_the_next_client(spawn: Any, scripted:
         rogue = scripted(lambda rid, _: [answer(rid) + answer("someone-else")])
     else:
         rogue = scripted(lambda rid, _: [answer(rid), answer("someone-else")])
-    _each_gets_its_own(_cluster(spawn, rogue), rogue, pause_s=0.0 if when == "same write" else 0.12)
+    # Racing: the stray arrives after the next request went out on the same socket; it
+    # echoes another request id, so the proxy refuses it and retries elsewhere.
+    _each_gets_its_own(_cluster(spawn, rogue), rogue, pause_s=0.12 if when == "while idle" else 0.0)
 
 
 def test_switching_protocols_fails_the_try_and_is_retried(spawn: Any, scripted: Any) -> None:
@@ -185,7 +191,10 @@ def test_interim_answers_before_a_stream_are_dropped(spawn: Any, scripted: Any) 
     assert rogue.served >= 4
 
 
-def test_a_request_that_comes_back_to_the_proxy_is_refused_as_a_loop(spawn: Any, scripted: Any) -> None:
+@pytest.mark.parametrize("separate_via_line", [False, True])
+def test_a_request_that_comes_back_to_the_proxy_is_refused_as_a_loop(
+    spawn: Any, scripted: Any, separate_via_line: bool
+) -> None:
     """A 'backend' that hands every request back to the proxy (a registration at the
     proxy's own address, or a balancer in front of it) makes one request a loop: the
     proxy sees its own Via entry and answers 508 at the second hop, not thousands."""
@@ -206,15 +215,21 @@ def test_a_request_that_comes_back_to_the_proxy_is_refused_as_a_loop(spawn: Any,
         return [reply]
 
     rogue = scripted(reflect)
+    if separate_via_line:
+        # An intermediary that adds its own Via line, after the proxy's, instead of
+        # extending the header.
+        plain = reflect
+        rogue.script = lambda rid, raw: plain(rid, raw.replace(b"\r\n\r\n", b"\r\nVia: 1.1 fwd\r\n\r\n", 1))
     cluster = start_process_cluster(
         spawn, 0, proxy_args=("--backend-servers", f"{HOST}:{rogue.port}"), expect_healthy=1
     )
     target.append(int(cluster.url.rsplit(":", 1)[1]))
     r = httpx.post(f"{cluster.url}/inference", json={"prompt": "x", "max_tokens": 1}, timeout=10)
     assert r.status_code == 508 and r.json()["error"]["code"] == "loop_detected", r.text[:300]
-    assert rogue.served == 1
+    # One hop back at most per try (the 508 is retried like any 5xx, then returned).
+    assert 1 <= rogue.served <= 3
     metrics = httpx.get(f"{cluster.ops}/metrics", timeout=5).text
-    assert "inferno_loops_detected_total 1.0" in metrics
+    assert f"inferno_loops_detected_total {float(rogue.served)}" in metrics
     # A chain longer than any real deployment is refused too, and the proxy serves on.
     chain = ", ".join(f"1.1 hop{i}" for i in range(17))
     r = httpx.post(f"{cluster.url}/inference", json={"prompt": "x"}, headers={"Via": chain}, timeout=5)
@@ -271,3 +286,48 @@ def test_an_error_event_mid_stream_is_never_relayed_and_the_stream_goes_on(spawn
             assert len({e["id"] for e in events}) == 1
     assert rogue.served >= 1
     assert "migrated from" in cluster.proxy.output()
+
+
+@pytest.mark.parametrize("where", ["first chunk", "glued after a token"])
+def test_an_error_event_anywhere_in_a_chunk_is_never_relayed(spawn: Any, scripted: Any, where: str) -> None:
+    """An error event at the very start of a stream is retried elsewhere like any failure
+    before the first byte; one glued after a token in the same chunk is caught too."""
+    prompt = "tell me a story"
+    full = fake_tokens(GenerationRequest(max_tokens=8, messages=(("user", prompt),)))
+    secret = b'data: {"error":{"message":"internal secret path /etc/x","type":"server_error","code":"x"}}\n\n'
+
+    def script(rid: str, _: bytes) -> list[bytes]:
+        token = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "fake",
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": full[0]}, "finish_reason": None}
+            ],
+        }
+        first = b"data: " + json.dumps(token).encode() + b"\n\n"
+        parts = [secret] if where == "first chunk" else [first + secret]
+        body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+        return [
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+        ]
+
+    rogue = scripted(script)
+    cluster = _cluster(spawn, rogue)
+    chat = {
+        "model": "fake",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 8,
+        "stream": True,
+    }
+    with httpx.Client(timeout=10) as http:
+        for _ in range(4):
+            r = http.post(f"{cluster.url}/v1/chat/completions", json=chat)
+            assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n"), r.text[-300:]
+            assert "secret" not in r.text and '"error"' not in r.text, r.text[-400:]
+            events = [json.loads(x[6:]) for x in r.text.split("\n") if x.startswith("data: {")]
+            assert "".join(c["delta"].get("content") or "" for e in events for c in e["choices"]) == "".join(
+                full
+            )
+    assert rogue.served >= 1

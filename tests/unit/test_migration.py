@@ -109,3 +109,15 @@ def test_reported_usage_is_bounded_by_what_the_request_could_cost() -> None:
     assert sane_usage((10**12, 10**12), 200, 16) == (200 + 1024, 16)
     assert sane_usage((-5, -1), 200, 16) == (0, 0)
     assert sane_usage((30, 8), 200, 16) == (30, 8)
+
+
+def test_restamper_holds_an_event_split_across_chunks_until_it_is_whole() -> None:
+    resume = read_tape(_chat("The", role=True), ChatAPI())
+    assert not isinstance(resume, str)
+    stamp = Restamper(ChatAPI(), resume)
+    event = _chat(" sea", rid="b") + _chat(" is", rid="b")
+    cut = len(event) // 3
+    out = stamp(event[:cut]) + stamp(event[cut : cut * 2]) + stamp(event[cut * 2 :])
+    texts = [json.loads(line[6:])["choices"][0]["delta"]["content"] for line in out.split(b"\n\n") if line]
+    assert texts == [" sea", " is"]
+    assert stamp(b"data: [DO") == b"" and stamp(b"NE]\n\n") == b"data: [DONE]\n\n"
