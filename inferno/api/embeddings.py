@@ -14,6 +14,19 @@ from inferno.schemas.bounds import check_embeddings
 from inferno.schemas.openai import DEFAULT_LIMITS, EmbeddingRequest, parse_obj
 
 PREFIX_CHARS = 256
+#: tokens an embedding model reads in the time a generation writes one (the per-try
+#: timeout counts work in generated tokens: docs/deadlines.md)
+TOKENS_PER_WORK_UNIT = 50
+#: what a text can cost at most: the models truncate at 256 tokens
+MAX_TOKENS_PER_TEXT = 256
+
+
+def embedding_work(texts: list[str]) -> int:
+    """Units of work for the per-try timeout: one per text, or the texts' estimated
+    tokens (about four characters each) over TOKENS_PER_WORK_UNIT, whichever is more,
+    so a large valid request is never cut off (and its backend ejected) for its size."""
+    tokens = sum(min(MAX_TOKENS_PER_TEXT, len(text) // 4 + 2) for text in texts)
+    return max(len(texts), tokens // TOKENS_PER_WORK_UNIT)
 
 
 class EmbeddingsAPI(API):
@@ -23,11 +36,10 @@ class EmbeddingsAPI(API):
         check_embeddings(data, limits)
         req = parse_obj(EmbeddingRequest, data)
         texts = req.texts()
-        # One unit of work per text for the per-try timeout (docs/deadlines.md).
         return ParsedText(
             req.model,
             False,
-            len(texts),
+            embedding_work(texts),
             texts[0][:PREFIX_CHARS],
             req.user,
             req.priority,

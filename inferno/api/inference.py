@@ -28,8 +28,9 @@ def image_bytes(data: str) -> bytes:
         raise BadRequest("data is not valid base64", param="data") from None
 
 
-#: an image is one unit of work for the per-try timeout (docs/deadlines.md)
-IMAGE_WORK_TOKENS = 1
+#: an image's units of work for the per-try timeout (docs/deadlines.md): decoding a large
+#: or 16-bit image can take about a second before the model runs
+IMAGE_WORK_TOKENS = 20
 
 
 class InferenceAPI(TextAPI):

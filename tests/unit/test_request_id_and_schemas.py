@@ -73,3 +73,13 @@ def test_max_tokens_cap() -> None:
     assert check_max_tokens(10, 10) == 10
     with pytest.raises(BadRequest, match="at most 10"):
         check_max_tokens(11, 10)
+
+
+def test_embeddings_work_for_the_per_try_timeout_follows_their_tokens() -> None:
+    from inferno.api.embeddings import EmbeddingsAPI
+
+    big = EmbeddingsAPI().parse_data({"model": "m", "input": ["word " * 300] * 64})
+    small = EmbeddingsAPI().parse_data({"model": "m", "input": ["a cat", "a dog"]})
+    # 64 texts at the 256-token cap: 16384 tokens, 327 units (about 51 s at 20 units/s),
+    # where one unit per text gave 64 (11.6 s) and cut valid requests off.
+    assert big.max_tokens == 327 and small.max_tokens == 2
