@@ -122,9 +122,9 @@ class ProxyApp:
             deadline = self._deadline(request, t0)
             job = Job(ctx, path, body, parsed.max_tokens, t0, deadline, parsed.model_field)
             job.via = request.headers.get(b"via", b"")
+            job.prompt_chars = len(parsed.prompt)
             if parsed.stream and isinstance(api, TextAPI):
                 job.api = api
-                job.prompt_chars = len(parsed.prompt)
             if self._forwarder.tracing is not None:
                 job.traceparent = request.headers.get(b"traceparent")
             if key is not None:
@@ -133,7 +133,11 @@ class ProxyApp:
                     # Usage is charged from the stream's usage chunk: ask for it, strip it out.
                     job.body = with_usage_requested(job.body)
                     job.strip_usage = True
-            await self._forwarder.forward(responder, job, stream=parsed.stream, splice_timings=splice)
+            try:
+                await self._forwarder.forward(responder, job, stream=parsed.stream, splice_timings=splice)
+            finally:
+                if job.on_done is not None:
+                    job.on_done()
 
         return route
 
@@ -145,9 +149,11 @@ class ProxyApp:
     def _charge(self, job: Job, key: ApiKey) -> None:
         """Admit ``job`` under ``key``'s model list and budgets, and charge its usage."""
         assert self._gate is not None
-        grant = self._gate.admit(key, job.ctx.model)
+        # Hold what the request may cost: its answer, and its prompt at ~4 characters a token.
+        grant = self._gate.admit(key, job.ctx.model, job.max_tokens + job.prompt_chars / 4)
         job.extra_headers = grant.headers()
         job.on_usage = functools.partial(self._gate.settle, grant)
+        job.on_done = functools.partial(self._gate.release, grant)
 
     async def _batch_route(
         self, request: Request, responder: Responder, rid: str, t0: float, key: ApiKey | None

@@ -84,9 +84,14 @@ class BatchRunner:
             job = Job(ctx, b"/inference", body, parsed.max_tokens, t0, deadline, parsed.model_field)
             if self._forwarder.tracing is not None:
                 job.traceparent = request.headers.get(b"traceparent")
+            job.prompt_chars = len(parsed.prompt)
             if prepare is not None:
                 prepare(job)
-            outcome = await self._forwarder.call(job, splice_timings=True)
+            try:
+                outcome = await self._forwarder.call(job, splice_timings=True)
+            finally:
+                if job.on_done is not None:
+                    job.on_done()
         except InfernoError as exc:
             return {
                 "index": index,

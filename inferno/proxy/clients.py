@@ -42,6 +42,8 @@ class Grant:
 
     key: ApiKey
     limits: Limits
+    #: tokens taken from the key's bucket at admission, until the real usage is known
+    reserved: float = 0.0
 
     @property
     def tokens(self) -> TokenBucket | None:
@@ -160,8 +162,11 @@ class ClientGate:
     def headers_for(self, record: ApiKey) -> bytes:
         return Grant(record, self._limits_of(record)).headers()
 
-    def admit(self, record: ApiKey, model: str | None) -> Grant:
-        """The key's model list and budgets for one request (taking one request)."""
+    def admit(self, record: ApiKey, model: str | None, reserve: float = 1.0) -> Grant:
+        """The key's model list and budgets for one request: one request, and ``reserve``
+        tokens (what it may cost) held until ``settle`` charges the real usage or
+        ``release`` gives them back, so concurrent requests cannot spend a budget many
+        times over before any of them is charged."""
         if record.models and model not in record.models:
             raise ModelNotAllowed(
                 f"this API key may use only {list(record.models)}; name one of them in 'model'",
@@ -170,7 +175,10 @@ class ClientGate:
         limits = self._limits_of(record)
         grant = Grant(record, limits)
         requests, tokens = limits.requests, limits.tokens
-        wait = tokens.wait_for(1.0) if tokens is not None else 0.0
+        if tokens is not None:
+            # A request that may cost more than the whole budget runs once the bucket is full.
+            reserve = max(1.0, min(reserve, tokens.capacity))
+        wait = tokens.wait_for(reserve) if tokens is not None else 0.0
         if wait:
             raise RateLimited(
                 "this API key is over its tokens per minute; retry later",
@@ -185,13 +193,23 @@ class ClientGate:
                     retry_after_s=wait,
                     headers=grant.headers(),
                 )
+        if tokens is not None:
+            tokens.debit(reserve)
+            grant.reserved = reserve
         return grant
 
     def settle(self, grant: Grant, model: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Charge a finished request's real usage."""
+        """Charge a finished request's real usage (in place of what was reserved)."""
         if grant.tokens is not None:
-            grant.tokens.debit(prompt_tokens + completion_tokens)
+            grant.tokens.debit(prompt_tokens + completion_tokens - grant.reserved)
+            grant.reserved = 0.0
         self._ledger.add(grant.key.id, model or "-", prompt_tokens, completion_tokens)
+
+    def release(self, grant: Grant) -> None:
+        """The request ended without usage to charge: give its reservation back."""
+        if grant.tokens is not None and grant.reserved:
+            grant.tokens.refund(grant.reserved)
+            grant.reserved = 0.0
 
     def usage_by_name(self) -> Iterator[tuple[str, str, Usage]]:
         """(key name, model, totals); the name is the key's, validated at creation."""

@@ -39,6 +39,8 @@ class Job:
     extra_headers: bytes = b""
     #: called with (model, prompt tokens, completion tokens) once the answer's usage is seen
     on_usage: Callable[[str, int, int], None] | None = None
+    #: called once the request is over, whatever happened (gives back what was reserved)
+    on_done: Callable[[], None] | None = None
     #: the proxy asked for the stream's usage chunk itself: take it out before the client sees it
     strip_usage: bool = False
     #: the API shape of a streamed text request, to continue it elsewhere if its backend

@@ -45,6 +45,11 @@ class TokenBucket:
             return 0.0
         return (amount - self.level) / self.rate
 
+    def refund(self, amount: float) -> None:
+        """Give back ``amount`` taken ahead (never past the capacity)."""
+        self._refill()
+        self.level = min(self.capacity, self.level + amount)
+
     def debit(self, amount: float) -> None:
         """Take ``amount`` after the fact (may go negative)."""
         self._refill()

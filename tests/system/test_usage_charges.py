@@ -4,6 +4,7 @@ its usage never comes, and a backend's absurd usage numbers are bounded."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,33 @@ def test_absurd_reported_usage_is_bounded(spawn: Any, tmp_path: Path, scripted: 
     r = httpx.post(f"{cluster.url}/v1/chat/completions", json=chat, headers=bearer(key), timeout=10)
     assert r.status_code == 200, r.text
     assert httpx.get(f"{cluster.ops}/metrics", timeout=5).status_code == 200
+
+
+def test_concurrent_requests_cannot_spend_a_token_budget_many_times(spawn: Any, tmp_path: Path) -> None:
+    """Twenty requests at once under a 200-tokens-a-minute key, 100 tokens each: each
+    holds what it may cost from admission, so the key is charged about its budget,
+    not ten times it (before: all twenty ran, 2,000+ tokens)."""
+    state = tmp_path / "state"
+    key = keys(state, "create", "--name", "eve", "--tpm", "200")
+    cluster = start_process_cluster(
+        spawn,
+        1,
+        proxy_args=("--require-api-key", "--state-dir", str(state)),
+        backend_args=("--fake-tokens-per-s", "200", "--n-parallel", "32"),
+    )
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+    statuses: list[int] = []
+
+    def one() -> None:
+        r = httpx.post(f"{cluster.url}/v1/chat/completions", json=body, headers=bearer(key), timeout=30)
+        statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert statuses.count(200) + statuses.count(429) == 20, statuses
+    assert 1 <= statuses.count(200) <= 2, statuses
+    row = _usage(cluster.ops)
+    assert row["prompt_tokens"] + row["completion_tokens"] <= 220, row

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from inferno.errors import RateLimited
+from inferno.proxy.clients import ClientGate
 from inferno.security import KeyStore, TokenBucket, UsageLedger, connect, key_id, verify
 from tests.unit.test_registry import FakeClock
 
@@ -64,3 +68,26 @@ def test_a_new_state_database_is_readable_by_its_owner_only(tmp_path: Path) -> N
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     for path in state.iterdir():  # the database and SQLite's -wal and -shm files
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, (path.name, oct(path.stat().st_mode))
+
+
+def test_a_reservation_is_replaced_by_the_real_usage_or_given_back(tmp_path: Path) -> None:
+    clock = FakeClock()
+    db = connect(tmp_path)
+    _, record = KeyStore(db).create("k", tpm=300)
+    gate = ClientGate(KeyStore(db), UsageLedger(db), clock=clock)
+    first = gate.admit(record, None, reserve=200)
+    assert first.tokens is not None and first.tokens.remaining() == 100
+    with pytest.raises(RateLimited):  # 200 more do not fit beside the first
+        gate.admit(record, None, reserve=200)
+    gate.settle(first, "m", 10, 20)  # it cost 30: 270 left
+    assert first.tokens.remaining() == 270
+    second = gate.admit(record, None, reserve=250)
+    gate.release(second)  # failed: nothing charged
+    assert second.tokens is not None and second.tokens.remaining() == 270
+    gate.release(second)  # twice is harmless
+    assert second.tokens.remaining() == 270
+    with pytest.raises(RateLimited):  # more than the whole budget waits until it is full...
+        gate.admit(record, None, reserve=10**9)
+    clock.now += 60.0
+    huge = gate.admit(record, None, reserve=10**9)  # ...then runs, holding all of it
+    assert huge.reserved == 300
