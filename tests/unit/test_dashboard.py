@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from pathlib import Path
 
 import pytest
 
 from inferno.config import AdmissionConfig, DashboardConfig, HealthCheckConfig, OutlierConfig, RegistryConfig
+from inferno.errors import RateLimited
 from inferno.observability.metrics import LATENCY_BUCKETS_S, ProxyStats
 from inferno.policies.base import LoadBalancingPolicy
 from inferno.proxy.admission import AdmissionController
-from inferno.proxy.dashboard.auth import DashboardAuth, session_cookie
+from inferno.proxy.dashboard.auth import DashboardAuth, session_cookies
 from inferno.proxy.dashboard.feed import DashboardFeed, percentile
 from inferno.registry.events import EventLog
 from inferno.registry.registry import WorkerRegistry
@@ -212,8 +214,26 @@ def test_dashboard_login_sets_a_cookie_derived_from_the_token() -> None:
     # Another token (rotated) makes old cookies worthless.
     other = DashboardAuth("another-token-0123456789ab")
     assert not other.allowed({b"cookie": b"inferno_dashboard=" + value}, "127.0.0.1")
-    assert session_cookie(b"a=b;inferno_dashboardx=1") is None
+    assert session_cookies(b"a=b;inferno_dashboardx=1") == []
     assert DashboardAuth(None).allowed({}, "127.0.0.1")
+    # A stale cookie of the same name before the live one, and a lowercase scheme, pass.
+    assert auth.allowed({b"cookie": b"inferno_dashboard=stale; inferno_dashboard=" + value}, "127.0.0.1")
+    assert auth.allowed({b"authorization": b"bearer " + TOKEN}, "127.0.0.1")
+
+
+def test_a_live_session_opens_the_dashboard_even_for_an_address_over_its_budget() -> None:
+    """Guessing from a shared address (a NAT) cannot lock out those already logged in;
+    the guesser, and any token tried from there, still gets 429."""
+    auth = DashboardAuth(TOKEN.decode())
+    header = auth.login(TOKEN, "10.0.0.1")
+    assert header is not None
+    cookie = {b"cookie": b"inferno_dashboard=" + cookie_of(header)}
+    for _ in range(12):
+        with contextlib.suppress(RateLimited):
+            auth.allowed({b"authorization": b"Bearer wrong-token"}, "10.0.0.1")
+    with pytest.raises(RateLimited):
+        auth.allowed({b"authorization": b"Bearer " + TOKEN}, "10.0.0.1")
+    assert auth.allowed(cookie, "10.0.0.1")
 
 
 TOKEN = b"a-cluster-token-0123456789"

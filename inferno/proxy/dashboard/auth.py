@@ -106,7 +106,6 @@ class DashboardAuth:
         self.refusals: dict[tuple[str, str], int] = {}
         self._refused_log = ThrottledLog(logger, refused_log_interval_s, clock)
         self._token = token.encode() if token else None
-        self._bearer = b"Bearer " + self._token if self._token else None
         self._key = (
             hmac.new(self._token, b"inferno dashboard session v2", hashlib.sha256).digest()
             if self._token
@@ -127,22 +126,26 @@ class DashboardAuth:
         """
         if self._token is None:
             return True
-        assert self._bearer is not None
         sent = headers.get(b"authorization")
-        cookie = session_cookie(headers.get(b"cookie", b""))
-        if sent is None and cookie is None:
+        cookies = session_cookies(headers.get(b"cookie", b""))
+        if sent is None and not cookies:
             return False
+        # A live session cannot be guessed (it is an HMAC): it opens the dashboard even
+        # for an address over its budget, so guessing from a shared address (a NAT, a
+        # reverse proxy) cannot lock out those already logged in.
+        states = [self._session_state(cookie) for cookie in cookies]
+        if sent is None and "live" in states:
+            return True
         self._refuse_if_over_budget(peer)
         if sent is not None:
-            if hmac.compare_digest(sent, self._bearer):
+            scheme, _, token = sent.partition(b" ")
+            if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token):
                 return True
             self._failed(peer, "a wrong bearer token")
             return False
-        assert cookie is not None
-        state = self._session_state(cookie)
-        if state == "forged":
+        if "forged" in states:
             self._failed(peer, "a forged session cookie")
-        return state == "live"
+        return False
 
     def login(self, token: bytes, peer: str) -> bytes | None:
         """The ``Set-Cookie`` header line for a right token, else None (and a log line).
@@ -169,11 +172,11 @@ class DashboardAuth:
 
     def logout(self, headers: Mapping[bytes, bytes]) -> bytes:
         """Revoke the request's session (if it is a live one); the header line that clears it."""
-        cookie = session_cookie(headers.get(b"cookie", b""))
-        if self._token is not None and cookie is not None and self._session_state(cookie) == "live":
-            match = _SESSION.fullmatch(cookie)
-            assert match is not None
-            self._revoke(match.group(1), int(match.group(2)))
+        for cookie in session_cookies(headers.get(b"cookie", b"")):
+            if self._token is not None and self._session_state(cookie) == "live":
+                match = _SESSION.fullmatch(cookie)
+                assert match is not None
+                self._revoke(match.group(1), int(match.group(2)))
         return (
             b"Set-Cookie: "
             + COOKIE
@@ -252,10 +255,18 @@ class DashboardAuth:
             self._refused_log.warning("Refused dashboard access from %s: %s", peer or "?", what)
 
 
-def session_cookie(header: bytes) -> bytes | None:
-    """The dashboard cookie's value from a ``Cookie`` header, if present."""
+#: dashboard cookies looked at in one ``Cookie`` header (a browser may send a stale
+#: one for a parent path beside the live one)
+MAX_SESSION_COOKIES = 4
+
+
+def session_cookies(header: bytes) -> list[bytes]:
+    """The dashboard cookie's values in a ``Cookie`` header, at most MAX_SESSION_COOKIES."""
+    values = []
     for part in header.split(b";"):
         name, sep, value = part.strip().partition(b"=")
-        if sep and name == COOKIE:
-            return value
-    return None
+        if sep and name == COOKIE and value:
+            values.append(value)
+            if len(values) == MAX_SESSION_COOKIES:
+                break
+    return values
