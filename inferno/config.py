@@ -225,6 +225,13 @@ class AdmissionConfig(_Frozen):
         "timeout) gets 429 at once, once every backend of its pool has this many measured requests; "
         "0 = never refuse by expected wait",
     )
+    wait_estimate_deviations: float = Field(
+        4.0,
+        ge=0,
+        le=10,
+        description="a backend's service time is planned as its mean slot hold time plus this many "
+        "mean deviations, so that what is admitted finishes within its deadline when answers vary",
+    )
     service_time_alpha: float = Field(
         0.2,
         gt=0,

@@ -85,7 +85,12 @@ class AdmissionController:
         self.queue_wait = {p: Histogram() for p in Priority}
         #: per backend, how long requests hold a slot (None: never refuse by expected wait)
         self.service_times = (
-            ServiceTimes(config.service_time_alpha, config.wait_estimate_min_samples, clock)
+            ServiceTimes(
+                config.service_time_alpha,
+                config.wait_estimate_min_samples,
+                clock,
+                deviations=config.wait_estimate_deviations,
+            )
             if config.wait_estimate_min_samples
             else None
         )
@@ -232,7 +237,7 @@ class AdmissionController:
         except BaseException:
             if waiter.future.done() and not waiter.future.cancelled() and not waiter.future.exception():
                 # Cancelled after being handed a backend: give it back.
-                self.release(waiter.future.result())
+                self.release(waiter.future.result(), failed=True)
             raise
         finally:
             counts[slot] -= 1
@@ -251,10 +256,11 @@ class AdmissionController:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
-    def release(self, worker: WorkerInfo) -> None:
+    def release(self, worker: WorkerInfo, *, failed: bool = False) -> None:
+        """Give the slot back; ``failed`` (no answer) keeps it out of the service time."""
         worker.in_flight -= 1
         if self.service_times is not None:
-            self.service_times.finished(worker.address)
+            self.service_times.finished(worker.address, failed=failed)
         if self._waiters:
             self.dispatch()
 

@@ -69,6 +69,34 @@ def test_overlapping_requests_pair_in_fifo_order_without_bias() -> None:
     assert times.service_s("a") == pytest.approx(3.0)
 
 
+def test_answers_that_vary_are_planned_for_their_slow_ones() -> None:
+    clock = FakeClock()
+    steady = ServiceTimes(alpha=0.2, min_samples=4, clock=clock, deviations=2.0)
+    varied = ServiceTimes(alpha=0.2, min_samples=4, clock=clock, deviations=2.0)
+    for held_steady, held_varied in ((2.0, 1.0), (2.0, 3.0), (2.0, 1.0), (2.0, 3.0)):
+        for times, held in ((steady, held_steady), (varied, held_varied)):
+            times.started("a")
+            clock.now += held
+            times.finished("a")
+    assert steady.service_s("a") == pytest.approx(2.0)  # no deviation: the mean
+    # The same mean (2 s); the deviations from the running mean (1, 1.5, 0.33, 1.25 s)
+    # average about 1 s: planned for about 2 + 2 * 1 s.
+    service = varied.service_s("a")
+    assert service is not None and 3.7 < service < 4.5
+
+
+def test_a_failed_try_is_no_sample() -> None:
+    clock = FakeClock()
+    times = ServiceTimes(alpha=0.5, min_samples=1, clock=clock)
+    times.started("a")
+    clock.now += 2.0
+    times.finished("a")
+    times.started("a")  # cut short by its deadline after 0.1 s: says nothing of answers
+    clock.now += 0.1
+    times.finished("a", failed=True)
+    assert times.service_s("a") == pytest.approx(2.0)
+
+
 def test_expected_wait_and_retry_after() -> None:
     assert expected_wait_s(0, 2.0) == pytest.approx(0.5)
     assert expected_wait_s(3, 2.0) == pytest.approx(2.0)
@@ -94,7 +122,12 @@ def setup(clock: FakeClock, *, slots: int = 1, **cfg: float) -> AdmissionControl
     config = AdmissionConfig(max_in_flight_per_backend=slots, **cfg)
     adm = AdmissionController(config, reg, LoadBalancingPolicy.create("round_robin"), clock=clock)
     assert adm.service_times is not None
-    adm.service_times = CountingTimes(config.service_time_alpha, config.wait_estimate_min_samples, clock)
+    adm.service_times = CountingTimes(
+        config.service_time_alpha,
+        config.wait_estimate_min_samples,
+        clock,
+        deviations=config.wait_estimate_deviations,
+    )
     return adm
 
 
