@@ -113,6 +113,7 @@ def test_a_restarted_backend_takes_requests_as_soon_as_it_re_registers(spawn: Ca
             else:
                 time.sleep(0.05)
     assert first_ok is not None and first_ok - registered < 1.0, "not routable right after re-registering"
+    print(f"first 200 from the restarted backend {first_ok - registered:.3f}s after it registered")
     worker = cluster.workers()["b1"]
     assert worker["status"] == "healthy" and worker["circuit"] == "closed", worker
     assert "Backend re-registered" in cluster.proxy.output()
@@ -123,5 +124,6 @@ def test_a_restarted_backend_takes_requests_as_soon_as_it_re_registers(spawn: Ca
     # and long before the old process's ejection would have ended.
     assert stream.get("status") == 200 and "error" not in stream, stream
     assert stream.get("done") is not None and stream["done"] - registered < 5.0, stream
+    print(f"the migrated stream ended {stream['done'] - registered:.3f}s after the backend registered")
     assert stream["text"]
     assert "migrated" in cluster.proxy.output()
