@@ -358,4 +358,5 @@ class AdmissionController:
             "queue_timeout_s": self._cfg.queue_timeout_s,
             "aging_s": self._cfg.aging_s,
             "served_from_queue": {p.name.lower(): n for p, n in self.served_from_queue.items()},
+            "rejected": dict(self.rejected),
         }

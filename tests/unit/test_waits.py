@@ -180,7 +180,7 @@ async def test_a_burst_fills_the_queue_up_to_what_can_start_in_time() -> None:
         await adm.acquire(rc("eleventh"), timeout_s=60)
     assert refused.value.reason == "expected_wait"
     assert refused.value.headers() == b"Retry-After: 1\r\n"  # ceil(11 s - 10 s)
-    assert adm.rejected["expected_wait"] == 1
+    assert adm.status()["rejected"] == {"queue_full": 0, "expected_wait": 1, "queue_timeout": 0}
     await cancel(waiters)
     adm.release(holder)
 
