@@ -45,16 +45,17 @@ async def test_a_burst_past_capacity_is_refused_at_arrival(
         assert (await client.post(url, json=BODY)).status_code == 200
     caplog.set_level(logging.WARNING, logger="inferno.proxy.app")
 
-    # Ten at once, each with a 1 s deadline: about three can start in time (one takes
-    # the slot, two wait 0.3 s and 0.6 s); the rest cannot, and are told so at once.
+    # Ten at once, each with a 1 s deadline: one takes the slot, one or two more can
+    # wait 0.3 s each and still finish in time (fewer as answers vary, planned for their
+    # slow ones); the rest cannot, and are told so at once.
     bodies = [{**BODY, "model": "gpt-x" if i % 2 else MODEL} for i in range(10)]
     results = await asyncio.gather(*(timed_post(client, url, b, 1000) for b in bodies))
     statuses = sorted(r.status_code for r, _ in results)
     assert set(statuses) == {200, 429}, statuses
-    assert 2 <= statuses.count(200) <= 5, statuses
+    assert 1 <= statuses.count(200) <= 5, statuses
     for response, elapsed in results:
         if response.status_code == 429:
-            assert elapsed < 0.25, elapsed  # not after waiting out the deadline
+            assert elapsed < 0.5, elapsed  # not after waiting out the deadline
             assert response.json()["error"]["code"] == "overloaded"
             assert "expected wait" in response.json()["error"]["message"]
             assert 1 <= int(response.headers["retry-after"]) <= 30
