@@ -58,6 +58,8 @@ class Waiter:
     #: a migrating stream: served ahead of every class, and waits for a backend to
     #: come back (until its deadline) rather than failing when none is routable
     urgent: bool = False
+    #: when the request's own deadline passes (clock time)
+    deadline: float = math.inf
 
 
 class AdmissionController:
@@ -97,7 +99,12 @@ class AdmissionController:
         #: pool key -> waiters queued, urgent first, then by class
         self._queued: dict[str, list[int]] = {}
         #: refused with 429, by reason (queue_full, expected_wait, queue_timeout)
-        self.rejected: dict[str, int] = {"queue_full": 0, "expected_wait": 0, "queue_timeout": 0}
+        self.rejected: dict[str, int] = {
+            "queue_full": 0,
+            "expected_wait": 0,
+            "deadline": 0,
+            "queue_timeout": 0,
+        }
         registry.on_change(self.dispatch)
         registry.on_removed(self.forget)
 
@@ -163,6 +170,7 @@ class AdmissionController:
         if self.service_times is not None:
             self._refuse_if_late(ctx, eligible, timeout_s)
         waiter = Waiter(ctx, tried, self._clock(), self._future())
+        waiter.deadline = waiter.arrival + timeout_s
         if home is not None and self._affinity_wait_s > 0:
             waiter.home, waiter.home_until = home, waiter.arrival + self._affinity_wait_s
             self._home_waiting[home.address] = self._home_waiting.get(home.address, 0) + 1
@@ -336,10 +344,34 @@ class AdmissionController:
                 continue  # its home is busy, and worth waiting for a while longer
             else:
                 worker = self._policy.choose(waiter.ctx, free)
+            if (
+                self.service_times is not None
+                and not waiter.urgent
+                and self._cannot_finish(waiter, worker, now)
+            ):
+                continue  # refused; the slot goes to the next waiter
             self._take(worker)
             self.served_from_queue[waiter.ctx.priority] += 1
             self.queue_wait[waiter.ctx.priority].observe(now - waiter.arrival)
             waiter.future.set_result(worker)
+
+    def _cannot_finish(self, waiter: Waiter, worker: WorkerInfo, now: float) -> bool:
+        """A waiter whose deadline is nearer than the backend's mean service time is
+        refused rather than started: its try would be cut short, and the slot time it
+        wasted would make every waiter behind it later still (a cascade after a stall)."""
+        assert self.service_times is not None
+        mean_s = self.service_times.mean_s(worker.address)
+        if mean_s is None or now + mean_s <= waiter.deadline:
+            return False
+        self.rejected["deadline"] += 1
+        waiter.future.set_exception(
+            Overloaded(
+                f"a backend was free only {waiter.deadline - now:.3g}s before this request's deadline, "
+                f"less than the {mean_s:.3g}s it takes; retry later",
+                reason="deadline",
+            )
+        )
+        return True
 
     def queue_sizes(self) -> dict[str, int]:
         """Requests waiting, by priority class name."""

@@ -75,8 +75,8 @@ class ProxyCollector(Collector):
         yield refused
         rejected = CounterMetricFamily(
             "inferno_admission_rejections",
-            "Requests refused with 429 by admission (queue_full, expected_wait, queue_timeout), by the "
-            "model asked for when served or an alias (else other; none without a model) and reason",
+            "Requests refused with 429 by admission (queue_full, expected_wait, deadline, queue_timeout), "
+            "by the model asked for when served or an alias (else other; none without a model) and reason",
             labels=["model", "reason"],
         )
         for (model, reason), count in stats.rejections.items():

@@ -92,6 +92,12 @@ class ServiceTimes:
             return None
         return self._mean[key] + self._deviations * self._dev[key]
 
+    def mean_s(self, key: str) -> float | None:
+        """The backend's mean slot hold time, or None while it is still warming up."""
+        if self._count.get(key, 0) < self._min_samples:
+            return None
+        return self._mean[key]
+
     def rate(self, pool: Iterable[tuple[str, int]]) -> tuple[float, float] | None:
         """(requests per second, mean seconds each) a pool of (backend, slots) completes
         with every slot busy; None when some backend of it has no estimate yet."""

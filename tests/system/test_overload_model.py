@@ -42,9 +42,12 @@ async def _closed_loop(url: str, concurrency: int, seconds: float) -> list[float
     return latencies
 
 
-async def _open_loop(url: str, rate: float, seconds: float, deadline_ms: int) -> list[tuple[int, float, str]]:
-    """Requests at ``rate`` per second whatever the answers: (status, seconds, Retry-After)."""
-    results: list[tuple[int, float, str]] = []
+async def _open_loop(
+    url: str, rate: float, seconds: float, deadline_ms: int
+) -> list[tuple[int, float, str, str]]:
+    """Requests at ``rate`` per second whatever the answers: (status, seconds, Retry-After,
+    error message)."""
+    results: list[tuple[int, float, str, str]] = []
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
     async with httpx.AsyncClient(timeout=30, limits=limits) as http:
 
@@ -54,9 +57,11 @@ async def _open_loop(url: str, rate: float, seconds: float, deadline_ms: int) ->
                 r = await http.post(
                     f"{url}/inference", json=BODY, headers={"X-Inferno-Timeout-Ms": str(deadline_ms)}
                 )
-                results.append((r.status_code, time.monotonic() - t0, r.headers.get("retry-after", "")))
+                elapsed = time.monotonic() - t0
+                error = r.json()["error"]["message"] if r.status_code != 200 else ""
+                results.append((r.status_code, elapsed, r.headers.get("retry-after", ""), error))
             except httpx.HTTPError as exc:
-                results.append((0, time.monotonic() - t0, repr(exc)))
+                results.append((0, time.monotonic() - t0, "", repr(exc)))
 
         tasks = []
         start = time.monotonic()
@@ -82,22 +87,28 @@ def test_overload_on_the_real_model_is_answered_at_once(spawn: Callable[..., Pro
     latencies = asyncio.run(_closed_loop(cluster.url, slots, MEASURE_S))
     capacity = len(latencies) / MEASURE_S
     service_s = sorted(latencies)[len(latencies) // 2]
-    # A deadline several service times long: a short queue fits, the backlog of 2.5x does not.
-    deadline_ms = int(max(2.0, 8 * service_s) * 1000)
+    # A deadline a dozen service times long: a short queue fits, the backlog of 2.5x does
+    # not, and a stall of the shared CPU (half a second is common) fits in its margin.
+    deadline_ms = int(max(4.0, 12 * service_s) * 1000)
     results = asyncio.run(_open_loop(cluster.url, FACTOR * capacity, OVERLOAD_S, deadline_ms))
 
-    ok = [t for s, t, _ in results if s == 200]
-    refused = [(t, ra) for s, t, ra in results if s == 429]
+    ok = [t for s, t, _, _ in results if s == 200]
+    refused = [(t, ra) for s, t, ra, e in results if s == 429 and "expected wait" in e]
+    # After a stall of the shared CPU, a waiter whose deadline has come too near for the
+    # model to answer is refused when a slot frees up instead of being started (and cut
+    # short, as a 504, wasting the slot): late, so these must stay rare.
+    late = [t for s, t, _, e in results if s == 429 and "expected wait" not in e]
     print(
         f"capacity {capacity:.2f} req/s (median {service_s * 1000:.0f} ms, {slots} slots); "
         f"offered {FACTOR * capacity:.2f} req/s for {OVERLOAD_S:.0f}s with a {deadline_ms} ms deadline: "
         f"{len(ok)} x 200 (max {max(ok, default=0) * 1000:.0f} ms), {len(refused)} x 429 "
-        f"(max {max((t for t, _ in refused), default=0) * 1000:.0f} ms)"
+        f"(max {max((t for t, _ in refused), default=0) * 1000:.0f} ms) at arrival, {len(late)} x 429 later"
     )
-    other = [(s, round(t, 3), ra) for s, t, ra in results if s not in (200, 429)]
+    other = [(s, round(t, 3), e) for s, t, _, e in results if s not in (200, 429)]
     assert not other, (other[:10], cluster.proxy.output()[-2000:])  # no 5xx, no errors
     assert refused and ok
     assert max(t for t, _ in refused) < 1.0  # at arrival, not after the 30 s queue timeout
+    assert len(late) <= 0.05 * len(results), len(late)
     assert all(ra.isdigit() and int(ra) >= 1 for _, ra in refused)
     assert max(ok) <= deadline_ms / 1000 + 0.1  # the admitted finish within their deadline
     # Admission keeps the backend busy: it serves at least most of its capacity meanwhile.

@@ -180,7 +180,12 @@ async def test_a_burst_fills_the_queue_up_to_what_can_start_in_time() -> None:
         await adm.acquire(rc("eleventh"), timeout_s=60)
     assert refused.value.reason == "expected_wait"
     assert refused.value.headers() == b"Retry-After: 1\r\n"  # ceil(11 s - 10 s)
-    assert adm.status()["rejected"] == {"queue_full": 0, "expected_wait": 1, "queue_timeout": 0}
+    assert adm.status()["rejected"] == {
+        "queue_full": 0,
+        "expected_wait": 1,
+        "deadline": 0,
+        "queue_timeout": 0,
+    }
     await cancel(waiters)
     adm.release(holder)
 
@@ -210,6 +215,23 @@ async def test_a_short_deadline_is_refused_at_once_while_a_long_one_is_admitted(
     await asyncio.sleep(0)
     assert high.done() and high.result().address == "h:1"  # type: ignore[attr-defined]
     await cancel([*waiters, admitted])
+
+
+async def test_a_waiter_that_can_no_longer_finish_is_refused_and_its_slot_goes_on() -> None:
+    clock = FakeClock()
+    adm = setup(clock, wait_estimate_min_samples=5, queue_timeout_s=30.0)
+    await serve(adm, clock, 5, hold_s=2.0)
+    holder = await adm.acquire(rc("holder"), timeout_s=60)
+    short = await queue(adm, rc("short"), timeout_s=5.0)  # expected: start at 2 s, done at 4 s
+    long = await queue(adm, rc("long"), timeout_s=60.0)
+    clock.now += 3.5  # a stall: the holder takes 3.5 s instead of 2
+    adm.release(holder)
+    await asyncio.sleep(0)
+    # 1.5 s left, 2 s needed: its try would be cut short and waste the slot.
+    with pytest.raises(Overloaded, match="before this request's deadline") as refused:
+        short.result()
+    assert refused.value.reason == "deadline" and adm.rejected["deadline"] == 1
+    assert long.done() and long.result().address == "h:1"  # type: ignore[attr-defined]
 
 
 async def test_urgent_is_never_refused_for_its_expected_wait() -> None:
