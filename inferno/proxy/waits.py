@@ -22,6 +22,18 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 
+class _Measured:
+    """One backend's numbers: one lookup per acquire and per release."""
+
+    __slots__ = ("count", "dev", "mean", "starts")
+
+    def __init__(self) -> None:
+        self.starts: deque[float] = deque()
+        self.count = 0
+        self.mean = 0.0
+        self.dev = 0.0
+
+
 class ServiceTimes:
     """Per backend (keyed by address): an EWMA of how long a request holds a slot.
 
@@ -29,7 +41,7 @@ class ServiceTimes:
     other swap their samples, which leaves the mean unbiased.
     """
 
-    __slots__ = ("_alpha", "_clock", "_count", "_dev", "_deviations", "_mean", "_min_samples", "_starts")
+    __slots__ = ("_alpha", "_backends", "_clock", "_deviations", "_min_samples")
 
     def __init__(
         self,
@@ -43,60 +55,55 @@ class ServiceTimes:
         self._min_samples = min_samples
         self._deviations = deviations
         self._clock = clock
-        self._starts: dict[str, deque[float]] = {}
-        self._mean: dict[str, float] = {}
-        self._dev: dict[str, float] = {}
-        self._count: dict[str, int] = {}
+        self._backends: dict[str, _Measured] = {}
 
     def started(self, key: str) -> None:
-        starts = self._starts.get(key)
-        if starts is None:
-            starts = self._starts[key] = deque()
-        starts.append(self._clock())
+        backend = self._backends.get(key)
+        if backend is None:
+            backend = self._backends[key] = _Measured()
+        backend.starts.append(self._clock())
 
     def finished(self, key: str, *, failed: bool = False) -> None:
         """A request gave its slot back. A failed one is no sample: a try cut short by
         its deadline or a refused connection says nothing of how long answers take,
         and counting it would make the backend look faster the more it is overloaded."""
-        starts = self._starts.get(key)
-        if not starts:
+        backend = self._backends.get(key)
+        if backend is None or not backend.starts:
             return  # forgotten while in flight
-        started = starts.popleft()
+        started = backend.starts.popleft()
         if failed:
             return
         held = self._clock() - started
-        count = self._count.get(key, 0) + 1
-        self._count[key] = count
-        mean = self._mean.get(key)
-        if mean is None:
-            self._mean[key] = held
-            self._dev[key] = 0.0
-        else:
-            # A plain mean of the warm-up samples, so one odd request does not set it.
-            weight = 1.0 / count if count <= self._min_samples else self._alpha
-            self._mean[key] = mean + weight * (held - mean)
-            dev = self._dev[key]
-            self._dev[key] = dev + weight * (abs(held - mean) - dev)
+        backend.count = count = backend.count + 1
+        if count == 1:
+            backend.mean = held
+            return
+        # A plain mean of the warm-up samples, so one odd request does not set it.
+        weight = 1.0 / count if count <= self._min_samples else self._alpha
+        mean = backend.mean
+        backend.mean = mean + weight * (held - mean)
+        backend.dev += weight * (abs(held - mean) - backend.dev)
 
     def forget(self, key: str) -> None:
         """A backend that left, or a new process at its address: measure it afresh."""
-        self._starts.pop(key, None)
-        self._mean.pop(key, None)
-        self._dev.pop(key, None)
-        self._count.pop(key, None)
+        self._backends.pop(key, None)
+
+    def _warm(self, key: str) -> _Measured | None:
+        backend = self._backends.get(key)
+        if backend is None or backend.count < self._min_samples or backend.count == 0:
+            return None
+        return backend
 
     def service_s(self, key: str) -> float | None:
         """The backend's slot hold time to plan for (mean + deviations * mean deviation),
         or None while it is still warming up."""
-        if self._count.get(key, 0) < self._min_samples:
-            return None
-        return self._mean[key] + self._deviations * self._dev[key]
+        backend = self._warm(key)
+        return None if backend is None else backend.mean + self._deviations * backend.dev
 
     def mean_s(self, key: str) -> float | None:
         """The backend's mean slot hold time, or None while it is still warming up."""
-        if self._count.get(key, 0) < self._min_samples:
-            return None
-        return self._mean[key]
+        backend = self._warm(key)
+        return None if backend is None else backend.mean
 
     def rate(self, pool: Iterable[tuple[str, int]]) -> tuple[float, float] | None:
         """(requests per second, mean seconds each) a pool of (backend, slots) completes
