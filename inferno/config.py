@@ -250,6 +250,28 @@ class AdmissionConfig(_Frozen):
         2.0, gt=0, description="a waiting request moves up one priority class per this many seconds"
     )
     max_batch_items: int = Field(64, ge=1, description="items in one /batch_inference at most; more get 400")
+    wait_estimate_min_samples: int = Field(
+        5,
+        ge=0,
+        le=10_000,
+        description="a request whose expected wait in the queue exceeds its deadline (or the queue "
+        "timeout) gets 429 at once, once every backend of its pool has this many measured requests; "
+        "0 = never refuse by expected wait",
+    )
+    wait_estimate_deviations: float = Field(
+        4.0,
+        ge=0,
+        le=10,
+        description="a backend's service time is planned as its mean slot hold time plus this many "
+        "mean deviations, so that what is admitted finishes within its deadline when answers vary",
+    )
+    service_time_alpha: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="weight of the newest request in a backend's mean slot hold time (the service "
+        "rate behind the expected wait and Retry-After)",
+    )
 
 
 class AffinityConfig(_Frozen):

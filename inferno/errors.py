@@ -17,7 +17,7 @@
     │   ├── RegistryFull             429: the proxy holds as many backends as it may
     │   ├── ModelNotFound            404: no backend serves the requested model
     │   └── PayloadTooLarge          413: body over the configured limit
-    ├── Overloaded                   429: the proxy's queue is full or the wait in it ran out
+    ├── Overloaded                   429: queue full, its wait ran out or would outlast the deadline
     ├── DeadlineExceeded             504: the request's own deadline passed
     ├── LoopDetected                 508: the request already passed through this proxy
     ├── NoBackendAvailable           503: nothing healthy to route to
@@ -171,14 +171,20 @@ class PayloadTooLarge(ClientError):
 
 
 class Overloaded(InfernoError):
-    """The queue is full or the wait in it ran out: back off and retry."""
+    """The queue is full, the wait in it ran out, or would outlast the request's
+    deadline: back off and retry after ``retry_after_s``. ``reason`` labels metrics."""
 
     status = 429
     code = "overloaded"
     kind = "rate_limit_exceeded"
 
+    def __init__(self, message: str, *, reason: str = "queue_full", retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
     def headers(self) -> bytes:
-        return b"Retry-After: 1\r\n"
+        return b"Retry-After: %d\r\n" % self.retry_after_s
 
 
 class DeadlineExceeded(InfernoError):

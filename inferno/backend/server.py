@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 import socket
 import urllib.parse
@@ -71,6 +72,8 @@ class BackendServer:
             refused_log_interval_s=config.http.refused_log_interval_s,
         )
         self.node_id = config.node_id or f"{socket.gethostname()}-{config.listen_port}"
+        #: this process, as opposed to an earlier one at the same address (a restart)
+        self.instance_id = secrets.token_hex(8)
         self.tracing = (
             Tracing(config.otlp_endpoint, "inferno-backend", node_id=self.node_id)
             if config.otlp_endpoint
@@ -141,6 +144,7 @@ class BackendServer:
             vitals=self.service.vitals(),
             state="draining" if self.service.draining else "active",
             ops_address=f"{ops_host}:{self.ops_address[1]}",
+            instance_id=self.instance_id,
         )
 
     async def drain(self, grace_s: float) -> None:

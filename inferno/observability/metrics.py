@@ -110,6 +110,8 @@ class ProxyStats:
         #: streams, per model: time to the first token and between tokens
         self.ttft: dict[str, Histogram] = {}
         self.tpot: dict[str, Histogram] = {}
+        #: requests refused with 429 by admission, by (requested model label, reason)
+        self.rejections: dict[tuple[str, str], int] = {}
 
     def backend(self, address: str) -> BackendStats:
         stats = self.backends.get(address)
@@ -148,6 +150,10 @@ class ProxyStats:
     def record_error(self, address: str, reason: str) -> None:
         stats = self.backend(address)
         stats.errors[reason] = stats.errors.get(reason, 0) + 1
+
+    def record_rejection(self, model: str, reason: str) -> None:
+        key = (model, reason)
+        self.rejections[key] = self.rejections.get(key, 0) + 1
 
     def record_local(self, status: int, route: str = "other") -> None:
         key = (route, status)

@@ -10,6 +10,11 @@ that arrived after it: starvation is bounded.
 
 The controller hands a waiter its backend with the in-flight count already
 taken, so capacity cannot be stolen between wake-up and dispatch.
+
+A request that would have to wait is refused at once (429) when its expected
+wait, from its place in the queue and the measured service rate of its pool
+(``inferno.proxy.waits``), exceeds its deadline or the queue timeout: overload
+answers now, not after the full wait. Urgent waiters are never refused.
 """
 
 from __future__ import annotations
@@ -25,12 +30,20 @@ from inferno.config import AdmissionConfig
 from inferno.errors import InfernoError, ModelNotFound, NoBackendAvailable, Overloaded
 from inferno.observability.metrics import Histogram
 from inferno.policies.base import LoadBalancingPolicy
+from inferno.proxy.waits import ServiceTimes, expected_wait_s, retry_after_s
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.worker import WorkerInfo
 from inferno.schemas.routing import Priority, RequestContext
 
 logger = logging.getLogger(__name__)
 DEFAULT_LIMIT = 8
+#: index of urgent waiters in a pool's counts; the classes follow (high = 1, ...)
+_URGENT = 0
+
+
+def _pool_key(ctx: RequestContext) -> str:
+    """Waiters of one model (or, with none, one task) compete for the same backends."""
+    return ctx.model if ctx.model is not None else "task:" + ctx.task
 
 
 @dataclass(eq=False)
@@ -45,6 +58,8 @@ class Waiter:
     #: a migrating stream: served ahead of every class, and waits for a backend to
     #: come back (until its deadline) rather than failing when none is routable
     urgent: bool = False
+    #: when the request's own deadline passes (clock time)
+    deadline: float = math.inf
 
 
 class AdmissionController:
@@ -70,7 +85,28 @@ class AdmissionController:
         self.served_from_queue = {p: 0 for p in Priority}
         #: how long the requests served from the queue waited, per priority class
         self.queue_wait = {p: Histogram() for p in Priority}
+        #: per backend, how long requests hold a slot (None: never refuse by expected wait)
+        self.service_times = (
+            ServiceTimes(
+                config.service_time_alpha,
+                config.wait_estimate_min_samples,
+                clock,
+                deviations=config.wait_estimate_deviations,
+            )
+            if config.wait_estimate_min_samples
+            else None
+        )
+        #: pool key -> waiters queued, urgent first, then by class
+        self._queued: dict[str, list[int]] = {}
+        #: refused with 429, by reason (queue_full, expected_wait, queue_timeout)
+        self.rejected: dict[str, int] = {
+            "queue_full": 0,
+            "expected_wait": 0,
+            "deadline": 0,
+            "queue_timeout": 0,
+        }
         registry.on_change(self.dispatch)
+        registry.on_removed(self.forget)
 
     # -- limits --------------------------------------------------------------------------
     def limit(self, worker: WorkerInfo) -> int:
@@ -115,9 +151,7 @@ class AdmissionController:
         if urgent:
             free = self._with_capacity(eligible)
             if free:
-                worker = self._policy.choose(ctx, free)
-                worker.in_flight += 1
-                return worker
+                return self._take(self._policy.choose(ctx, free))
             return await self._wait(Waiter(ctx, tried, self._clock(), self._future(), urgent=True), timeout_s)
         if not eligible:
             self._raise_unavailable(ctx, tried)
@@ -125,21 +159,69 @@ class AdmissionController:
         if not self._waiters:
             if home is not None:
                 if home.has_capacity(self.limit(home)):
-                    home.in_flight += 1
-                    return home
+                    return self._take(home)
             else:
                 free = self._with_capacity(eligible)
                 if free:
-                    worker = self._policy.choose(ctx, free)
-                    worker.in_flight += 1
-                    return worker
+                    return self._take(self._policy.choose(ctx, free))
         if len(self._waiters) >= self._cfg.max_queue:
+            self.rejected["queue_full"] += 1
             raise Overloaded(f"the request queue is full ({self._cfg.max_queue}); retry later")
+        if self.service_times is not None:
+            self._refuse_if_late(ctx, eligible, timeout_s)
         waiter = Waiter(ctx, tried, self._clock(), self._future())
+        waiter.deadline = waiter.arrival + timeout_s
         if home is not None and self._affinity_wait_s > 0:
             waiter.home, waiter.home_until = home, waiter.arrival + self._affinity_wait_s
             self._home_waiting[home.address] = self._home_waiting.get(home.address, 0) + 1
         return await self._wait(waiter, min(timeout_s, self._cfg.queue_timeout_s))
+
+    def _take(self, worker: WorkerInfo) -> WorkerInfo:
+        worker.in_flight += 1
+        if self.service_times is not None:
+            self.service_times.started(worker.address)
+        return worker
+
+    def forget(self, address: str) -> None:
+        """A backend left (or restarted): its service time is measured afresh."""
+        if self.service_times is not None:
+            self.service_times.forget(address)
+
+    def expected_wait(
+        self, ctx: RequestContext, eligible: Sequence[WorkerInfo]
+    ) -> tuple[float, float] | None:
+        """(seconds until a request arriving now for ``ctx`` gets a slot, seconds it then
+        holds it), or None while the pool's service rate is not measured yet. Waiters of
+        its pool that rank at least as well count as ahead of it (aging may add more:
+        the estimate errs towards admitting)."""
+        assert self.service_times is not None
+        measured = self.service_times.rate((w.address, self.limit(w)) for w in eligible)
+        if measured is None:
+            return None
+        rate, service_s = measured
+        counts = self._queued.get(_pool_key(ctx))
+        ahead = sum(counts[: int(ctx.priority) + 2]) if counts is not None else 0
+        return expected_wait_s(ahead, rate), service_s
+
+    def _refuse_if_late(self, ctx: RequestContext, eligible: Sequence[WorkerInfo], timeout_s: float) -> None:
+        """429 now for a request that would start after the queue timeout, or finish
+        after its deadline."""
+        estimate = self.expected_wait(ctx, eligible)
+        if estimate is None:
+            return
+        wait_s, service_s = estimate
+        queue_timeout_s = self._cfg.queue_timeout_s
+        if wait_s <= queue_timeout_s and wait_s + service_s <= timeout_s:
+            return
+        budget_s = min(queue_timeout_s, timeout_s - service_s)
+        self.rejected["expected_wait"] += 1
+        raise Overloaded(
+            f"the expected wait for a backend ({wait_s:.3g}s, then {service_s:.3g}s to serve) "
+            f"does not fit this request's {timeout_s:.3g}s deadline or the {queue_timeout_s:.3g}s "
+            "queue timeout; retry later",
+            reason="expected_wait",
+            retry_after_s=retry_after_s(wait_s, budget_s, queue_timeout_s),
+        )
 
     def _future(self) -> asyncio.Future[WorkerInfo]:
         return asyncio.get_running_loop().create_future()
@@ -152,15 +234,23 @@ class AdmissionController:
             # When the wait for the home ends, any free backend will do.
             wake = loop.call_later(self._affinity_wait_s, self.dispatch)
         self._waiters.append(waiter)
+        counts = self._queued.get(key := _pool_key(waiter.ctx))
+        if counts is None:
+            counts = self._queued[key] = [0] * (len(Priority) + 1)
+        slot = _URGENT if waiter.urgent else int(waiter.ctx.priority) + 1
+        counts[slot] += 1
         handle = loop.call_later(wait_s, self._expire, waiter, wait_s)
         try:
             return await waiter.future
         except BaseException:
             if waiter.future.done() and not waiter.future.cancelled() and not waiter.future.exception():
                 # Cancelled after being handed a backend: give it back.
-                self.release(waiter.future.result())
+                self.release(waiter.future.result(), failed=True)
             raise
         finally:
+            counts[slot] -= 1
+            if not any(counts):
+                self._queued.pop(key, None)
             handle.cancel()
             if wake is not None:
                 wake.cancel()
@@ -174,8 +264,11 @@ class AdmissionController:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
-    def release(self, worker: WorkerInfo) -> None:
+    def release(self, worker: WorkerInfo, *, failed: bool = False) -> None:
+        """Give the slot back; ``failed`` (no answer) keeps it out of the service time."""
         worker.in_flight -= 1
+        if self.service_times is not None:
+            self.service_times.finished(worker.address, failed=failed)
         if self._waiters:
             self.dispatch()
 
@@ -185,8 +278,12 @@ class AdmissionController:
                 NoBackendAvailable(f"no backend came back within {timeout:.3g}s to continue the stream on")
             )
         if not waiter.future.done():
+            self.rejected["queue_timeout"] += 1
             waiter.future.set_exception(
-                Overloaded(f"no backend capacity within {timeout:.3g}s of queueing; retry later")
+                Overloaded(
+                    f"no backend capacity within {timeout:.3g}s of queueing; retry later",
+                    reason="queue_timeout",
+                )
             )
 
     def _raise_unavailable(self, ctx: RequestContext, tried: frozenset[str]) -> None:
@@ -247,10 +344,34 @@ class AdmissionController:
                 continue  # its home is busy, and worth waiting for a while longer
             else:
                 worker = self._policy.choose(waiter.ctx, free)
-            worker.in_flight += 1
+            if (
+                self.service_times is not None
+                and not waiter.urgent
+                and self._cannot_finish(waiter, worker, now)
+            ):
+                continue  # refused; the slot goes to the next waiter
+            self._take(worker)
             self.served_from_queue[waiter.ctx.priority] += 1
             self.queue_wait[waiter.ctx.priority].observe(now - waiter.arrival)
             waiter.future.set_result(worker)
+
+    def _cannot_finish(self, waiter: Waiter, worker: WorkerInfo, now: float) -> bool:
+        """A waiter whose deadline is nearer than the backend's mean service time is
+        refused rather than started: its try would be cut short, and the slot time it
+        wasted would make every waiter behind it later still (a cascade after a stall)."""
+        assert self.service_times is not None
+        mean_s = self.service_times.mean_s(worker.address)
+        if mean_s is None or now + mean_s <= waiter.deadline:
+            return False
+        self.rejected["deadline"] += 1
+        waiter.future.set_exception(
+            Overloaded(
+                f"a backend was free only {waiter.deadline - now:.3g}s before this request's deadline, "
+                f"less than the {mean_s:.3g}s it takes; retry later",
+                reason="deadline",
+            )
+        )
+        return True
 
     def queue_sizes(self) -> dict[str, int]:
         """Requests waiting, by priority class name."""
@@ -269,4 +390,5 @@ class AdmissionController:
             "queue_timeout_s": self._cfg.queue_timeout_s,
             "aging_s": self._cfg.aging_s,
             "served_from_queue": {p.name.lower(): n for p, n in self.served_from_queue.items()},
+            "rejected": dict(self.rejected),
         }

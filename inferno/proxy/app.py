@@ -11,12 +11,13 @@ from inferno.api import API, APIS, INFERENCE, ParsedText, openapi
 from inferno.api.base import TextAPI
 from inferno.api.vetting import BodyVetter
 from inferno.config import ProxyConfig
-from inferno.errors import BadRequest, InfernoError, LoopDetected, RateLimited
+from inferno.errors import BadRequest, InfernoError, LoopDetected, Overloaded, RateLimited
 from inferno.http.request_id import RequestIdFactory
 from inferno.http.responses import JSON_HEADERS, dumps, error_body
 from inferno.http.router import RouteTable
 from inferno.http.server import Request, Responder
 from inferno.observability.metrics import ProxyStats
+from inferno.observability.throttle import ThrottledLog
 from inferno.proxy.batch import BatchRunner
 from inferno.proxy.bodies import with_model, with_usage_requested
 from inferno.proxy.clients import ClientGate
@@ -61,6 +62,8 @@ class ProxyApp:
         self._stats = stats
         self._ids = ids or RequestIdFactory()
         self._clock = clock
+        # Anyone can overload the proxy: its refusals are logged at a bounded rate.
+        self._overload_log = ThrottledLog(logger, config.http.refused_log_interval_s, clock)
         self._batch = BatchRunner(forwarder, config.admission.max_batch_items, self.inference_context)
         self._routes: RouteTable[ProxyRoute] = RouteTable()
         for path, api in APIS.items():
@@ -135,11 +138,28 @@ class ProxyApp:
                     job.strip_usage = True
             try:
                 await self._forwarder.forward(responder, job, stream=parsed.stream, splice_timings=splice)
+            except Overloaded as exc:
+                self._refused(rid, parsed.model, exc)
+                raise
             finally:
                 if job.on_done is not None:
                     job.on_done()
 
         return route
+
+    def _refused(self, rid: str, asked: str | None, exc: Overloaded) -> None:
+        """Count and log a 429 from admission, under the model the client asked for when
+        that is served or an alias, else ``other`` (clients must not create series)."""
+        if asked is None:
+            label = "none"
+        elif asked in self._cfg.model_aliases or asked in self._registry.model_tasks():
+            label = asked
+        else:
+            label = "other"
+        self._stats.record_rejection(label, exc.reason)
+        self._overload_log.warning(
+            "Request %s refused (429, %s) for model %s: %s", rid, exc.reason, label, exc.message
+        )
 
     async def _openapi(
         self, request: Request, responder: Responder, rid: str, t0: float, key: ApiKey | None

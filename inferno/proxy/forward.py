@@ -228,7 +228,7 @@ class Forwarder:
             except UpstreamError as exc:
                 failure = exc
             except BaseException:
-                self._admission.release(worker)
+                self._admission.release(worker, failed=True)
                 if span is not None:
                     Tracing.end(span, error="cancelled")
                 raise
@@ -248,7 +248,7 @@ class Forwarder:
             if upstream is not None and ((not can_retry and last) or deadline_hit):
                 # Out of tries: the backend's own 5xx answer goes back to the client.
                 return worker, upstream, t_send
-            self._admission.release(worker)
+            self._admission.release(worker, failed=True)
             if upstream is not None:
                 upstream.close()
             if deadline_hit:

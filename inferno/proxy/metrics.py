@@ -73,6 +73,15 @@ class ProxyCollector(Collector):
             for (endpoint, reason), count in counts.items():
                 refused.add_metric([endpoint, reason], count)
         yield refused
+        rejected = CounterMetricFamily(
+            "inferno_admission_rejections",
+            "Requests refused with 429 by admission (queue_full, expected_wait, deadline, queue_timeout), "
+            "by the model asked for when served or an alias (else other; none without a model) and reason",
+            labels=["model", "reason"],
+        )
+        for (model, reason), count in stats.rejections.items():
+            rejected.add_metric([model, reason], count)
+        yield rejected
         yield CounterMetricFamily(
             "inferno_retries", "Requests re-sent to another backend", value=stats.retries
         )

@@ -182,7 +182,7 @@ class StreamRelay:
                         if moved:
                             await responder.write(moved)
                         break
-                    self._admission.release(worker)
+                    self._admission.release(worker, failed=True)
                     worker, upstream, restamp = moved
                     migrations += 1
                     last = self._clock()
@@ -259,7 +259,7 @@ class StreamRelay:
             return None
         if upstream.status != 200:
             upstream.close()
-            self._admission.release(new_worker)
+            self._admission.release(new_worker, failed=True)
             self._refused(f"status_{upstream.status // 100}xx")
             return None
         self._stats.stream_migrations += 1

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 from inferno.config import HealthCheckConfig, OutlierConfig, RegistryConfig
 from inferno.errors import ConfigError, RegistryFull
+from inferno.registry.breaker import CircuitBreaker
 from inferno.registry.events import EventLog
 from inferno.registry.worker import WorkerInfo, WorkerStatus
 from inferno.schemas.registration import WILDCARD_HOSTS, RegistrationPayload, check_address
@@ -114,6 +115,9 @@ class WorkerRegistry:
         return counts
 
     def on_removed(self, listener: Callable[[str], None]) -> None:
+        """Called with the address of a backend that left, or that a new process took
+        over (a restart): what was kept for the old one (connections, service times)
+        is dropped."""
         self._removal_listeners.append(listener)
 
     def on_change(self, listener: Callable[[], None]) -> None:
@@ -149,6 +153,7 @@ class WorkerRegistry:
                 outlier=self._outlier,
             )
             worker.tasks = {m.id: m.task for m in payload.models}
+            worker.instance_id = payload.instance_id
             self._workers[address] = worker
             logger.info(
                 "Backend registered: %s (node %s, models %s)",
@@ -160,6 +165,13 @@ class WorkerRegistry:
                 "registered", address, payload.node_id, "models " + (",".join(worker.models) or "any")
             )
             self._changed()
+        restarted = (
+            payload.instance_id is not None
+            and worker.instance_id is not None
+            and payload.instance_id != worker.instance_id
+        )
+        if payload.instance_id is not None:
+            worker.instance_id = payload.instance_id
         worker.node_id = payload.node_id
         models = tuple(m.id for m in payload.models)
         tasks: dict[str, str] = {m.id: m.task for m in payload.models}
@@ -174,14 +186,40 @@ class WorkerRegistry:
             self._changed()
         worker.last_heartbeat = now
         worker.last_heartbeat_wall = wall
+        if restarted:
+            self._restarted(worker, wall)
         if payload.state == "draining":
             self._set_status(worker, WorkerStatus.DRAINING, "draining")
+        elif restarted:
+            # The failures were the old process's: the new one is routable at once.
+            if worker.status is WorkerStatus.HEALTHY:
+                self._changed()  # its breaker closed: capacity for the queue
+            else:
+                self._set_status(worker, WorkerStatus.HEALTHY, "re-registered")
         elif worker.status is WorkerStatus.DRAINING or (
             worker.status is WorkerStatus.UNHEALTHY and worker.status_reason == "heartbeat_timeout"
         ):
             # Alive again. Failures seen by the data path are cleared only by probes.
             self._set_status(worker, WorkerStatus.HEALTHY, "heartbeat")
         return worker
+
+    def _restarted(self, worker: WorkerInfo, wall: float) -> None:
+        """A new process at a known address: forget what the old one did."""
+        previous = worker.breaker.state
+        worker.breaker = CircuitBreaker(self._outlier)
+        worker.consecutive_failures = 0
+        worker.consecutive_successes = 0
+        worker.suspect = False
+        worker.registered_at = wall
+        logger.info(
+            "Backend re-registered: %s (node %s, a new process; circuit %s -> closed)",
+            worker.address,
+            worker.node_id,
+            previous.value,
+        )
+        self.events.add("registered", worker.address, worker.node_id, "new process; circuit closed")
+        for listener in self._removal_listeners:
+            listener(worker.address)
 
     def effective_address(self, payload: RegistrationPayload, peer_host: str | None) -> str:
         """The address a registration is kept under: a wildcard host becomes the peer's."""

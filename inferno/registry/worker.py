@@ -26,6 +26,7 @@ class WorkerInfo:
         "consecutive_failures",
         "consecutive_successes",
         "in_flight",
+        "instance_id",
         "last_heartbeat",
         "last_heartbeat_wall",
         "models",
@@ -71,6 +72,8 @@ class WorkerInfo:
         self.last_heartbeat_wall: float | None = wall if source == "registered" else None
         self.registered_at = wall
         self.ops_address: str | None = None
+        #: the backend process that registered (a new one at this address is a restart)
+        self.instance_id: str | None = None
         self.breaker = CircuitBreaker(outlier or OutlierConfig())
         #: slow but alive (e.g. long gaps in a stream): reported, never ejected for it
         self.suspect = False
@@ -106,5 +109,6 @@ class WorkerInfo:
             "source": self.source,
             "last_heartbeat": self.last_heartbeat_wall,
             "registered_at": self.registered_at,
+            "instance_id": self.instance_id,
             "vitals": self.vitals.model_dump(),
         }

@@ -78,6 +78,9 @@ class RegistrationPayload(BaseModel):
     weight: int = Field(1, ge=1, le=1000)
     state: Literal["active", "draining"] = "active"
     ops_address: str | None = None
+    #: random per backend process: a new one at a known address is a restart, which
+    #: starts with a fresh circuit breaker (None from backends that predate it)
+    instance_id: str | None = None
 
     @field_validator("address")
     @classmethod
@@ -88,6 +91,13 @@ class RegistrationPayload(BaseModel):
     @classmethod
     def _ops_addr(cls, value: str | None) -> str | None:
         return None if value is None else check_address(value)
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id(cls, value: str | None) -> str | None:
+        if value is not None and not _ID_RE.fullmatch(value):
+            raise ValueError("must be 1-128 characters from [A-Za-z0-9_.:@-]")
+        return value
 
     @field_validator("node_id")
     @classmethod

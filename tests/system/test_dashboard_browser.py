@@ -15,11 +15,13 @@ test is skipped, unless ``INFERNO_REQUIRE_BROWSER=1`` (CI) makes that a failure.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "artifacts" / "dashboard"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PROXY_ARGS = ("--health-interval-s", "0.5", "--dashboard-interval-s", "0.5")
+PROXY_ARGS = ("--health-interval-s", "0.5", "--dashboard-interval-s", "0.5", "--admission-max-queue", "4")
 
 
 @pytest.fixture
@@ -170,6 +172,20 @@ def test_dashboard_in_chromium(spawn: Callable[..., Proc], browser: Any) -> None
     assert page.locator("#try-answer").inner_text().strip()
     assert "total;dur=" in page.locator("#try-timings").inner_text()
     shot(page, "03-try-it")
+
+    # Overload: a burst far past what two backends and a queue of 4 hold. The 429s show
+    # beside the 5xx (card and rate chart), and none of them is a 5xx.
+    burst_body = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 200}
+
+    def one(_: int) -> int:
+        return httpx.post(f"{cluster.url}/v1/chat/completions", json=burst_body, timeout=30).status_code
+
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        burst = list(pool.map(one, range(48)))
+    assert 429 in burst and all(code in (200, 429) for code in burst), burst
+    page.wait_for_function("() => state.history.some((p) => p.rejected_per_s > 0)", timeout=10_000)
+    expect(page.locator("#card-rejected")).to_have_text(re.compile(r"^\d"))
+    shot(page, "03b-overloaded")
 
     # The proxy goes away: the page says so. A new proxy on the same ports: it recovers.
     cluster.proxy.stop()

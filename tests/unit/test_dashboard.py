@@ -130,20 +130,24 @@ def test_feed_turns_counters_into_rates_percentiles_and_shares() -> None:
         stats.record("10.0.0.2:3000", 503, 0.2, "m", b"/v1/chat/completions")
     stats.record_error("10.0.0.2:3000", "status_503")
     stats.record_local(400, "/v1/chat/completions")
+    for _ in range(6):
+        stats.record_local(429, "/v1/chat/completions")  # overloaded: refused by admission
+    stats.record("10.0.0.1:3000", 429, 0.001, "m", b"/v1/chat/completions")  # a backend's own 429
     point = feed.sample()
-    assert point["rps"] == pytest.approx(41 / 2.0)
+    assert point["rps"] == pytest.approx(48 / 2.0)
     assert point["errors_per_s"] == pytest.approx(10 / 2.0)
+    assert point["rejected_per_s"] == pytest.approx(7 / 2.0)
     assert 10 <= point["p50_ms"] <= 25  # type: ignore[operator]
     assert 100 <= point["p95_ms"] <= 250  # type: ignore[operator]
     snap = feed.snapshot([])
     rows = {r["node_id"]: r for r in snap["backends"]}  # type: ignore[attr-defined]
-    assert rows["n1"]["served"] == 30 and rows["n1"]["recent_error_rate"] == 0.0
+    assert rows["n1"]["served"] == 31 and rows["n1"]["recent_error_rate"] == 0.0
     assert rows["n2"]["failed_tries"] == 1 and rows["n2"]["recent_error_rate"] == pytest.approx(1 / 11, 1e-3)
     assert snap["routing"] == {
         "window_s": 2.0,
-        "backends": {"10.0.0.1:3000": 30, "10.0.0.2:3000": 10},
+        "backends": {"10.0.0.1:3000": 31, "10.0.0.2:3000": 10},
         "names": {"10.0.0.1:3000": "n1", "10.0.0.2:3000": "n2"},
-        "models": {"m": 40},
+        "models": {"m": 41},
     }
     assert snap["health"]["status"] == "healthy"  # type: ignore[index]
 

@@ -41,6 +41,8 @@ class Sample:
     t: float
     total: int
     errors: int
+    #: 429 answers (overload, API-key budgets), drawn beside the 5xx
+    rejected: int
     latency: list[int]
     #: address -> (responses, failed tries)
     backends: dict[str, tuple[int, int]]
@@ -141,13 +143,15 @@ class DashboardFeed:
         stats = self._stats
         latency = [0] * (len(LATENCY_BUCKETS_S) + 1)
         backends: dict[str, tuple[int, int]] = {}
-        total = errors = 0
+        total = errors = rejected = 0
         for address, backend in stats.backends.items():
             served = 0
             for (_, _, status), count in backend.requests.items():
                 served += count
                 if status >= 500:
                     errors += count
+                elif status == 429:
+                    rejected += count
             total += served
             backends[address] = (served, sum(backend.errors.values()))
             for i, count in enumerate(backend.latency.counts):
@@ -156,13 +160,15 @@ class DashboardFeed:
             total += count
             if status >= 500:
                 errors += count
+            elif status == 429:
+                rejected += count
         # A backend that left keeps its node id while the proxy still has its counters.
         names = {a: self._names[a] for a in backends if a in self._names}
         names.update((w.address, w.node_id) for w in self._registry.all())
         self._names = names
         models = {model: sum(m.requests.values()) for model, m in stats.models.items()}
         model_latency = {model: list(m.latency.counts) for model, m in stats.models.items()}
-        now = Sample(self._wall(), total, errors, latency, backends, models, model_latency)
+        now = Sample(self._wall(), total, errors, rejected, latency, backends, models, model_latency)
         previous = self._samples[-1] if self._samples else None
         self._samples.append(now)
         short = self._samples[max(0, len(self._samples) - 1 - SHORT_WINDOW)]
@@ -170,11 +176,13 @@ class DashboardFeed:
         elapsed = max(1e-9, now.t - previous.t) if previous is not None else 0.0
         rate = (now.total - previous.total) / elapsed if previous is not None else 0.0
         error_rate = (now.errors - previous.errors) / elapsed if previous is not None else 0.0
+        rejected_rate = (now.rejected - previous.rejected) / elapsed if previous is not None else 0.0
         queued = sum(self._admission.queue_sizes().values())
         point: dict[str, object] = {
             "t": round(now.t, 3),
             "rps": round(rate, 3),
             "errors_per_s": round(error_rate, 3),
+            "rejected_per_s": round(rejected_rate, 3),
             "p50_ms": _ms(percentile(window, 0.50)),
             "p95_ms": _ms(percentile(window, 0.95)),
             "p99_ms": _ms(percentile(window, 0.99)),

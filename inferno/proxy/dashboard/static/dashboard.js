@@ -103,6 +103,7 @@ function renderHealth(health, backends) {
   $("card-rps").textContent = fmtNum(last.rps);
   $("card-latency").textContent = [last.p50_ms, last.p95_ms, last.p99_ms].map(fmtMs).join(" / ");
   $("card-errors").textContent = fmtNum(last.errors_per_s);
+  $("card-rejected").textContent = fmtNum(last.rejected_per_s);
   $("card-inflight").textContent = `${health.in_flight} / ${last.queued ?? 0}`;
   $("card-retries").textContent = `${health.retries} / ${health.fallbacks} / ${health.ejections}`;
   for (const row of backends) for (const m of row.models) state.models.add(m);
@@ -145,6 +146,7 @@ function renderCharts() {
   drawChart($("chart-rate"), times, [
     { label: "requests/s", color: "#58a6ff", values: h.map((p) => p.rps) },
     { label: "5xx/s", color: "#f85149", values: h.map((p) => p.errors_per_s) },
+    { label: "429/s", color: "#d29922", values: h.map((p) => p.rejected_per_s ?? 0) },
   ]);
   drawChart($("chart-latency"), times, [
     { label: "p50", color: "#3fb950", values: h.map((p) => latencyOf(p, model, "p50_ms")) },
