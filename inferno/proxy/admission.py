@@ -356,11 +356,12 @@ class AdmissionController:
             waiter.future.set_result(worker)
 
     def _cannot_finish(self, waiter: Waiter, worker: WorkerInfo, now: float) -> bool:
-        """A waiter whose deadline is nearer than the backend's mean service time is
-        refused rather than started: its try would be cut short, and the slot time it
-        wasted would make every waiter behind it later still (a cascade after a stall)."""
+        """A waiter whose deadline is nearer than the service time planned for the
+        backend (its mean plus deviations, as at arrival) is refused rather than started:
+        its try would likely be cut short into a 504, and the slot time it wasted would
+        make every waiter behind it later still (a cascade after a stall)."""
         assert self.service_times is not None
-        mean_s = self.service_times.mean_s(worker.address)
+        mean_s = self.service_times.service_s(worker.address)
         if mean_s is None or now + mean_s <= waiter.deadline:
             return False
         self.rejected["deadline"] += 1
