@@ -318,7 +318,7 @@ class Launcher:
             child.restart_at = now + delay
             print(
                 f"inferno up: {child.name} (pid {child.popen.pid}) exited with {code}; restarting in "
-                f"{delay:.1f}s ({child.policy.restarts_in_window} restarts within a minute); "
+                f"{delay:.1f}s (restart {child.policy.restarts_in_window} within a minute); "
                 "the others keep serving",
                 file=sys.stderr,
                 flush=True,
