@@ -164,7 +164,7 @@ class StreamRelay:
                             tape.keep(chunk)
                         if b'"usage"' in chunk and job.on_usage is not None:
                             used = usage_of(chunk) or used
-                            if job.strip_usage and b'"choices":[]' in chunk:
+                            if job.strip_usage and (b'"choices":[]' in chunk or b'"choices": []' in chunk):
                                 continue  # the usage chunk the client did not ask for
                         elif chunk != DONE:
                             relayed += 1

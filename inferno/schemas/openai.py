@@ -11,7 +11,7 @@ what a body holds.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -22,6 +22,9 @@ from inferno.schemas.bounds import check_values
 
 PriorityName = Literal["high", "normal", "low"]
 MAX_PROMPT_CHARS = 200_000
+#: one stop sequence (the engine matches each against the text at every token)
+MAX_STOP_CHARS = 256
+StopText = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 #: the bounds a body is held to when the caller names none (``--request-*`` flags)
 DEFAULT_LIMITS = RequestLimits()
 
@@ -87,7 +90,7 @@ class _OpenAIBase(BaseModel):
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stream: bool = False
-    stop: str | list[str] | None = None
+    stop: StopText | list[StopText] | None = None
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     user: str | None = Field(None, max_length=256)
     n: int = Field(1, ge=1, le=1)

@@ -83,3 +83,15 @@ def test_embeddings_work_for_the_per_try_timeout_follows_their_tokens() -> None:
     # 64 texts at the 256-token cap: 16384 tokens, 327 units (about 51 s at 20 units/s),
     # where one unit per text gave 64 (11.6 s) and cut valid requests off.
     assert big.max_tokens == 327 and small.max_tokens == 2
+
+
+def test_stop_sequences_are_bounded_in_length() -> None:
+    from inferno.api.openai import ChatAPI
+    from inferno.errors import BadRequest
+
+    chat = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    ChatAPI().parse_data({**chat, "stop": ["a" * 256, "\n"]})
+    with pytest.raises(BadRequest):
+        ChatAPI().parse_data({**chat, "stop": ["a" * 257]})
+    with pytest.raises(BadRequest):
+        ChatAPI().parse_data({**chat, "stop": "b" * 1_000_000})
