@@ -236,42 +236,34 @@ def test_a_request_that_comes_back_to_the_proxy_is_refused_as_a_loop(
     assert r.status_code == 508
 
 
-def test_an_error_event_mid_stream_is_never_relayed_and_the_stream_goes_on(spawn: Any, scripted: Any) -> None:
-    """A backend that fails mid-stream with an error event: the client never sees the
-    event, the stream continues on the other backend, and reads as one answer."""
-    prompt = "tell me a story"
-    full = fake_tokens(GenerationRequest(max_tokens=12, messages=(("user", prompt),)))
+def chat_event(token: str, first: bool) -> bytes:
+    """One OpenAI chat chunk as a backend writes it (the first carries the role)."""
+    delta = {"role": "assistant", "content": token} if first else {"content": token}
+    event = {
+        "id": "chatcmpl-rogue",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "fake",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+    }
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
 
-    def script(rid: str, _: bytes) -> list[bytes]:
-        events = [
-            {
-                "id": "chatcmpl-rogue",
-                "object": "chat.completion.chunk",
-                "created": 1,
-                "model": "fake",
-                "choices": [
-                    {
-                        "index": 0,
-                        "delta": {"role": "assistant", "content": token} if i == 0 else {"content": token},
-                        "finish_reason": None,
-                    }
-                ],
-            }
-            for i, token in enumerate(full[:5])
-        ]
-        parts = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events]
-        parts.append(b'data: {"error":{"message":"engine died","type":"server_error","code":"x"}}\n\n')
-        body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
-        return [
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + body
-        ]
 
-    rogue = scripted(script)
-    cluster = _cluster(spawn, rogue)
+def chunked_stream(parts: list[bytes]) -> list[bytes]:
+    """A whole streamed answer, one HTTP chunk per part."""
+    body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    return [
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    ]
+
+
+def _streams_read_whole(cluster: ProcessCluster, prompt: str, full: list[str], hidden: str) -> None:
+    """Four streamed chats: each ends with [DONE], one id, the exact text, and no error
+    (nor ``hidden``) anywhere in it."""
     chat = {
         "model": "fake",
         "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": 12,
+        "max_tokens": len(full),
         "stream": True,
         "temperature": 0,
     }
@@ -279,11 +271,24 @@ def test_an_error_event_mid_stream_is_never_relayed_and_the_stream_goes_on(spawn
         for _ in range(4):
             r = http.post(f"{cluster.url}/v1/chat/completions", json=chat)
             assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n"), r.text[-300:]
-            assert "engine died" not in r.text and '"error"' not in r.text, r.text[-500:]
+            assert hidden not in r.text and '"error"' not in r.text, r.text[-500:]
             events = [json.loads(x[6:]) for x in r.text.split("\n") if x.startswith("data: {")]
             text = "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
             assert text == "".join(full), text
             assert len({e["id"] for e in events}) == 1
+
+
+def test_an_error_event_mid_stream_is_never_relayed_and_the_stream_goes_on(spawn: Any, scripted: Any) -> None:
+    """A backend that fails mid-stream with an error event: the client never sees the
+    event, the stream continues on the other backend, and reads as one answer."""
+    prompt = "tell me a story"
+    full = fake_tokens(GenerationRequest(max_tokens=12, messages=(("user", prompt),)))
+    died = b'data: {"error":{"message":"engine died","type":"server_error","code":"x"}}\n\n'
+    rogue = scripted(
+        lambda rid, _: chunked_stream([chat_event(t, i == 0) for i, t in enumerate(full[:5])] + [died])
+    )
+    cluster = _cluster(spawn, rogue)
+    _streams_read_whole(cluster, prompt, full, "engine died")
     assert rogue.served >= 1
     assert "migrated from" in cluster.proxy.output()
 
@@ -295,39 +300,7 @@ def test_an_error_event_anywhere_in_a_chunk_is_never_relayed(spawn: Any, scripte
     prompt = "tell me a story"
     full = fake_tokens(GenerationRequest(max_tokens=8, messages=(("user", prompt),)))
     secret = b'data: {"error":{"message":"internal secret path /etc/x","type":"server_error","code":"x"}}\n\n'
-
-    def script(rid: str, _: bytes) -> list[bytes]:
-        token = {
-            "id": "c",
-            "object": "chat.completion.chunk",
-            "created": 1,
-            "model": "fake",
-            "choices": [
-                {"index": 0, "delta": {"role": "assistant", "content": full[0]}, "finish_reason": None}
-            ],
-        }
-        first = b"data: " + json.dumps(token).encode() + b"\n\n"
-        parts = [secret] if where == "first chunk" else [first + secret]
-        body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
-        return [
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + body
-        ]
-
-    rogue = scripted(script)
-    cluster = _cluster(spawn, rogue)
-    chat = {
-        "model": "fake",
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": 8,
-        "stream": True,
-    }
-    with httpx.Client(timeout=10) as http:
-        for _ in range(4):
-            r = http.post(f"{cluster.url}/v1/chat/completions", json=chat)
-            assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n"), r.text[-300:]
-            assert "secret" not in r.text and '"error"' not in r.text, r.text[-400:]
-            events = [json.loads(x[6:]) for x in r.text.split("\n") if x.startswith("data: {")]
-            assert "".join(c["delta"].get("content") or "" for e in events for c in e["choices"]) == "".join(
-                full
-            )
+    part = secret if where == "first chunk" else chat_event(full[0], True) + secret
+    rogue = scripted(lambda rid, _: chunked_stream([part]))
+    _streams_read_whole(_cluster(spawn, rogue), prompt, full, "secret")
     assert rogue.served >= 1
