@@ -33,7 +33,7 @@ from inferno.http.server import Responder
 from inferno.observability.metrics import ProxyStats
 from inferno.observability.tracing import Tracing
 from inferno.proxy.admission import AdmissionController
-from inferno.proxy.bodies import read_bounded, response_headers, sane_usage, served_model, usage_of
+from inferno.proxy.bodies import read_bounded, response_headers, served_model, usage_of
 from inferno.proxy.job import Job, Outcome
 from inferno.proxy.migration import ERROR_EVENT
 from inferno.proxy.streams import StreamRelay
@@ -337,7 +337,7 @@ class Forwarder:
             log_answer(job.ctx.request_id, job.path, worker, upstream.status, model, job.t0, t_send, now)
             if job.on_usage is not None and upstream.status == 200:
                 used = usage_of(body)
-                job.on_usage(model, *sane_usage(used or (0, 0), len(job.body), job.max_tokens))
+                job.charge(model, used or (0, 0))
             return Outcome(upstream.status, headers, body, worker)
         finally:
             self._admission.release(worker)

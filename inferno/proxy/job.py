@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferno.api.base import TextAPI
-from inferno.proxy.bodies import with_model
+from inferno.proxy.bodies import sane_usage, with_model
 from inferno.registry.worker import WorkerInfo
 from inferno.schemas.routing import RequestContext
 
@@ -53,6 +53,12 @@ class Job:
     #: tracing on: the client's ``traceparent`` header, and this request's span
     traceparent: bytes | None = None
     span: Any = None
+
+    def charge(self, model: str, used: tuple[int, int]) -> None:
+        """Hand ``on_usage`` the answer's (prompt, completion) tokens, bounded by what
+        this request could have cost (``sane_usage``)."""
+        if self.on_usage is not None:
+            self.on_usage(model, *sane_usage(used, len(self.body), self.max_tokens))
 
     def for_model(self, model: str) -> Job:
         """The same request sent to another model (a fallback)."""

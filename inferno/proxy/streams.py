@@ -30,7 +30,7 @@ from inferno.http.responses import sse_error_event
 from inferno.http.server import Responder
 from inferno.observability.metrics import ProxyStats
 from inferno.proxy.admission import AdmissionController
-from inferno.proxy.bodies import response_headers, sane_usage, usage_of
+from inferno.proxy.bodies import response_headers, usage_of
 from inferno.proxy.job import Job
 from inferno.proxy.migration import (
     DONE,
@@ -138,9 +138,7 @@ class StreamRelay:
                             chunk = await upstream.next_chunk(min(idle, remaining))
                         except UpstreamTimeout as exc:
                             if self._clock() >= job.deadline:
-                                raise DeadlineExceeded(
-                                    "the request deadline passed during the stream"
-                                ) from exc
+                                raise DeadlineExceeded(PAST_DEADLINE) from exc
                             raise
                         if chunk is None:
                             break
@@ -211,7 +209,7 @@ class StreamRelay:
                 # backend's count when its usage came, else one token per text chunk.
                 if used is None:
                     used = (job.prompt_chars // 4, relayed)
-                job.on_usage(model, *sane_usage(used, len(job.body), job.max_tokens))
+                job.charge(model, used)
         responder.end_stream()
         return worker
 
