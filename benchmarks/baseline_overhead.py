@@ -35,6 +35,7 @@ from benchmarks.common import (
     wait_port,
     write_result,
     wrk,
+    wrk_script,
 )
 from inferno.launcher import free_port
 
@@ -56,13 +57,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="inferno-baseline-") as name:
         tmp = Path(name)
         baseline = checkout(args.baseline, tmp / "baseline")
-        scripts = {}
-        for workload, body in WORKLOADS.items():
-            script = tmp / f"{workload}.lua"
-            script.write_text(
-                f'wrk.method = "POST"\nwrk.body = \'{body}\'\nwrk.headers["Content-Type"] = "application/json"\n'
-            )
-            scripts[workload] = script
+        scripts = {
+            workload: wrk_script(tmp / f"{workload}.lua", body) for workload, body in WORKLOADS.items()
+        }
         with procs(tmp / "logs") as p:
             backends = [free_port(), free_port()]
             for i, port in enumerate(backends):

@@ -207,6 +207,14 @@ def median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+def wrk_script(path: Path, body: str) -> Path:
+    """A wrk Lua script that POSTs ``body`` as JSON (more headers may be appended)."""
+    path.write_text(
+        f'wrk.method = "POST"\nwrk.body = \'{body}\'\nwrk.headers["Content-Type"] = "application/json"\n'
+    )
+    return path
+
+
 def wrk_output(port: int, script: Path, seconds: float, concurrency: int, *, latency: bool = False) -> str:
     """Run wrk (one thread, pinned to the load core) with a Lua ``script`` on ``/inference``."""
     cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s"]

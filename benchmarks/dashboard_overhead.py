@@ -39,6 +39,7 @@ from benchmarks.common import (
     wait_port,
     write_result,
     wrk,
+    wrk_script,
 )
 from inferno.launcher import free_port
 
@@ -81,10 +82,7 @@ def main() -> None:
     feed_bytes: list[int] = []
     with tempfile.TemporaryDirectory(prefix="inferno-dash-") as name:
         tmp = Path(name)
-        script = tmp / "post.lua"
-        script.write_text(
-            f'wrk.method = "POST"\nwrk.body = \'{BODY}\'\nwrk.headers["Content-Type"] = "application/json"\n'
-        )
+        script = wrk_script(tmp / "post.lua", BODY)
         with procs(tmp / "logs") as p:
             backends = [free_port(), free_port()]
             for i, port in enumerate(backends):

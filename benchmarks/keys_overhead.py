@@ -34,6 +34,7 @@ from benchmarks.common import (
     wait_port,
     write_result,
     wrk,
+    wrk_script,
 )
 from inferno.launcher import free_port
 
@@ -67,10 +68,7 @@ def main() -> None:
             timeout=60,
             check=True,
         ).stdout.strip()
-        plain = tmp / "plain.lua"
-        plain.write_text(
-            f'wrk.method = "POST"\nwrk.body = \'{BODY}\'\nwrk.headers["Content-Type"] = "application/json"\n'
-        )
+        plain = wrk_script(tmp / "plain.lua", BODY)
         keyed = tmp / "keyed.lua"
         keyed.write_text(plain.read_text() + f'wrk.headers["Authorization"] = "Bearer {key}"\n')
         with procs(tmp / "logs") as p:
