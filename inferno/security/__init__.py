@@ -1,9 +1,10 @@
 """Cluster and client authentication: the cluster token, API keys, budgets and usage."""
 
-from inferno.security.keys import ApiKey, KeyStore, connect, key_id, verify
+from inferno.security.keys import ApiKey, KeyStore, key_id, verify
 from inferno.security.ratelimit import TokenBucket
 from inferno.security.token import TOKEN_ENV, ClusterAuth, new_token, read_token
 from inferno.security.usage import Usage, UsageLedger
+from inferno.state import connect
 
 __all__ = [
     "TOKEN_ENV",

@@ -11,36 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
-
-from inferno.errors import ConfigError
-
-DB_NAME = "inferno.db"
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    rpm INTEGER,
-    tpm INTEGER,
-    models TEXT,
-    created REAL NOT NULL,
-    revoked REAL
-);
-CREATE TABLE IF NOT EXISTS usage (
-    key_id TEXT NOT NULL,
-    model TEXT NOT NULL,
-    requests INTEGER NOT NULL DEFAULT 0,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (key_id, model)
-);
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,23 +51,6 @@ def key_id(key: str) -> str | None:
     if len(parts) != 3 or parts[0] != "ik" or len(parts[1]) != 8 or len(parts[2]) < 16:
         return None
     return parts[1]
-
-
-def connect(state_dir: Path) -> sqlite3.Connection:
-    """The state database; a new directory and file are made readable by their owner only
-    (API key hashes, names and usage are nobody else's business; SQLite gives its -wal and
-    -shm files the database file's mode)."""
-    try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = state_dir / DB_NAME
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(SCHEMA)
-    except (OSError, sqlite3.Error) as exc:
-        raise ConfigError(f"cannot open the state database in {state_dir}: {exc}") from None
-    return db
 
 
 class KeyStore:

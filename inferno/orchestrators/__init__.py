@@ -1,0 +1,11 @@
+"""Orchestrators run deployment instances: registered by name (``Orchestrator.create``)."""
+
+from inferno.orchestrators.base import (
+    DesiredDeployment,
+    InstanceInfo,
+    InstanceState,
+    Orchestrator,
+    OrchestratorContext,
+)
+
+__all__ = ["DesiredDeployment", "InstanceInfo", "InstanceState", "Orchestrator", "OrchestratorContext"]
