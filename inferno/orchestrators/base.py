@@ -125,8 +125,11 @@ class Orchestrator(ABC):
 
     @abstractmethod
     async def reconcile(self, desired: Sequence[DesiredDeployment]) -> None:
-        """One idempotent step towards ``desired``; deployments absent from it (not
-        merely deleting) are left alone unless the orchestrator knows they were deleted."""
+        """One idempotent step towards ``desired``, which is the *whole* desired state:
+        instances of a deployment absent from it are drained and stopped (after a
+        restart, that is how instances nobody knows any more are cleaned up). Must not
+        block for long: starts and drains proceed in the background, and the next
+        call sees their progress."""
 
     @abstractmethod
     def instances(self) -> list[InstanceInfo]:
