@@ -19,16 +19,20 @@ LAYERS: dict[str, int] = {
     "config": 0,
     "schemas": 0,
     "http": 0,
+    "state": 0,
     "observability": 1,
     "security": 1,
     "engines": 2,
     "api": 3,
+    "deployments": 3,
+    "orchestrators": 3,
     "registry": 4,
     "policies": 4,
     "proxy": 5,
     "backend": 5,
     "bench": 5,
     "launcher": 6,
+    "controller": 6,
     "healthcheck": 6,
     "cli": 7,
     "__main__": 7,
@@ -41,6 +45,8 @@ FORBIDDEN = {
     ("proxy", "backend"),
     ("bench", "proxy"),
     ("bench", "backend"),
+    # the proxy never holds the Docker socket: the controller does
+    ("proxy", "controller"),
 }
 
 
