@@ -115,6 +115,7 @@ class AdmissionController:
             "deadline": 0,
             "queue_timeout": 0,
             "cold_start_pending": 0,
+            "cold_start_timeout": 0,
         }
         registry.on_change(self.dispatch)
         registry.on_removed(self.forget)
@@ -350,7 +351,7 @@ class AdmissionController:
 
     def _expire(self, waiter: Waiter, timeout: float) -> None:
         if waiter.cold and not waiter.future.done():
-            self.rejected["cold_start_timeout"] = self.rejected.get("cold_start_timeout", 0) + 1
+            self.rejected["cold_start_timeout"] += 1
             waiter.future.set_exception(
                 ColdStartTimeout(
                     f"no instance of {waiter.ctx.model} started within {timeout:.3g}s; retry later",
