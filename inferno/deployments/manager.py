@@ -65,6 +65,8 @@ class DeploymentManager:
         #: start and stop events, for the dashboard's log (bounded)
         self.events: list[dict[str, Any]] = []
         self._on_event: list[Callable[[dict[str, Any]], object]] = []
+        #: instance id -> (deployment, state) at the last tick: starts and stops become events
+        self._seen: dict[str, tuple[str, str]] = {}
         for record in store.all():
             self._adopt(record)
 
@@ -221,6 +223,7 @@ class DeploymentManager:
         """Sample every deployment's demand once and apply the autoscaler's decisions."""
         changed = False
         instances = self.driver.instances()
+        self._instance_events(instances)
         for ident, record in list(self._records.items()):
             if record.deleting:
                 if not any(i.deployment == ident for i in instances) and self.driver.connected():
@@ -240,6 +243,25 @@ class DeploymentManager:
                 self._records[ident] = self._store.update(record, replicas=decision.replicas)
         if changed:
             self._publish()
+
+    def _instance_events(self, instances: list[InstanceInfo]) -> None:
+        now: dict[str, tuple[str, str]] = {i.id: (i.deployment, str(i.state)) for i in instances}
+        if now == self._seen:
+            return
+        for instance in instances:
+            before = self._seen.get(instance.id)
+            if before is None or before[1] != instance.state:
+                where = f" at {instance.address}" if instance.address else ""
+                self._event(
+                    instance.deployment,
+                    "instance",
+                    f"instance {instance.id} {instance.state} on {instance.node}{where}",
+                    instance=instance.id,
+                )
+        for ident, (deployment, _) in self._seen.items():
+            if ident not in now:
+                self._event(deployment, "instance", f"instance {ident} stopped", instance=ident)
+        self._seen = now
 
     def _forget(self, ident: str) -> None:
         self._store.delete(ident)
@@ -265,8 +287,14 @@ class DeploymentManager:
     def on_event(self, listener: Callable[[dict[str, Any]], object]) -> None:
         self._on_event.append(listener)
 
-    def _event(self, ident: str, kind: str, detail: str) -> None:
-        event = {"time": self._wall(), "deployment": ident, "event": kind, "detail": detail}
+    def _event(self, ident: str, kind: str, detail: str, *, instance: str = "") -> None:
+        event = {
+            "time": self._wall(),
+            "deployment": ident,
+            "event": kind,
+            "detail": detail,
+            "instance": instance,
+        }
         self.events.append(event)
         del self.events[:-200]
         for listener in self._on_event:
