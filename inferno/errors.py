@@ -34,6 +34,7 @@
     │   ├── UpstreamProtocolError    the connection broke or the backend spoke bad HTTP
     │   └── UpstreamStatusError      the backend answered with a retryable 5xx
     ├── RegistrationRefused          the proxy refused a backend's registration (backend side)
+    ├── AdminError                   the admin API refused a call, or was not reached (client side)
     ├── InjectedError                a failure injected by the chaos hooks, with the status asked for
     ├── EngineError                  the model runtime failed (backend side)
     │   └── ModelMissing             the model file is not installed
@@ -327,6 +328,14 @@ class ModelMissing(EngineError):
 
 class ConfigError(InfernoError):
     pass
+
+
+class AdminError(InfernoError):
+    """The admin API refused a call (its status and message), or could not be reached."""
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def status_for(exc: BaseException) -> int:

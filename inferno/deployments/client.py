@@ -12,15 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from inferno.errors import InfernoError
-
-
-class AdminError(InfernoError):
-    """The admin API refused a call (its status and message), or could not be reached."""
-
-    def __init__(self, message: str, *, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
+from inferno.errors import AdminError
 
 
 class AdminClient:
