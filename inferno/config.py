@@ -398,6 +398,9 @@ class BackendConfig(_Frozen):
     discovery_lb: str | None = None
     advertise_addr: str | None = None
     node_id: str | None = None
+    #: the model id this backend registers and answers to, whatever its engine's file is
+    #: called (a deployment's instances register under the deployment's model id)
+    model_id: str | None = None
     #: registered engine names, one model each (validated when the engines are created);
     #: a string is split on commas
     engine: tuple[str, ...] = ("llamacpp",)

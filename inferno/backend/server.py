@@ -66,6 +66,12 @@ class BackendServer:
     def __init__(self, config: BackendConfig, engines: Sequence[Engine] | None = None) -> None:
         self.config = config
         self.engines = list(engines) if engines is not None else create_engines(config)
+        if config.model_id is not None:
+            if len(self.engines) != 1:
+                raise ConfigError("--model-id names the model of one engine: run one engine with it")
+            # Minimal: set before the service indexes engines by model id (main renames
+            # after the engine loaded, for engines that name their model when loading).
+            self.engines[0].model_id = config.model_id
         self.service = InferenceService(self.engines)
         self.auth = ClusterAuth(
             config.cluster_token.get_secret_value() if config.cluster_token else None,
