@@ -281,6 +281,8 @@ class LocalOrchestrator(Orchestrator, name="local"):
         spec = desired.spec
         instance_id = f"{desired.id}-{secrets.token_hex(4)}"
         data_port, ops_port = free_port(), free_port()
+        while ops_port == data_port:
+            ops_port = free_port()
         scaling = spec.auto_scaling_config
         argv = backend_argv(
             self._python, spec, instance_id, (data_port, ops_port), self._discovery_lb, self._model_dir
