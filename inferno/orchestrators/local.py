@@ -62,6 +62,8 @@ OPTIONS: dict[str, type] = {
     "backoff_base_s": float,
     "backoff_max_s": float,
 }
+#: the node every local instance runs on
+NODE = socket.gethostname()
 BeforeStop = Callable[[InstanceInfo], Awaitable[None]]
 
 
@@ -75,9 +77,7 @@ class _Instance:
 
     def info(self) -> InstanceInfo:
         r = self.record
-        return InstanceInfo(
-            r.id, r.deployment, r.generation, self.state, socket.gethostname(), r.address, r.started
-        )
+        return InstanceInfo(r.id, r.deployment, r.generation, self.state, NODE, r.address, r.started)
 
 
 class LocalOrchestrator(Orchestrator, name="local"):
@@ -309,7 +309,17 @@ class LocalOrchestrator(Orchestrator, name="local"):
             drain_timeout_s=scaling.drain_timeout_s,
             cold_start_timeout_s=scaling.cold_start_timeout_s,
         )
-        self._store.write(record)
+        try:
+            self._store.write(record)
+        except OSError as exc:
+            # Untracked, it would outlive us unseen: better not run at all.
+            logger.error(
+                "Instance %s of %s: cannot write its record (%s): killed", instance_id, desired.id, exc
+            )
+            process.signal(signal.SIGKILL)
+            self._reap_later(process, instance_id)
+            self._failed_start(desired.id)
+            return False
         self._instances[instance_id] = _Instance(record, process, "starting", now)
         backoff.starts += 1
         if backoff.failures:
@@ -393,8 +403,8 @@ class LocalOrchestrator(Orchestrator, name="local"):
     def _fail(self, inst: _Instance, why: str) -> None:
         record = inst.record
         logger.warning("Instance %s of %s failed (pid %d): %s", record.id, record.deployment, record.pid, why)
-        if inst.state == "starting":
-            self._failed_start(record.deployment)
+        # A ready instance that dies counts too: a crash loop restarts at most once a window.
+        self._failed_start(record.deployment)
         inst.state = "failed"
 
     def _wake_at(self, when: float) -> None:
@@ -424,7 +434,7 @@ class LocalOrchestrator(Orchestrator, name="local"):
             elif inst.state == "starting" and now - inst.since > inst.record.cold_start_timeout_s:
                 self._fail(inst, f"not ready within {inst.record.cold_start_timeout_s:.0f}s: killed")
                 inst.process.signal(signal.SIGKILL)
-                self._reap_later(inst)
+                self._reap_later(inst.process, inst.record.id)
                 changed = True
             elif inst.state == "starting":
                 starting.append(inst)
@@ -436,12 +446,13 @@ class LocalOrchestrator(Orchestrator, name="local"):
         if changed:
             self._step()
 
-    def _reap_later(self, inst: _Instance) -> None:
-        popen = inst.process.popen
-        if popen is not None:
-            task = asyncio.create_task(reap(popen.poll), name=f"reap-{inst.record.id}")
-            self._stops.setdefault(f"reap-{inst.record.id}", task)
-            task.add_done_callback(lambda _: self._stops.pop(f"reap-{inst.record.id}", None))
+    def _reap_later(self, process: InstanceProcess, instance_id: str) -> None:
+        """Reap a killed child of ours in the background (adopted ones are not ours)."""
+        if process.popen is not None:
+            key = f"reap-{instance_id}"
+            task = asyncio.create_task(reap(process.popen.poll), name=key)
+            self._stops[key] = task
+            task.add_done_callback(lambda _: self._stops.pop(key, None))
 
     async def _probe_all(self, starting: list[_Instance]) -> bool:
         tasks = {asyncio.create_task(self._probe(i.record)): i for i in starting}
