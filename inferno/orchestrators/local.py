@@ -235,6 +235,8 @@ class LocalOrchestrator(Orchestrator, name="local"):
         names = set(self._desired) | {i.record.deployment for i in self._instances.values()}
         for name in sorted(names):
             self._step_deployment(name, self._desired.get(name))
+        for name in set(self._backoff) - names:
+            del self._backoff[name]  # a deployment that is gone starts afresh if it comes back
 
     def _step_deployment(self, name: str, desired: DesiredDeployment | None) -> None:
         mine = [i for i in self._instances.values() if i.record.deployment == name]
