@@ -453,10 +453,11 @@ def banner(cluster: Launcher, models: dict[str, str]) -> str:
 
 
 def apply_deployments(cluster: Launcher, path: Path) -> list[str]:
-    from inferno.deployments.client import AdminClient, apply, read_file
+    from inferno.deployments.apply import apply_file
+    from inferno.deployments.client import AdminClient
 
     token = cluster.admin_token_file.read_text(encoding="utf-8").strip()
-    return apply(AdminClient(cluster.ops_url, token), read_file(path))
+    return apply_file(AdminClient(cluster.ops_url, token), path)
 
 
 def run_up(plan: ClusterPlan, *, ready_timeout_s: float = 180.0) -> int:
