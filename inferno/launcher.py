@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 
 from inferno.errors import InfernoError
+from inferno.orchestrators.processes import free_port
 from inferno.security import TOKEN_ENV, new_token
 
 PR_SET_PDEATHSIG = 1
@@ -51,12 +52,6 @@ class ClusterPlan:
     state_dir: str = ".inferno"
     #: a deployments file applied once the proxy is up (``--deployments``)
     deployments_file: str | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def port_in_use(port: int) -> bool:
@@ -373,7 +368,8 @@ class Launcher:
         return 0
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """Backends first (they drain and deregister), then the proxy."""
+        """Backends first (they drain and deregister), then the proxy, then the deployment
+        instances the proxy ran (they outlive it on purpose: a killed proxy adopts them)."""
         backends = [c.popen for c in self.backends if c.popen is not None]
         proxy = [self.proxy.popen] if self.proxy is not None and self.proxy.popen is not None else []
         for group in (backends, proxy):
@@ -387,6 +383,11 @@ class Launcher:
                 except subprocess.TimeoutExpired:
                     child.kill()
                     child.wait(timeout=5)
+        from inferno.orchestrators.processes import stop_all
+
+        stopped = stop_all(self.plan.state_dir, timeout_s=timeout_s)
+        if stopped:
+            print(f"inferno up: stopped {stopped} deployment instance(s)", flush=True)
 
 
 def example_photo(cwd: Path | None = None) -> str:

@@ -12,8 +12,9 @@ way SkyServe keeps its autoscaler out of its load balancer. For one deployment:
   quiet sample in a burst changes nothing), after ``downscale_delay_s`` of calling
   for fewer instances; a sawtooth whose gaps are shorter than that never scales down;
 - the last instance stays while anything is queued or in flight, and for
-  ``keep_alive_s`` after the last request arrived; only then does a deployment with
-  ``min_instances`` 0 go to zero;
+  ``keep_alive_s`` after the last request arrived or was last seen running; only
+  then does a deployment with ``min_instances`` 0 go to zero (at once: the look-back
+  window does not hold the last instance);
 - everything is clamped to ``min_instances..max_instances``.
 """
 
@@ -83,6 +84,8 @@ class Autoscaler:
         now = self._clock()
         samples = state.samples
         samples.append((now, demand))
+        if demand > 0:
+            state.last_request = now  # busy: idleness counts from the last activity
         while samples and samples[0][0] < now - cfg.look_back_s:
             samples.popleft()
         return self._decide(state, cfg, now, demand)
@@ -110,10 +113,10 @@ class Autoscaler:
         state.above_since = None
         if current > cfg.max_instances:
             return self._set(state, cfg.max_instances, "above max_instances")
+        if floor == 0 and current == 1:
+            # The last instance goes when keep-alive says so, not after a second delay.
+            return self._set(state, 0, f"idle for keep_alive_s ({cfg.keep_alive_s:g}s)")
         if down < current:
-            if floor == 0 and current == 1 and peak == 0:
-                # The last instance goes when keep-alive says so, not after a second delay.
-                return self._set(state, 0, f"idle for keep_alive_s ({cfg.keep_alive_s:g}s)")
             if state.below_since is None:
                 state.below_since = now
             if now - state.below_since >= cfg.downscale_delay_s:

@@ -89,6 +89,12 @@ class DeploymentManager:
             self.autoscaler.request_arrived(model)
         return cfg
 
+    def default_for(self, task: str) -> str | None:
+        for ident in self._live:
+            if _task(self._records[ident].spec.backend) == task:
+                return ident
+        return None
+
     def wake(self, model: str) -> None:
         """A request waits for ``model`` with no instance to serve it: decide now."""
         self._wake.set()

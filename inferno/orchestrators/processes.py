@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -173,6 +174,27 @@ class InstanceProcess:
         except ProcessLookupError:
             return False
         return True
+
+
+def stop_all(state_dir: str, timeout_s: float = 40.0) -> int:
+    """Drain and stop every recorded instance under ``state_dir`` (``inferno up``'s Ctrl-C):
+    SIGTERM, a bounded wait, then SIGKILL. Returns how many were running."""
+    store = RecordStore(state_dir)
+    if not store.root.is_dir():
+        return 0
+    running = [
+        (record, process)
+        for record in store.load()
+        if (process := InstanceProcess(record.pid, record.pid_start)).signal(signal.SIGTERM)
+    ]
+    deadline = time.monotonic() + timeout_s
+    for record, process in running:
+        while process.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)  # bounded by the deadline; adopted pids cannot be waited on
+        if process.alive():
+            process.signal(signal.SIGKILL)
+        store.remove(record.id)
+    return len(running)
 
 
 def spawn(argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> InstanceProcess:

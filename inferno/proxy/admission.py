@@ -61,8 +61,8 @@ class Waiter:
     urgent: bool = False
     #: when the request's own deadline passes (clock time)
     deadline: float = math.inf
-    #: waiting for a deployment's instance to start (there was none to route to)
-    cold: bool = False
+    #: the deployment whose instance it waits to start ("": not a cold start)
+    cold: str = ""
     #: told how long a cold start took, when the waiter is handed its backend
     on_cold: Callable[[float], None] | None = None
 
@@ -161,9 +161,16 @@ class AdmissionController:
         to ``timeout_s`` for a backend to become routable again.
         """
         eligible = self._eligible(ctx, tried)
-        limits = self.cold_starts.lookup(ctx.model) if self.cold_starts is not None else None
-        if limits is not None and not eligible and not self._registry.routable_for(ctx.model, ctx.task):
-            return await self._cold_start(ctx, tried, limits, timeout_s, on_cold)
+        limits = None
+        if self.cold_starts is not None:
+            model = ctx.model
+            if model is None and not eligible:
+                # no model named: a deployment doing the task may start for it
+                model = self.cold_starts.default_for(ctx.task)
+            limits = self.cold_starts.lookup(model)
+            if limits is not None and not eligible and not self._registry.routable_for(ctx.model, ctx.task):
+                assert model is not None
+                return await self._cold_start(ctx, model, tried, limits, timeout_s, on_cold)
         if urgent:
             free = self._with_capacity(eligible)
             if free:
@@ -212,6 +219,7 @@ class AdmissionController:
     async def _cold_start(
         self,
         ctx: RequestContext,
+        model: str,
         tried: frozenset[str],
         limits: AutoScalingLimits,
         timeout_s: float,
@@ -220,8 +228,7 @@ class AdmissionController:
         """Wait for an instance of a deployment that has none routable: at most
         ``max_pending`` requests per deployment, each for at most its cold-start timeout
         (or its own deadline, when nearer); then 503 ``cold_start_timeout``."""
-        assert self.cold_starts is not None and ctx.model is not None
-        model = ctx.model
+        assert self.cold_starts is not None
         pending = self._pending.get(model, 0)
         if pending >= limits.max_pending:
             self.rejected["cold_start_pending"] += 1
@@ -231,7 +238,7 @@ class AdmissionController:
                 retry_after_s=max(1, math.ceil(limits.cold_start_timeout_s / 4)),
             )
         self.cold_starts.wake(model)
-        waiter = Waiter(ctx, tried, self._clock(), self._future(), cold=True, on_cold=on_cold)
+        waiter = Waiter(ctx, tried, self._clock(), self._future(), cold=model, on_cold=on_cold)
         wait_s = min(timeout_s, limits.cold_start_timeout_s)
         waiter.deadline = waiter.arrival + timeout_s
         self._pending[model] = pending + 1
@@ -354,7 +361,7 @@ class AdmissionController:
             self.rejected["cold_start_timeout"] += 1
             waiter.future.set_exception(
                 ColdStartTimeout(
-                    f"no instance of {waiter.ctx.model} started within {timeout:.3g}s; retry later",
+                    f"no instance of {waiter.cold} started within {timeout:.3g}s; retry later",
                     retry_after_s=max(1, math.ceil(timeout / 4)),
                 )
             )
@@ -443,8 +450,8 @@ class AdmissionController:
             waiter.future.set_result(worker)
 
     def _cold_started(self, waiter: Waiter, waited_s: float) -> None:
-        assert self.cold_starts is not None and waiter.ctx.model is not None
-        self.cold_starts.observe_cold_start(waiter.ctx.model, waited_s)
+        assert self.cold_starts is not None
+        self.cold_starts.observe_cold_start(waiter.cold, waited_s)
         if waiter.on_cold is not None:
             waiter.on_cold(waited_s)
 

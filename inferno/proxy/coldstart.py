@@ -10,6 +10,9 @@ class ColdStarts(Protocol):
 
     def lookup(self, model: str | None) -> AutoScalingLimits | None: ...
 
+    def default_for(self, task: str) -> str | None:
+        """A live deployment doing ``task``, for a request that names no model."""
+
     def wake(self, model: str) -> None: ...
 
     def refused(self, model: str) -> None: ...

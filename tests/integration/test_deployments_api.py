@@ -321,3 +321,21 @@ async def test_a_restarted_proxy_keeps_deployments_replicas_and_keep_alive(
         assert again.deployments.autoscaler.replicas("dep") == 1
     finally:
         await controller.aclose()
+
+
+async def test_a_request_naming_no_model_cold_starts_the_deployment_doing_its_task(
+    make_proxy: Callable[..., Any], client: httpx.AsyncClient
+) -> None:
+    proxy = await make_proxy()
+    url, ops = urls(proxy)
+    await client.post(f"{ops}/v1/deployments", headers=AUTH, json=spec(cold_start_timeout_s=20))
+    controller = Controller(proxy, client)
+    try:
+        task = asyncio.create_task(client.post(f"{url}/inference", json={"prompt": "hi", "max_tokens": 4}))
+        assert (await controller.desired(wait_s=5))["deployments"][0]["replicas"] == 1
+        await controller.start("dep")
+        r = await task
+        assert r.status_code == 200, r.text
+        assert "x-inferno-cold-start" in r.headers
+    finally:
+        await controller.aclose()

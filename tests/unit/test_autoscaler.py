@@ -141,3 +141,13 @@ def test_keep_alive_is_carried_over_a_restart() -> None:
 def test_no_request_ever_and_min_zero_stays_at_zero() -> None:
     scaler, clock = new()
     assert run(scaler, clock, cfg(), [0] * 10) == [0] * 10
+
+
+def test_keep_alive_counts_from_the_last_activity_not_the_last_arrival() -> None:
+    scaler, clock = new()
+    c = cfg(keep_alive_s=5, downscale_delay_s=1, look_back_s=30)
+    # one request arrives, then runs for 20 s (a long stream), then the deployment is idle
+    counts = run(scaler, clock, c, [1] + [1] * 40 + [0] * 12)
+    assert counts[:41] == [1] * 41
+    assert counts[41:50] == [1] * 9  # 4.5 s after the stream ended: kept alive
+    assert counts[-1] == 0  # then at once, although the 30 s window still holds demand
