@@ -195,7 +195,7 @@ class ProxyServer:
 
         def demand(model: str) -> tuple[int, int]:
             in_flight = sum(w.in_flight for w in registry.all() if w.serves(model))
-            return in_flight, admission.waiting_for(model)
+            return in_flight, max(admission.waiting_for(model), admission.pending_cold(model))
 
         manager = DeploymentManager(
             DeploymentStore(db),

@@ -331,6 +331,7 @@ async def test_a_request_naming_no_model_cold_starts_the_deployment_doing_its_ta
     await client.post(f"{ops}/v1/deployments", headers=AUTH, json=spec(cold_start_timeout_s=20))
     controller = Controller(proxy, client)
     try:
+        assert (await controller.desired())["deployments"][0]["replicas"] == 0
         task = asyncio.create_task(client.post(f"{url}/inference", json={"prompt": "hi", "max_tokens": 4}))
         assert (await controller.desired(wait_s=5))["deployments"][0]["replicas"] == 1
         await controller.start("dep")
