@@ -146,6 +146,7 @@ class LocalOrchestrator(Orchestrator, name="local"):
             context.discovery_lb,
             cluster_token=context.cluster_token,
             model_dir=context.model_dir,
+            before_stop=context.before_stop,
             **options,
         )
 

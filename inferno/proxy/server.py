@@ -22,7 +22,7 @@ from inferno.http.listener import HttpServer
 from inferno.http.server import fit_to_fd_limit, limits_from
 from inferno.observability.metrics import ProxyStats, new_registry
 from inferno.observability.tracing import Tracing
-from inferno.orchestrators.base import Orchestrator, OrchestratorContext
+from inferno.orchestrators.base import InstanceInfo, Orchestrator, OrchestratorContext
 from inferno.policies.base import LoadBalancingPolicy
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.app import ProxyApp
@@ -210,6 +210,16 @@ class ProxyServer:
         )
         return manager
 
+    async def _retire(self, instance: InstanceInfo) -> None:
+        """Before a deployment instance stops: no new requests go to it, and the ones in
+        flight finish (the orchestrator bounds this wait by the drain timeout)."""
+        worker = self.registry.retire(instance.address) if instance.address else None
+        if worker is None:
+            return
+        logger.info("Retiring %s (%s): %d in flight", instance.address, instance.id, worker.in_flight)
+        while worker.in_flight > 0:  # noqa: ASYNC110 - bounded by the caller's timeout
+            await asyncio.sleep(0.02)
+
     async def _start_deployments(self) -> None:
         manager = self.deployments
         if manager is None:
@@ -224,6 +234,7 @@ class ProxyServer:
                 cluster_token=token,
                 model_dir=cfg.model_dir,
                 options=cfg.orchestrator_options,
+                before_stop=self._retire,
             )
             await manager.driver.start_orchestrator(context)
             manager.driver.start()
