@@ -111,6 +111,7 @@ class BackendServer:
         self.data_address = await self.data_server.start(cfg.listen_host, cfg.listen_port)
         try:
             self.ops_address = await self._ops.start(cfg.ops_host, cfg.ops_port)
+            logger.info("Loading %s (node %s)", ",".join(e.name for e in self.engines), self.node_id)
             for engine in self.engines:
                 await engine.start()
             if cfg.model_id is not None:
