@@ -84,7 +84,7 @@ def request(url: str, kind: str, model: str) -> tuple[int, float]:
     else:
         import base64
 
-        body = {"model": model, "model_type": "any", "data": base64.b64encode(PHOTO.read_bytes()).decode()}
+        body = {"model_type": model, "data": base64.b64encode(PHOTO.read_bytes()).decode()}
         path = "/inference"
     first_byte = 0.0
     with httpx.stream("POST", url + path, json=body, timeout=180) as response:
