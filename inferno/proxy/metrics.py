@@ -70,7 +70,7 @@ class ProxyCollector(Collector):
         yield latency
         refused = CounterMetricFamily(
             "inferno_cluster_token_refusals",
-            "Requests refused for a missing or wrong cluster token (or over the dashboard's budget "
+            "Requests refused for a missing or wrong cluster or admin token (or over the dashboard's budget "
             "of wrong tries), by endpoint and reason",
             labels=["endpoint", "reason"],
         )
