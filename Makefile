@@ -155,6 +155,7 @@ bench: install-dev bench-deps
 	$(BIN)/python benchmarks/model_throughput.py
 	$(BIN)/python benchmarks/model_kinds.py
 	$(BIN)/python benchmarks/prefix_affinity.py
+	$(BIN)/python benchmarks/deployments.py
 	$(BIN)/python benchmarks/soak.py --duration $(SOAK_S)
 	$(BIN)/python benchmarks/render_readme.py
 

@@ -21,6 +21,7 @@ def main() -> None:
             "model_throughput",
             "model_kinds",
             "prefix_affinity",
+            "deployments",
             "soak",
         )
         if (HERE / "results" / f"{name}.md").exists()
