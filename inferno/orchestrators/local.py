@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from inferno.errors import ConfigError, UpstreamError
+from inferno.errors import UpstreamError
 from inferno.http.client import ResponseLimits, Timeouts, UpstreamPool, build_request
 from inferno.orchestrators.base import (
     DesiredDeployment,
@@ -46,6 +46,7 @@ from inferno.orchestrators.processes import (
     RecordStore,
     backend_argv,
     free_port,
+    parse_options,
     reap,
     spawn,
 )
@@ -128,19 +129,7 @@ class LocalOrchestrator(Orchestrator, name="local"):
 
     @classmethod
     def from_context(cls, context: OrchestratorContext) -> LocalOrchestrator:
-        options: dict[str, Any] = {}
-        for key, value in context.options:
-            kind = OPTIONS.get(key)
-            if kind is None:
-                raise ConfigError(
-                    f"the local orchestrator takes no option {key!r}; it takes {sorted(OPTIONS)}"
-                )
-            try:
-                options[key] = kind(value)
-            except ValueError:
-                raise ConfigError(f"orchestrator option {key}: {value!r} is not a {kind.__name__}") from None
-            if options[key] <= 0:
-                raise ConfigError(f"orchestrator option {key} must be positive")
+        options = parse_options(context.options, OPTIONS)
         return cls(
             context.state_dir,
             context.discovery_lb,
@@ -247,8 +236,8 @@ class LocalOrchestrator(Orchestrator, name="local"):
                 self._stop(inst, "its deployment is gone" if desired is None else "its deployment is deleted")
             return
         target = max(0, desired.replicas)
-        current = [i for i in live if i.record.generation == desired.generation]
-        old = [i for i in live if i.record.generation != desired.generation]
+        current = [i for i in live if self._current(i, desired)]
+        old = [i for i in live if not self._current(i, desired)]
         # Surplus of the current generation: the ones not serving yet go first, then the newest.
         if len(current) > target:
             order = sorted(current, key=lambda i: (i.state == "ready", -i.record.started))
@@ -266,12 +255,18 @@ class LocalOrchestrator(Orchestrator, name="local"):
         old_ready = sorted((i for i in old if i.state == "ready"), key=lambda i: i.record.started)
         keep = max(0, target - ready_current)
         draining_old = any(
-            i.state in ("draining", "stopping") and i.record.generation != desired.generation for i in mine
+            i.state in ("draining", "stopping") and not self._current(i, desired) for i in mine
         )
         if len(old_ready) > keep and (not draining_old or target == 0):
             surplus = old_ready[: len(old_ready) - keep]
             for inst in surplus if target == 0 else surplus[:1]:
                 self._stop(inst, f"generation {desired.generation} is ready")
+
+    def _current(self, inst: _Instance, desired: DesiredDeployment) -> bool:
+        """Of the desired generation, and registering where the proxy now listens (one
+        adopted from a proxy on another address is replaced like an old generation)."""
+        record = inst.record
+        return record.generation == desired.generation and record.discovery_lb in ("", self._discovery_lb)
 
     # -- acting --------------------------------------------------------------------------------
     def _start(self, desired: DesiredDeployment) -> bool:
@@ -311,6 +306,7 @@ class LocalOrchestrator(Orchestrator, name="local"):
             started=self._wall_clock(),
             drain_timeout_s=scaling.drain_timeout_s,
             cold_start_timeout_s=scaling.cold_start_timeout_s,
+            discovery_lb=self._discovery_lb,
         )
         try:
             self._store.write(record)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from inferno.deployments.spec import PATH_SUFFIXES, DeploymentSpec
+from inferno.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class InstanceRecord:
     #: the spec's drain and cold-start timeouts, for an instance whose deployment is gone
     drain_timeout_s: float = 30.0
     cold_start_timeout_s: float = 30.0
+    #: the proxy ops address it registers with: one that moved makes it stale
+    discovery_lb: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +95,7 @@ class InstanceRecord:
             started=float(data["started"]),
             drain_timeout_s=float(data.get("drain_timeout_s", 30.0)),
             cold_start_timeout_s=float(data.get("cold_start_timeout_s", 30.0)),
+            discovery_lb=str(data.get("discovery_lb", "")),
         )
 
 
@@ -281,3 +285,19 @@ async def reap(poll: Callable[[], int | None], timeout_s: float = 10.0) -> None:
         if poll() is not None:
             return
         await asyncio.sleep(0.05)
+
+
+def parse_options(pairs: Sequence[tuple[str, str]], kinds: Mapping[str, type[float]]) -> dict[str, Any]:
+    """``--orchestrator-option KEY=VALUE`` pairs, each a positive number of a known key."""
+    options: dict[str, Any] = {}
+    for key, value in pairs:
+        kind = kinds.get(key)
+        if kind is None:
+            raise ConfigError(f"the local orchestrator takes no option {key!r}; it takes {sorted(kinds)}")
+        try:
+            options[key] = kind(value)
+        except ValueError:
+            raise ConfigError(f"orchestrator option {key}: {value!r} is not a {kind.__name__}") from None
+        if options[key] <= 0:
+            raise ConfigError(f"orchestrator option {key} must be positive")
+    return options
