@@ -278,3 +278,52 @@ async def test_a_removed_backend_is_measured_afresh() -> None:
     assert times is not None and times.service_s("h:1") == pytest.approx(100.0)
     adm._registry.deregister("h:1")
     assert times.service_s("h:1") is None
+
+
+class Deployment:
+    """A ``ColdStarts`` for one deployment, ``m``, whose instances may be starting."""
+
+    def __init__(self) -> None:
+        self.scaling_up = False
+        self.refusals = 0
+
+    def lookup(self, model: str | None) -> object:
+        from inferno.deployments.spec import AutoScalingConfig
+
+        return AutoScalingConfig() if model == "m" else None
+
+    def default_for(self, task: str) -> str | None:
+        return None
+
+    def wake(self, model: str) -> None:
+        pass
+
+    def refused(self, model: str) -> None:
+        self.refusals += 1
+
+    def starting(self, model: str) -> bool:
+        return self.scaling_up
+
+    def observe_cold_start(self, model: str, seconds: float) -> None:
+        pass
+
+
+async def test_a_deployment_starting_instances_is_not_refused_by_what_runs_now() -> None:
+    clock = FakeClock()
+    adm = setup(clock, wait_estimate_min_samples=5, queue_timeout_s=10.0)
+    deployment = Deployment()
+    adm.cold_starts = deployment  # type: ignore[assignment]
+    await serve(adm, clock, 5, hold_s=1.0)  # 1 request/s on what runs now
+    holder = await adm.acquire(rc("holder"), timeout_s=60)
+    waiters = [await queue(adm, RequestContext(f"w{i}", model="m"), timeout_s=60) for i in range(10)]
+    # What runs now cannot start an eleventh in time: refused, and counted as demand.
+    with pytest.raises(Overloaded, match="expected wait"):
+        await adm.acquire(RequestContext("late", model="m"), timeout_s=60)
+    assert deployment.refusals == 1
+    # Once the autoscaler is starting more instances, the estimate from what runs now
+    # does not apply: the request waits for the capacity that is coming.
+    deployment.scaling_up = True
+    extra = await queue(adm, RequestContext("extra", model="m"), timeout_s=60)
+    assert not extra.done()
+    await cancel([*waiters, extra])
+    adm.release(holder)
