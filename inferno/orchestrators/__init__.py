@@ -7,5 +7,13 @@ from inferno.orchestrators.base import (
     Orchestrator,
     OrchestratorContext,
 )
+from inferno.orchestrators.swarm import SwarmOrchestrator
 
-__all__ = ["DesiredDeployment", "InstanceInfo", "InstanceState", "Orchestrator", "OrchestratorContext"]
+__all__ = [
+    "DesiredDeployment",
+    "InstanceInfo",
+    "InstanceState",
+    "Orchestrator",
+    "OrchestratorContext",
+    "SwarmOrchestrator",
+]

@@ -21,10 +21,14 @@ LAYERS: dict[str, int] = {
     "http": 0,
     "observability": 1,
     "security": 1,
+    "state": 1,
     "engines": 2,
     "api": 3,
     "registry": 4,
     "policies": 4,
+    "deployments": 4,
+    "orchestrators": 4,
+    "controller": 5,
     "proxy": 5,
     "backend": 5,
     "bench": 5,
@@ -41,6 +45,9 @@ FORBIDDEN = {
     ("proxy", "backend"),
     ("bench", "proxy"),
     ("bench", "backend"),
+    ("controller", "proxy"),
+    ("controller", "backend"),
+    ("controller", "registry"),
 }
 
 
