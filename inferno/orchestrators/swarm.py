@@ -12,9 +12,9 @@ lossless.
 The Docker SDK is synchronous: every call runs on a small thread pool with a
 deadline, and Docker's exceptions become ``OrchestratorError`` at one boundary
 (``_DockerEngine.call``). Options (``--orchestrator-option KEY=VALUE``):
-``template`` (required), ``stack`` (default: the template's stack namespace),
-``docker_host`` (default: ``DOCKER_HOST`` or the local socket), ``call_timeout_s``
-(10), ``threads`` (4).
+``template`` (required: the service, or its name in the stack), ``stack``
+(default: the template's stack namespace), ``docker_host`` (default:
+``DOCKER_HOST`` or the local socket), ``call_timeout_s`` (10), ``threads`` (4).
 """
 
 from __future__ import annotations
@@ -172,8 +172,19 @@ class SwarmOrchestrator(Orchestrator, name="swarm"):
 
     # -- reading ---------------------------------------------------------------------------------
     async def _load_template(self) -> dict[str, Any]:
-        name = self._template_name
-        service = await self._engine.call(f"inspect {name}", lambda api: api.inspect_service(name))
+        """The template service's spec: ``<stack>_<template>`` when a stack is set
+        (``template=backend``, as the stack file names it), else ``<template>``."""
+        names = [self._template_name]
+        if self._stack and not self._template_name.startswith(f"{self._stack}_"):
+            names.insert(0, f"{self._stack}_{self._template_name}")
+        service: dict[str, Any] = {}
+        for i, name in enumerate(names):
+            try:
+                service = await self._engine.call(f"inspect {name}", functools.partial(_inspect, name=name))
+                break
+            except OrchestratorError as exc:
+                if not exc.not_found or i == len(names) - 1:
+                    raise
         spec: dict[str, Any] = service["Spec"]
         if self._stack is None:
             self._stack = (spec.get("Labels") or {}).get(LABEL_NAMESPACE)
@@ -341,6 +352,10 @@ class SwarmOrchestrator(Orchestrator, name="swarm"):
             if "update out of sequence" not in exc.message:
                 raise
             logger.info("Service %s changed under us; retrying on the next reconcile", spec["Name"])
+
+
+def _inspect(api: Any, *, name: str) -> dict[str, Any]:
+    return dict(api.inspect_service(name))
 
 
 def _create(api: Any, *, spec: dict[str, Any]) -> Any:

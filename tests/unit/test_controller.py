@@ -70,7 +70,9 @@ class FakeProxy:
                 head = await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode().split("\r\n")
                 method, target, _ = lines[0].split(" ")
-                headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+                headers = {
+                    k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)
+                }
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 status, payload = await self._route(method, target, headers, body)
                 writer.write(
@@ -85,7 +87,9 @@ class FakeProxy:
             self._writers.discard(writer)
             writer.close()
 
-    async def _route(self, method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+    async def _route(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, bytes]:
         if headers.get("authorization") != f"Bearer {TOKEN}":
             self.unauthorized += 1
             return 401, b'{"error":"admin token"}'
@@ -217,7 +221,9 @@ async def test_the_proxy_away_keeps_the_last_desired_state_and_scales_nothing_do
         reports = len(proxy.reports)
         await proxy.start()  # back, on the same port
         await proxy.publish([deployment("smol-dep", 1)])
-        await wait_for(lambda: controller.proxy_connected and orch.calls[-1] == [("smol-dep", 1)], timeout_s=3)
+        await wait_for(
+            lambda: controller.proxy_connected and orch.calls[-1] == [("smol-dep", 1)], timeout_s=3
+        )
         await wait_for(lambda: len(proxy.reports) > reports, timeout_s=2)
     finally:
         await controller.aclose()
