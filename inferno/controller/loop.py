@@ -86,6 +86,8 @@ class Controller:
         #: the last desired state the proxy sent (None: none yet)
         self.desired: DesiredState | None = None
         self.proxy_connected = False
+        #: a poll failed since the proxy last answered (its warning is written once)
+        self._poll_failed = False
         self.reconciles = 0
         self.reports = 0
         self.reconcile_error: str | None = None
@@ -120,10 +122,9 @@ class Controller:
             try:
                 state = await self._client.desired(after, self._wait)
             except (UpstreamError, ProxyRefused) as exc:
-                if self.proxy_connected or self.desired is None:
-                    logger.warning(
-                        "Proxy unreachable for the desired state: %s; instances stay as they are", exc
-                    )
+                if self.proxy_connected or not self._poll_failed:
+                    logger.warning("No desired state from the proxy: %s; instances stay as they are", exc)
+                self._poll_failed = True
                 self.proxy_connected = False
                 await asyncio.sleep(self._backoff.next())
                 continue
@@ -134,6 +135,7 @@ class Controller:
                 await asyncio.sleep(self._backoff.next())
                 continue
             self._backoff.reset()
+            self._poll_failed = False
             if not self.proxy_connected:
                 logger.info("Proxy answers: desired state version %d", state.version)
             self.proxy_connected = True
