@@ -225,6 +225,9 @@ class SwarmOrchestrator(Orchestrator, name="swarm"):
             if err and task_state(task) is None:
                 self._task_errors[deployment] = err
         self._instances = sorted(instances, key=lambda i: (i.deployment, i.id))
+        for info in instances:
+            if info.state == "ready":  # an old failure in the task history is over
+                self._task_errors.pop(info.deployment, None)
         self.connected = True
 
     def instances(self) -> list[InstanceInfo]:
