@@ -353,8 +353,19 @@ class ProxyConfig(_Frozen):
     insecure: bool = False
     #: every data-port request needs an API key (``inferno keys create``)
     require_api_key: bool = False
-    #: where the SQLite state (API keys, usage) lives
+    #: where the SQLite state (API keys, usage, deployments) lives
     state_dir: str = ".inferno"
+    #: the admin token: deployments and the controller's feed (``--admin-token-file``)
+    admin_token: SecretStr | None = None
+    #: who runs deployment instances: none (deployments off), local (processes on this
+    #: machine, run by the proxy), external (``inferno controller``, e.g. on Swarm)
+    orchestrator: Literal["none", "local", "external"] = "none"
+    #: settings of the orchestrator (``--orchestrator-option KEY=VALUE``)
+    orchestrator_options: tuple[tuple[str, str], ...] = ()
+    #: the only directory a deployment's engine options may name files in
+    model_dir: str | None = None
+    #: how often the autoscaler samples demand (a request at zero wakes it at once)
+    autoscale_tick_s: float = Field(0.5, gt=0, le=60)
     #: alias -> served model id, so OpenAI clients work unchanged (``--model-alias A=B``)
     model_aliases: dict[str, str] = Field(default_factory=dict)
 
@@ -398,6 +409,9 @@ class BackendConfig(_Frozen):
     discovery_lb: str | None = None
     advertise_addr: str | None = None
     node_id: str | None = None
+    #: the model id this backend registers and answers to, whatever its engine's file is
+    #: called (a deployment's instances register under the deployment's model id)
+    model_id: str | None = None
     #: registered engine names, one model each (validated when the engines are created);
     #: a string is split on commas
     engine: tuple[str, ...] = ("llamacpp",)

@@ -16,13 +16,15 @@
     │   ├── HeadersTooLarge          431: a header, all headers, or their count over the limit
     │   ├── RegistryFull             429: the proxy holds as many backends as it may
     │   ├── ModelNotFound            404: no backend serves the requested model
+    │   ├── Conflict                 409: the deployment exists (or is being deleted)
     │   └── PayloadTooLarge          413: body over the configured limit
     ├── Overloaded                   429: queue full, its wait ran out or would outlast the deadline
     ├── DeadlineExceeded             504: the request's own deadline passed
     ├── LoopDetected                 508: the request already passed through this proxy
     ├── NoBackendAvailable           503: nothing healthy to route to
     │   ├── Draining                 503 from a backend that is shutting down (retried elsewhere)
-    │   └── Loading                  503 from a backend still loading its model (retried elsewhere)
+    │   ├── Loading                  503 from a backend still loading its model (retried elsewhere)
+    │   └── ColdStartTimeout         503: a deployment's instance did not start within cold_start_timeout_s
     ├── TooManyConnections           503: the port's connection budget is spent
     ├── BodyBufferFull               503: the port's request-body memory budget is spent
     ├── ParserUnavailable            503: the proxy's body parsing process died on this body
@@ -32,6 +34,7 @@
     │   ├── UpstreamProtocolError    the connection broke or the backend spoke bad HTTP
     │   └── UpstreamStatusError      the backend answered with a retryable 5xx
     ├── RegistrationRefused          the proxy refused a backend's registration (backend side)
+    ├── AdminError                   the admin API refused a call, or was not reached (client side)
     ├── InjectedError                a failure injected by the chaos hooks, with the status asked for
     ├── EngineError                  the model runtime failed (backend side)
     │   └── ModelMissing             the model file is not installed
@@ -168,6 +171,11 @@ class ModelNotFound(ClientError):
     code = "model_not_found"
 
 
+class Conflict(ClientError):
+    status = 409
+    code = "conflict"
+
+
 class PayloadTooLarge(ClientError):
     status = 413
     code = "payload_too_large"
@@ -212,6 +220,19 @@ class NoBackendAvailable(InfernoError):
 
     def headers(self) -> bytes:
         return b"Retry-After: 1\r\n"
+
+
+class ColdStartTimeout(NoBackendAvailable):
+    """A request waited for a deployment at zero, and no instance started in time."""
+
+    code = "cold_start_timeout"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> bytes:
+        return b"Retry-After: %d\r\n" % self.retry_after_s
 
 
 class Draining(NoBackendAvailable):
@@ -336,6 +357,14 @@ class ProxyRefused(InfernoError):
 
 class ConfigError(InfernoError):
     pass
+
+
+class AdminError(InfernoError):
+    """The admin API refused a call (its status and message), or could not be reached."""
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def status_for(exc: BaseException) -> int:

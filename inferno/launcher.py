@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from inferno.errors import InfernoError
+from inferno.orchestrators.processes import free_port
 from inferno.security import TOKEN_ENV, new_token
 
 PR_SET_PDEATHSIG = 1
@@ -46,12 +48,10 @@ class ClusterPlan:
     log_format: str
     threads_per_backend: int
     extra_backend_args: tuple[str, ...] = field(default=())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    #: the proxy's state (deployments, API keys) and its admin token file
+    state_dir: str = ".inferno"
+    #: a deployments file applied once the proxy is up (``--deployments``)
+    deployments_file: str | None = None
 
 
 def port_in_use(port: int) -> bool:
@@ -92,10 +92,13 @@ def make_plan(
     policy: str,
     log_format: str,
     extra_backend_args: tuple[str, ...] = (),
-    models: tuple[str, ...] = (),
+    models: tuple[str, ...] | None = None,
+    state_dir: str = ".inferno",
+    deployments_file: str | None = None,
 ) -> ClusterPlan:
-    """``models`` (from ``parse_models``) overrides ``backends`` and ``engine``."""
-    engines = models or (engine,) * backends
+    """``models`` (from ``parse_models``; ``()``: no fixed backend at all, deployments
+    only) overrides ``backends`` and ``engine``."""
+    engines = models if models is not None else (engine,) * backends
     backends = len(engines)
     if free_ports:
         proxy_port, ops_port = free_port(), free_port()
@@ -110,7 +113,30 @@ def make_plan(
                 f"them, or run `inferno up --free-ports`."
             )
     threads = max(1, (os.cpu_count() or 2) // max(1, backends))
-    return ClusterPlan(proxy_port, ops_port, ports, engines, policy, log_format, threads, extra_backend_args)
+    return ClusterPlan(
+        proxy_port,
+        ops_port,
+        ports,
+        engines,
+        policy,
+        log_format,
+        threads,
+        extra_backend_args,
+        state_dir,
+        deployments_file,
+    )
+
+
+def admin_token_file(state_dir: Path) -> Path:
+    """``<state-dir>/admin-token``, made (owner-only) with a fresh token if missing, so that
+    ``inferno deploy`` on this machine finds it and a restart keeps it."""
+    path = state_dir / "admin-token"
+    if not path.exists():
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(new_token() + "\n")
+    return path
 
 
 def _die_with_parent() -> None:
@@ -209,6 +235,7 @@ class Launcher:
         self._stop = False
         # The cluster's token: the caller's INFERNO_CLUSTER_TOKEN, else a fresh random one.
         self.token = os.environ.get(TOKEN_ENV, "").strip() or new_token()
+        self.admin_token_file = Path(plan.state_dir) / "admin-token"
 
     @property
     def proxy_url(self) -> str:
@@ -232,6 +259,12 @@ class Launcher:
                 p.policy,
                 "--log-format",
                 p.log_format,
+                "--orchestrator",
+                "local",
+                "--state-dir",
+                p.state_dir,
+                "--admin-token-file",
+                str(admin_token_file(Path(p.state_dir))),
             ],
         )
         for i, (data_port, ops_port) in enumerate(p.backend_ports, start=1):
@@ -335,7 +368,8 @@ class Launcher:
         return 0
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """Backends first (they drain and deregister), then the proxy."""
+        """Backends first (they drain and deregister), then the proxy, then the deployment
+        instances the proxy ran (they outlive it on purpose: a killed proxy adopts them)."""
         backends = [c.popen for c in self.backends if c.popen is not None]
         proxy = [self.proxy.popen] if self.proxy is not None and self.proxy.popen is not None else []
         for group in (backends, proxy):
@@ -349,6 +383,11 @@ class Launcher:
                 except subprocess.TimeoutExpired:
                     child.kill()
                     child.wait(timeout=5)
+        from inferno.orchestrators.processes import stop_all
+
+        stopped = stop_all(self.plan.state_dir, timeout_s=timeout_s)
+        if stopped:
+            print(f"inferno up: stopped {stopped} deployment instance(s)", flush=True)
 
 
 def example_photo(cwd: Path | None = None) -> str:
@@ -373,6 +412,7 @@ def banner(cluster: Launcher, models: dict[str, str]) -> str:
         f"  ops         {cluster.ops_url}   (/health /workers /metrics)",
         f"  dashboard   {cluster.ops_url}/dashboard   (log in with the token)",
         f"  token       INFERNO_CLUSTER_TOKEN={cluster.token}   (what another backend needs to join)",
+        f"  deployments inferno deploy list   (admin token in {cluster.admin_token_file})",
     ]
     for i, (data_port, ops_port) in enumerate(cluster.plan.backend_ports, start=1):
         child = cluster.backends[i - 1].popen if i <= len(cluster.backends) else None
@@ -413,6 +453,14 @@ def banner(cluster: Launcher, models: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def apply_deployments(cluster: Launcher, path: Path) -> list[str]:
+    from inferno.deployments.apply import apply_file
+    from inferno.deployments.client import AdminClient
+
+    token = cluster.admin_token_file.read_text(encoding="utf-8").strip()
+    return apply_file(AdminClient(cluster.ops_url, token), path)
+
+
 def run_up(plan: ClusterPlan, *, ready_timeout_s: float = 180.0) -> int:
     cluster = Launcher(plan)
     signal.signal(signal.SIGINT, cluster.request_stop)
@@ -426,6 +474,13 @@ def run_up(plan: ClusterPlan, *, ready_timeout_s: float = 180.0) -> int:
             return 1
         if cluster._stop:
             return 0
+        if plan.deployments_file:
+            try:
+                for line in apply_deployments(cluster, Path(plan.deployments_file)):
+                    print(f"inferno up: deployment {line}", flush=True)
+            except (ValueError, InfernoError) as exc:
+                print(f"inferno up: {plan.deployments_file}: {exc}", file=sys.stderr)
+                return 1
         models: dict[str, str] = {}
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             _, listing = _get_json(f"{cluster.proxy_url}/v1/models")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import signal
 import socket
@@ -43,6 +44,9 @@ def default_advertise_host(listen_host: str) -> str:
     return "0.0.0.0" if address.startswith("127.") else address
 
 
+_MODEL_ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+
+
 def create_engines(config: BackendConfig) -> list[Engine]:
     """The configured engines, each given the options its own model declares; an
     option no chosen engine takes is a configuration error, not silently dropped."""
@@ -66,6 +70,11 @@ class BackendServer:
     def __init__(self, config: BackendConfig, engines: Sequence[Engine] | None = None) -> None:
         self.config = config
         self.engines = list(engines) if engines is not None else create_engines(config)
+        if config.model_id is not None:
+            if len(self.engines) != 1:
+                raise ConfigError("--model-id names the model of one engine: run one engine with it")
+            if not _MODEL_ID_RE.fullmatch(config.model_id):
+                raise ConfigError("--model-id must be 1-128 characters from [A-Za-z0-9_.:@-]")
         self.service = InferenceService(self.engines)
         self.auth = ClusterAuth(
             config.cluster_token.get_secret_value() if config.cluster_token else None,
@@ -102,8 +111,11 @@ class BackendServer:
         self.data_address = await self.data_server.start(cfg.listen_host, cfg.listen_port)
         try:
             self.ops_address = await self._ops.start(cfg.ops_host, cfg.ops_port)
+            logger.info("Loading %s (node %s)", ",".join(e.name for e in self.engines), self.node_id)
             for engine in self.engines:
                 await engine.start()
+            if cfg.model_id is not None:
+                self.service.rename(self.engines[0], cfg.model_id)
         except BaseException:
             await self.data_server.aclose()
             await self._ops.aclose()

@@ -87,6 +87,14 @@ class InferenceService:
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # prime: the next call reports usage since now
 
+    def rename(self, engine: Engine, model_id: str) -> None:
+        """Serve ``engine``'s model as ``model_id`` (``--model-id``), before it is ready."""
+        old = engine.model_id
+        engine.model_id = model_id
+        self.engines = {model_id if k == old else k: e for k, e in self.engines.items()}
+        self._slots = {model_id if k == old else k: v for k, v in self._slots.items()}
+        self.per_model = {model_id if k == old else k: v for k, v in self.per_model.items()}
+
     def engine_for(self, model: str | None, task: str) -> Engine:
         """The engine serving ``model`` (or, with no model, the first one doing ``task``)."""
         engine = self.engines.get(model) if model is not None else None

@@ -84,6 +84,11 @@ TUNABLES = (
 )
 @click.option("--node-id", default=None, help="Stable name (default: hostname-port).")
 @click.option(
+    "--model-id",
+    default=None,
+    help="Register and answer as this model id, whatever the engine's model is called (one engine only).",
+)
+@click.option(
     "--engine",
     default="llamacpp",
     show_default=True,
@@ -121,6 +126,7 @@ def backend(**opts: Any) -> None:
         discovery_lb=opts["discovery_lb"],
         advertise_addr=opts["advertise_addr"],
         node_id=opts["node_id"],
+        model_id=opts["model_id"],
         engine=opts["engine"],
         engine_options={name: opts[name] for name in sorted(own)},
         chaos=opts["chaos"],

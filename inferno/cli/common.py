@@ -79,6 +79,18 @@ def cluster_token(path: str | None) -> SecretStr | None:
     return SecretStr(token) if token else None
 
 
+def admin_token(path: str | None) -> SecretStr | None:
+    """The admin token from ``--admin-token-file`` or ``INFERNO_ADMIN_TOKEN``."""
+    from inferno.errors import ConfigError
+    from inferno.security import ADMIN_TOKEN_ENV, read_token
+
+    try:
+        token = read_token(path, env=ADMIN_TOKEN_ENV, what="admin token")
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message, param_hint="--admin-token-file") from None
+    return SecretStr(token) if token else None
+
+
 def logging_options(fn: Any) -> Any:
     fn = click.option(
         "--otlp-endpoint",

@@ -8,35 +8,24 @@ Docker socket), so the internet-facing proxy never does.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
 from pydantic import SecretStr
 
+from inferno.cli.common import admin_token as read_admin_token
 from inferno.cli.common import build, cluster_token, cluster_token_option, hostport, serve
-
-ADMIN_TOKEN_ENV = "INFERNO_ADMIN_TOKEN"
-MIN_TOKEN_CHARS = 16
 
 
 def admin_token(path: str | None) -> SecretStr:
-    """The admin token from ``--admin-token-file`` or ``INFERNO_ADMIN_TOKEN``."""
-    if path:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                token = handle.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--admin-token-file") from None
-    else:
-        token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
-    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+    """The admin token from ``--admin-token-file`` or ``INFERNO_ADMIN_TOKEN`` (required)."""
+    token = read_admin_token(path)
+    if token is None:
         raise click.BadParameter(
-            f"the admin token (--admin-token-file or {ADMIN_TOKEN_ENV}) must be at least "
-            f"{MIN_TOKEN_CHARS} characters without spaces",
+            "the controller needs the proxy's admin token: --admin-token-file or INFERNO_ADMIN_TOKEN",
             param_hint="--admin-token-file",
         )
-    return SecretStr(token)
+    return token
 
 
 def option_pairs(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -61,7 +50,7 @@ def _orchestrators() -> list[str]:
     "--admin-token-file",
     type=click.Path(dir_okay=False),
     default=None,
-    help=f"File holding the proxy's admin token (e.g. a Docker secret); without it, {ADMIN_TOKEN_ENV}.",
+    help="File holding the proxy's admin token (e.g. a Docker secret); without it, INFERNO_ADMIN_TOKEN.",
 )
 @click.option(
     "--orchestrator",

@@ -9,6 +9,7 @@ import click
 from pydantic import BaseModel
 
 from inferno.cli.common import (
+    admin_token,
     build,
     build_sections,
     cluster_token,
@@ -127,6 +128,40 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
     help="When no backend of MODEL can answer (none routable, or every try failed before the "
     "first byte), send the request to B, then C (repeatable).",
 )
+@click.option(
+    "--orchestrator",
+    type=click.Choice(["none", "local", "external"]),
+    default="none",
+    show_default=True,
+    help="Who runs deployment instances (docs/deployments.md): none (deployments off), local "
+    "(inferno backend processes on this machine), external (an inferno controller, e.g. on Swarm).",
+)
+@click.option(
+    "--orchestrator-option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A setting of the orchestrator (repeatable).",
+)
+@click.option(
+    "--admin-token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File holding the admin token that the deployments API and inferno controller need; "
+    "without it the token comes from INFERNO_ADMIN_TOKEN. Not the cluster token: backends never hold it.",
+)
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="The only directory whose files a deployment's backend_config may name (model_path).",
+)
+@click.option(
+    "--autoscale-tick-s",
+    type=float,
+    default=ProxyConfig.model_fields["autoscale_tick_s"].default,
+    show_default=True,
+    help="How often the autoscaler samples demand (a request at zero instances wakes it at once).",
+)
 @section_options(PROXY_SECTIONS)
 @cluster_token_option
 @logging_options
@@ -162,11 +197,26 @@ def proxy(**opts: Any) -> None:
         insecure=opts["insecure"],
         require_api_key=opts["require_api_key"],
         state_dir=opts["state_dir"],
+        orchestrator=opts["orchestrator"],
+        orchestrator_options=_pairs(opts["orchestrator_option"], "--orchestrator-option"),
+        admin_token=admin_token(opts["admin_token_file"]),
+        model_dir=opts["model_dir"],
+        autoscale_tick_s=opts["autoscale_tick_s"],
         **sections,
     )
     from inferno.proxy.server import run_proxy
 
     serve(lambda: run_proxy(config, grace_s=opts["grace_s"]), config.log_level, config.log_format, "Proxy")
+
+
+def _pairs(specs: tuple[str, ...], flag: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {spec!r}", param_hint=flag)
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
 
 
 def _aliases(specs: tuple[str, ...]) -> dict[str, str]:

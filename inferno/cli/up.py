@@ -32,8 +32,21 @@ from inferno.policies import available_policies
     default=None,
     help=(
         "A mixed cluster, one group per backend: engines joined by '+', '*N' repeats a group, "
-        "e.g. 'llamacpp*2,minilm+efficientnet-lite0'. Overrides --backends and --engine."
+        "e.g. 'llamacpp*2,minilm+efficientnet-lite0'. Overrides --backends and --engine. "
+        "'none': no fixed backend, deployments only (docs/deployments.md)."
     ),
+)
+@click.option(
+    "--state-dir",
+    default=".inferno",
+    show_default=True,
+    help="The proxy's state (deployments, API keys) and its admin token (admin-token).",
+)
+@click.option(
+    "--deployments",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="A deployments YAML file applied once the proxy is up (as inferno deploy apply -f).",
 )
 @click.option(
     "--policy",
@@ -61,8 +74,10 @@ def up(**opts: Any) -> None:
     """Start a local cluster: one proxy and N backends on 127.0.0.1."""
     from inferno.launcher import make_plan, parse_models, run_up
 
-    models: tuple[str, ...] = ()
-    if opts["models"]:
+    models: tuple[str, ...] | None = None
+    if opts["models"] == "none":
+        models = ()
+    elif opts["models"]:
         try:
             models = parse_models(opts["models"])
         except ValueError as exc:
@@ -77,5 +92,7 @@ def up(**opts: Any) -> None:
         policy=opts["policy"],
         log_format=opts["log_format"],
         models=models,
+        state_dir=opts["state_dir"],
+        deployments_file=opts["deployments"],
     )
     sys.exit(run_up(plan, ready_timeout_s=opts["ready_timeout_s"]))

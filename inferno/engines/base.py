@@ -139,6 +139,11 @@ class Engine(ABC):
         return sorted(cls._registry)
 
     @classmethod
+    def lookup_task(cls, name: str) -> Task:
+        """The task of the engine registered as ``name`` (without creating it)."""
+        return cls._registry[name].task
+
+    @classmethod
     def options_models(cls) -> dict[str, type[EngineOptions]]:
         return {name: engine.Options for name, engine in sorted(cls._registry.items())}
 

@@ -56,10 +56,13 @@ class LlamaCppOptions(EngineOptions):
     n_parallel: int = Field(
         2, ge=1, le=1024, description="concurrent generations (llama.cpp slots); n_ctx is split across them"
     )
-    n_ctx: int = Field(4096, ge=256, description="context tokens, split across the parallel slots")
-    threads: int = Field(2, ge=1, description="CPU threads for llama.cpp")
+    n_ctx: int = Field(
+        4096, ge=256, le=1 << 20, description="context tokens, split across the parallel slots"
+    )
+    threads: int = Field(2, ge=1, le=1024, description="CPU threads for llama.cpp")
     system_prompt: str = Field(
         "You are a helpful assistant. Answer briefly and clearly.",
+        max_length=8192,
         description="system prompt added to chats that bring none",
     )
 

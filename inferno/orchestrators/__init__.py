@@ -7,12 +7,14 @@ from inferno.orchestrators.base import (
     Orchestrator,
     OrchestratorContext,
 )
+from inferno.orchestrators.local import LocalOrchestrator
 from inferno.orchestrators.swarm import SwarmOrchestrator
 
 __all__ = [
     "DesiredDeployment",
     "InstanceInfo",
     "InstanceState",
+    "LocalOrchestrator",
     "Orchestrator",
     "OrchestratorContext",
     "SwarmOrchestrator",

@@ -16,7 +16,7 @@ loops and leaves the instances running, so a restarted driver adopts them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
@@ -96,6 +96,9 @@ class OrchestratorContext:
     model_dir: str | None = None
     #: orchestrator-specific settings (``--orchestrator-option KEY=VALUE``)
     options: tuple[tuple[str, str], ...] = ()
+    #: called before an instance is stopped, where the driver can do it (in the proxy:
+    #: stop routing to it and wait for its requests in flight); bounded by the caller
+    before_stop: Callable[[InstanceInfo], Awaitable[None]] | None = None
 
 
 class Orchestrator(ABC):

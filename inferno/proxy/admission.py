@@ -27,9 +27,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from inferno.config import AdmissionConfig
-from inferno.errors import InfernoError, ModelNotFound, NoBackendAvailable, Overloaded
+from inferno.errors import ColdStartTimeout, InfernoError, ModelNotFound, NoBackendAvailable, Overloaded
 from inferno.observability.metrics import Histogram
 from inferno.policies.base import LoadBalancingPolicy
+from inferno.proxy.coldstart import AutoScalingLimits, ColdStarts
 from inferno.proxy.waits import ServiceTimes, expected_wait_s, retry_after_s
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.worker import WorkerInfo
@@ -60,6 +61,10 @@ class Waiter:
     urgent: bool = False
     #: when the request's own deadline passes (clock time)
     deadline: float = math.inf
+    #: the deployment whose instance it waits to start ("": not a cold start)
+    cold: str = ""
+    #: told how long a cold start took, when the waiter is handed its backend
+    on_cold: Callable[[float], None] | None = None
 
 
 class AdmissionController:
@@ -71,7 +76,12 @@ class AdmissionController:
         *,
         clock: Callable[[], float] = time.monotonic,
         affinity_wait_s: float = 0.0,
+        cold_starts: ColdStarts | None = None,
     ) -> None:
+        #: deployments: a request for one with no instance waits for it to start
+        self.cold_starts = cold_starts
+        #: model -> requests waiting for a cold start
+        self._pending: dict[str, int] = {}
         self._cfg = config
         self._registry = registry
         self._policy = policy
@@ -104,6 +114,8 @@ class AdmissionController:
             "expected_wait": 0,
             "deadline": 0,
             "queue_timeout": 0,
+            "cold_start_pending": 0,
+            "cold_start_timeout": 0,
         }
         registry.on_change(self.dispatch)
         registry.on_removed(self.forget)
@@ -140,6 +152,7 @@ class AdmissionController:
         *,
         timeout_s: float,
         urgent: bool = False,
+        on_cold: Callable[[float], None] | None = None,
     ) -> WorkerInfo:
         """A backend for ``ctx`` with its in-flight count taken; ``release`` gives it back.
 
@@ -148,6 +161,16 @@ class AdmissionController:
         to ``timeout_s`` for a backend to become routable again.
         """
         eligible = self._eligible(ctx, tried)
+        limits = None
+        if self.cold_starts is not None:
+            model = ctx.model
+            if model is None and not eligible:
+                # no model named: a deployment doing the task may start for it
+                model = self.cold_starts.default_for(ctx.task)
+            limits = self.cold_starts.lookup(model)
+            if limits is not None and not eligible and not self._registry.routable_for(ctx.model, ctx.task):
+                assert model is not None
+                return await self._cold_start(ctx, model, tried, limits, timeout_s, on_cold)
         if urgent:
             free = self._with_capacity(eligible)
             if free:
@@ -166,15 +189,76 @@ class AdmissionController:
                     return self._take(self._policy.choose(ctx, free))
         if len(self._waiters) >= self._cfg.max_queue:
             self.rejected["queue_full"] += 1
+            if limits is not None:
+                self._scale_for(ctx)
             raise Overloaded(f"the request queue is full ({self._cfg.max_queue}); retry later")
-        if self.service_times is not None:
-            self._refuse_if_late(ctx, eligible, timeout_s)
+        if self.service_times is not None and not (limits is not None and self._scaling(ctx)):
+            # (a deployment that is starting instances is not refused by what runs now)
+            try:
+                self._refuse_if_late(ctx, eligible, timeout_s)
+            except Overloaded:
+                if limits is not None:
+                    self._scale_for(ctx)
+                raise
         waiter = Waiter(ctx, tried, self._clock(), self._future())
         waiter.deadline = waiter.arrival + timeout_s
         if home is not None and self._affinity_wait_s > 0:
             waiter.home, waiter.home_until = home, waiter.arrival + self._affinity_wait_s
             self._home_waiting[home.address] = self._home_waiting.get(home.address, 0) + 1
         return await self._wait(waiter, min(timeout_s, self._cfg.queue_timeout_s))
+
+    def _scaling(self, ctx: RequestContext) -> bool:
+        assert self.cold_starts is not None and ctx.model is not None
+        return self.cold_starts.starting(ctx.model)
+
+    def _scale_for(self, ctx: RequestContext) -> None:
+        """A request refused for capacity counts as demand for its deployment."""
+        assert self.cold_starts is not None and ctx.model is not None
+        self.cold_starts.refused(ctx.model)
+
+    async def _cold_start(
+        self,
+        ctx: RequestContext,
+        model: str,
+        tried: frozenset[str],
+        limits: AutoScalingLimits,
+        timeout_s: float,
+        on_cold: Callable[[float], None] | None,
+    ) -> WorkerInfo:
+        """Wait for an instance of a deployment that has none routable: at most
+        ``max_pending`` requests per deployment, each for at most its cold-start timeout
+        (or its own deadline, when nearer); then 503 ``cold_start_timeout``."""
+        assert self.cold_starts is not None
+        pending = self._pending.get(model, 0)
+        if pending >= limits.max_pending:
+            self.rejected["cold_start_pending"] += 1
+            raise Overloaded(
+                f"{pending} requests already wait for {model} to start (max_pending); retry later",
+                reason="cold_start_pending",
+                retry_after_s=max(1, math.ceil(limits.cold_start_timeout_s / 4)),
+            )
+        self.cold_starts.wake(model)
+        waiter = Waiter(ctx, tried, self._clock(), self._future(), cold=model, on_cold=on_cold)
+        wait_s = min(timeout_s, limits.cold_start_timeout_s)
+        waiter.deadline = waiter.arrival + timeout_s
+        self._pending[model] = pending + 1
+        try:
+            return await self._wait(waiter, wait_s)
+        finally:
+            left = self._pending[model] - 1
+            if left:
+                self._pending[model] = left
+            else:
+                del self._pending[model]
+
+    def pending_cold(self, model: str) -> int:
+        """Requests waiting for ``model``'s first instance to start."""
+        return self._pending.get(model, 0)
+
+    def waiting_for(self, model: str) -> int:
+        """Requests queued for ``model`` (cold-start waiters among them)."""
+        counts = self._queued.get(model)
+        return sum(counts) if counts is not None else 0
 
     def _take(self, worker: WorkerInfo) -> WorkerInfo:
         worker.in_flight += 1
@@ -273,6 +357,14 @@ class AdmissionController:
             self.dispatch()
 
     def _expire(self, waiter: Waiter, timeout: float) -> None:
+        if waiter.cold and not waiter.future.done():
+            self.rejected["cold_start_timeout"] += 1
+            waiter.future.set_exception(
+                ColdStartTimeout(
+                    f"no instance of {waiter.cold} started within {timeout:.3g}s; retry later",
+                    retry_after_s=max(1, math.ceil(timeout / 4)),
+                )
+            )
         if waiter.urgent and not waiter.future.done():
             waiter.future.set_exception(
                 NoBackendAvailable(f"no backend came back within {timeout:.3g}s to continue the stream on")
@@ -326,8 +418,8 @@ class AdmissionController:
             if waiter.future.done():
                 continue
             eligible = self._eligible(waiter.ctx, waiter.tried)
-            if not eligible and waiter.urgent:
-                continue  # it waits for a backend to come back
+            if not eligible and (waiter.urgent or waiter.cold):
+                continue  # it waits for a backend to come back, or to start
             if not eligible:
                 try:
                     self._raise_unavailable(waiter.ctx, waiter.tried)
@@ -353,7 +445,15 @@ class AdmissionController:
             self._take(worker)
             self.served_from_queue[waiter.ctx.priority] += 1
             self.queue_wait[waiter.ctx.priority].observe(now - waiter.arrival)
+            if waiter.cold:
+                self._cold_started(waiter, now - waiter.arrival)
             waiter.future.set_result(worker)
+
+    def _cold_started(self, waiter: Waiter, waited_s: float) -> None:
+        assert self.cold_starts is not None
+        self.cold_starts.observe_cold_start(waiter.cold, waited_s)
+        if waiter.on_cold is not None:
+            waiter.on_cold(waited_s)
 
     def _cannot_finish(self, waiter: Waiter, worker: WorkerInfo, now: float) -> bool:
         """A waiter whose deadline is nearer than the service time planned for the

@@ -11,6 +11,7 @@ from inferno.api import API, APIS, INFERENCE, ParsedText, openapi
 from inferno.api.base import TextAPI
 from inferno.api.vetting import BodyVetter
 from inferno.config import ProxyConfig
+from inferno.deployments.manager import DeploymentManager
 from inferno.errors import BadRequest, InfernoError, LoopDetected, Overloaded, RateLimited
 from inferno.http.request_id import RequestIdFactory
 from inferno.http.responses import JSON_HEADERS, dumps, error_body
@@ -51,7 +52,10 @@ class ProxyApp:
         clock: Callable[[], float] = time.monotonic,
         gate: ClientGate | None = None,
         vetter: BodyVetter | None = None,
+        deployments: DeploymentManager | None = None,
     ) -> None:
+        #: deployments (listed in /v1/models even at zero instances), else None
+        self._deployments = deployments
         #: decodes bodies, in another process those that may be costly to decode
         self._vetter = vetter or BodyVetter(config.request)
         #: API keys, budgets and usage (``--require-api-key``), else None
@@ -152,7 +156,11 @@ class ProxyApp:
         that is served or an alias, else ``other`` (clients must not create series)."""
         if asked is None:
             label = "none"
-        elif asked in self._cfg.model_aliases or asked in self._registry.model_tasks():
+        elif (
+            asked in self._cfg.model_aliases
+            or asked in self._registry.model_tasks()
+            or (self._deployments is not None and asked in self._deployments.models())
+        ):
             label = asked
         else:
             label = "other"
@@ -188,6 +196,8 @@ class ProxyApp:
         self, request: Request, responder: Responder, rid: str, t0: float, key: ApiKey | None
     ) -> None:
         served = self._registry.model_tasks()
+        if self._deployments is not None:
+            served = {**self._deployments.models(), **served}
         data: list[dict[str, object]] = [
             {"id": model, "object": "model", "created": 0, "owned_by": "inferno", "task": task}
             for model, task in served.items()

@@ -171,7 +171,9 @@ class Forwarder:
             remaining = job.deadline - self._clock()
             if remaining <= 0:
                 raise DeadlineExceeded("the request deadline passed before a backend answered")
-            worker = await self._admission.acquire(ctx, tried, timeout_s=remaining, urgent=urgent)
+            worker = await self._admission.acquire(
+                ctx, tried, timeout_s=remaining, urgent=urgent, on_cold=job.cold_started
+            )
             address = worker.address
             log_route(ctx.request_id, address, attempt)
             pool = self._registry.routable_for(ctx.model, ctx.task)

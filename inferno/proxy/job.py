@@ -54,6 +54,10 @@ class Job:
     traceparent: bytes | None = None
     span: Any = None
 
+    def cold_started(self, waited_s: float) -> None:
+        """The request waited ``waited_s`` for an instance to start: say so to the client."""
+        self.extra_headers += b"X-Inferno-Cold-Start: %d\r\n" % round(waited_s * 1000)
+
     def charge(self, model: str, used: tuple[int, int]) -> None:
         """Hand ``on_usage`` the answer's (prompt, completion) tokens, bounded by what
         this request could have cost (``sane_usage``)."""

@@ -12,6 +12,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from inferno.deployments.manager import DeploymentManager
 from inferno.observability.metrics import ProxyStats
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.clients import ClientGate
@@ -27,7 +28,9 @@ class ProxyCollector(Collector):
         gate: ClientGate | None = None,
         admission: AdmissionController | None = None,
         refusals: tuple[dict[tuple[str, str], int], ...] = (),
+        deployments: DeploymentManager | None = None,
     ) -> None:
+        self._deployments = deployments
         #: (endpoint, reason) -> refused tries, live dicts kept by ClusterAuth and DashboardAuth
         self._refusals = refusals
         self._stats = stats
@@ -36,6 +39,8 @@ class ProxyCollector(Collector):
         self._admission = admission
 
     def collect(self) -> Iterator[Metric]:
+        if self._deployments is not None:
+            yield from deployment_metrics(self._deployments)
         stats = self._stats
         requests = CounterMetricFamily(
             "inferno_requests",
@@ -65,7 +70,7 @@ class ProxyCollector(Collector):
         yield latency
         refused = CounterMetricFamily(
             "inferno_cluster_token_refusals",
-            "Requests refused for a missing or wrong cluster token (or over the dashboard's budget "
+            "Requests refused for a missing or wrong cluster or admin token (or over the dashboard's budget "
             "of wrong tries), by endpoint and reason",
             labels=["endpoint", "reason"],
         )
@@ -221,3 +226,24 @@ class ProxyCollector(Collector):
             if status != "total":
                 by_status.add_metric([status], count)
         yield by_status
+
+
+def deployment_metrics(manager: DeploymentManager) -> Iterator[Metric]:
+    """Cold starts and each deployment's instances (desired and by state)."""
+    cold = HistogramMetricFamily(
+        "inferno_cold_start_seconds",
+        "How long requests that arrived with no instance running waited for one to start",
+        labels=["model"],
+    )
+    for model, hist in manager.cold_starts.items():
+        cold.add_metric([model], hist.buckets(), hist.sum)
+    instances = GaugeMetricFamily(
+        "inferno_deployment_instances",
+        "Instances of each deployment: desired, and starting / ready / draining",
+        labels=["deployment", "state"],
+    )
+    for ident, row in manager.status()["deployments"].items():
+        for state in ("desired", "starting", "ready", "draining"):
+            instances.add_metric([ident, state], row[state])
+    yield cold
+    yield instances

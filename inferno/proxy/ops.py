@@ -16,6 +16,7 @@ from inferno.http.server import Request, Responder
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.clients import ClientGate
 from inferno.proxy.dashboard.routes import Dashboard
+from inferno.proxy.deploy_api import DeploymentsApi
 from inferno.registry.loops import OwnAddresses
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.resolver import Resolver
@@ -40,7 +41,9 @@ class ProxyOps:
         gate: ClientGate | None = None,
         dashboard: Dashboard | None = None,
         own: OwnAddresses | None = None,
+        deployments: DeploymentsApi | None = None,
     ) -> None:
+        self._deployments = deployments
         self._auth = auth or ClusterAuth(None)
         #: the proxy's own sockets: a backend there would loop every request back in
         self._own = own or OwnAddresses()
@@ -62,6 +65,8 @@ class ProxyOps:
         router.add("GET", "/usage", self._usage)
         if dashboard is not None:
             dashboard.install(router)
+        if deployments is not None:
+            deployments.install(router)
         self._router = router
 
     async def __call__(self, request: Request, responder: Responder) -> None:
@@ -100,13 +105,24 @@ class ProxyOps:
     async def _health(self, request: Request, responder: Responder) -> None:
         counts = self._registry.counts()
         healthy, total = counts["healthy"], counts["total"]
-        if healthy == 0:
+        manager = self._deployments.manager if self._deployments is not None else None
+        idle = manager is not None and total == 0 and manager.all() and manager.idle_at_zero()
+        if healthy == 0 and idle:
+            # Every deployment is at zero on purpose: nothing to serve until a request comes.
+            status, code = "healthy", 200
+        elif healthy == 0:
             status, code = "unhealthy", 503
         elif healthy == total:
             status, code = "healthy", 200
         else:
             status, code = "degraded", 200
         body: dict[str, object] = {"status": status, "healthy": healthy, "total": total, "backends": counts}
+        if manager is not None:
+            body["orchestrator"] = {
+                "name": manager.driver.name,
+                "connected": manager.driver.connected(),
+                "deployments": len(manager.all()),
+            }
         if not self._auth.enabled:
             body["warning"] = "insecure: no cluster token, anyone reaching the ops port can register"
         responder.send(code, JSON_HEADERS, dumps(body))

@@ -13,12 +13,16 @@ from pathlib import Path
 
 from inferno.api.vetting import BodyVetter
 from inferno.config import ProxyConfig
+from inferno.deployments.drivers import Driver, ExternalDriver, InProcessDriver
+from inferno.deployments.manager import DeploymentManager
+from inferno.deployments.store import DeploymentStore
 from inferno.errors import ConfigError
 from inferno.http.client import ResponseLimits, UpstreamPool
 from inferno.http.listener import HttpServer
 from inferno.http.server import fit_to_fd_limit, limits_from
 from inferno.observability.metrics import ProxyStats, new_registry
 from inferno.observability.tracing import Tracing
+from inferno.orchestrators.base import InstanceInfo, Orchestrator, OrchestratorContext
 from inferno.policies.base import LoadBalancingPolicy
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.app import ProxyApp
@@ -27,6 +31,7 @@ from inferno.proxy.dashboard.auth import DashboardAuth
 from inferno.proxy.dashboard.feed import DashboardFeed
 from inferno.proxy.dashboard.routes import Dashboard
 from inferno.proxy.dashboard.tryit import TryIt
+from inferno.proxy.deploy_api import DeploymentsApi
 from inferno.proxy.forward import Forwarder
 from inferno.proxy.metrics import ProxyCollector
 from inferno.proxy.ops import ProxyOps
@@ -100,16 +105,32 @@ class ProxyServer:
         )
         self.health = HealthChecker(self.registry, self.pool, config.health, config.registry)
         self.gate: ClientGate | None = None
+        db = (
+            connect(Path(config.state_dir))
+            if config.require_api_key or config.orchestrator != "none"
+            else None
+        )
         if config.require_api_key:
-            db = connect(Path(config.state_dir))
+            assert db is not None
             self.gate = ClientGate(KeyStore(db), UsageLedger(db), clock=clock)
+        self.deployments: DeploymentManager | None = None
+        if config.orchestrator != "none":
+            assert db is not None
+            self.deployments = self._deployments(db, clock)
+            self.admission.cold_starts = self.deployments
+        self.admin_auth = ClusterAuth(
+            config.admin_token.get_secret_value() if config.admin_token else None,
+            refused_log_interval_s=config.http.refused_log_interval_s,
+            secret="admin token",
+        )
         metrics = new_registry(
             ProxyCollector(
                 self.stats,
                 self.registry,
                 self.gate,
                 self.admission,
-                refusals=(self.auth.refusals, self.dashboard_auth.refusals),
+                refusals=(self.auth.refusals, self.dashboard_auth.refusals, self.admin_auth.refusals),
+                deployments=self.deployments,
             )
         )
         self.own = OwnAddresses()
@@ -124,6 +145,7 @@ class ProxyServer:
                 clock=clock,
                 gate=self.gate,
                 vetter=self.vetter,
+                deployments=self.deployments,
             ),
             limits=fit_to_fd_limit(
                 limits_from(config.http, max_body_bytes=config.max_body_bytes), ops_limits, "proxy"
@@ -152,12 +174,77 @@ class ProxyServer:
                 self.gate,
                 dashboard,
                 self.own,
+                DeploymentsApi(self.deployments, self.admin_auth, model_dir=config.model_dir),
             ),
             limits=ops_limits,
             name="ops",
         )
         self.data_address: tuple[str, int] = ("", 0)
         self.ops_address: tuple[str, int] = ("", 0)
+
+    def _deployments(self, db: object, clock: Callable[[], float]) -> DeploymentManager:
+        import sqlite3
+
+        assert isinstance(db, sqlite3.Connection)
+        driver: Driver
+        if self.config.orchestrator == "external":
+            driver = ExternalDriver(clock)
+        else:
+            driver = InProcessDriver(Orchestrator.lookup(self.config.orchestrator))
+        registry, admission = self.registry, self.admission
+
+        def demand(model: str) -> tuple[int, int]:
+            in_flight = sum(w.in_flight for w in registry.all() if w.serves(model))
+            return in_flight, max(admission.waiting_for(model), admission.pending_cold(model))
+
+        manager = DeploymentManager(
+            DeploymentStore(db),
+            driver,
+            demand,
+            model_dir=self.config.model_dir,
+            tick_s=self.config.autoscale_tick_s,
+            clock=clock,
+        )
+        manager.on_event(
+            lambda e: registry.events.add("deployment", e["deployment"], e.get("instance", ""), e["detail"])
+        )
+        return manager
+
+    async def _retire(self, instance: InstanceInfo) -> None:
+        """Before a deployment instance stops: no new requests go to it, and the ones in
+        flight finish (the orchestrator bounds this wait by the drain timeout)."""
+        worker = self.registry.retire(instance.address) if instance.address else None
+        if worker is None:
+            return
+        logger.info("Retiring %s (%s): %d in flight", instance.address, instance.id, worker.in_flight)
+        while worker.in_flight > 0:  # noqa: ASYNC110 - bounded by the caller's timeout
+            await asyncio.sleep(0.02)
+
+    async def _start_deployments(self) -> None:
+        manager = self.deployments
+        if manager is None:
+            return
+        if isinstance(manager.driver, InProcessDriver):
+            cfg = self.config
+            token = cfg.cluster_token.get_secret_value() if cfg.cluster_token else None
+            host = "127.0.0.1" if cfg.ops_host in ("0.0.0.0", "", "::") else cfg.ops_host
+            context = OrchestratorContext(
+                state_dir=cfg.state_dir,
+                discovery_lb=f"{host}:{self.ops_address[1]}",
+                cluster_token=token,
+                model_dir=cfg.model_dir,
+                options=cfg.orchestrator_options,
+                before_stop=self._retire,
+            )
+            await manager.driver.start_orchestrator(context)
+            manager.driver.start()
+        manager.start()
+        logger.info(
+            "Deployments on (orchestrator %s): %d deployment(s) from %s",
+            self.config.orchestrator,
+            len(manager.all()),
+            self.config.state_dir,
+        )
 
     async def start(self) -> None:
         cfg = self.config
@@ -172,6 +259,7 @@ class ProxyServer:
         self.health.start()
         if self.gate is not None:
             self.gate.start()
+        await self._start_deployments()
         logger.info("Starting proxy server on %s:%d", cfg.listen_host, self.data_address[1])
         logger.info("Ops server on %s:%d (policy %s)", cfg.ops_host, self.ops_address[1], cfg.policy)
         if not self.auth.enabled:
@@ -199,6 +287,9 @@ class ProxyServer:
         """Stop accepting, finish in-flight requests within ``grace_s``, then stop."""
         await self._data.aclose(grace_s)
         await self.vetter.aclose()
+        if self.deployments is not None:
+            await self.deployments.aclose()
+            await self.deployments.driver.aclose()  # the instances keep running
         if self.gate is not None:
             await self.gate.aclose()  # writes the last usage out
         await self.health.aclose()

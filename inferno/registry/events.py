@@ -24,6 +24,7 @@ EVENT_KINDS = (
     "recovered",
     "draining",
     "suspect",
+    "deployment",
 )
 
 

@@ -61,6 +61,9 @@ class WorkerRegistry:
         self._clock = clock
         self._wall = wall_clock
         self._workers: dict[str, WorkerInfo] = {}
+        #: backends being retired by the proxy (a deployment's scale-down): they stay
+        #: draining whatever their heartbeats say, until they leave
+        self._retiring: set[str] = set()
         self._routable: tuple[WorkerInfo, ...] = ()
         #: model id -> routable workers serving it (plus those that list no models)
         self._by_model: dict[str, tuple[WorkerInfo, ...]] = {}
@@ -188,7 +191,7 @@ class WorkerRegistry:
         worker.last_heartbeat_wall = wall
         if restarted:
             self._restarted(worker, wall)
-        if payload.state == "draining":
+        if payload.state == "draining" or address in self._retiring:
             self._set_status(worker, WorkerStatus.DRAINING, "draining")
         elif restarted:
             # The failures were the old process's: the new one is routable at once.
@@ -235,7 +238,18 @@ class WorkerRegistry:
                 f"the proxy already holds {self._cfg.max_backends} backends (--registry-max-backends)"
             )
 
+    def retire(self, address: str) -> WorkerInfo | None:
+        """Stop routing new requests to ``address`` (it is about to be stopped); requests
+        in flight there finish. Returns the backend, or None if it is not registered."""
+        worker = self._workers.get(address)
+        if worker is None:
+            return None
+        self._retiring.add(address)
+        self._set_status(worker, WorkerStatus.DRAINING, "retiring: scale-down")
+        return worker
+
     def deregister(self, address: str, reason: str = "deregistered") -> bool:
+        self._retiring.discard(address)
         worker = self._workers.pop(address, None)
         if worker is None:
             return False

@@ -26,6 +26,8 @@ from inferno.observability.throttle import ThrottledLog
 logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "INFERNO_CLUSTER_TOKEN"
+#: the admin token: deployments and the controller's feed (never held by backends)
+ADMIN_TOKEN_ENV = "INFERNO_ADMIN_TOKEN"
 MIN_CHARS = 16
 MAX_CHARS = 512
 _ALLOWED = frozenset(string.ascii_letters + string.digits + "-._~+/=")
@@ -36,7 +38,13 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def read_token(path: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
+def read_token(
+    path: str | None,
+    environ: Mapping[str, str] = os.environ,
+    *,
+    env: str = TOKEN_ENV,
+    what: str = "cluster token",
+) -> str | None:
     """The token from ``path`` (surrounding whitespace ignored), else from the
     environment, else None. A token that is too short or has odd characters is a
     configuration error, so a typo never silently weakens the cluster."""
@@ -44,16 +52,16 @@ def read_token(path: str | None, environ: Mapping[str, str] = os.environ) -> str
         try:
             token = Path(path).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read the cluster token file {path}: {exc}") from None
+            raise ConfigError(f"cannot read the {what} file {path}: {exc}") from None
         source = f"file {path}"
     else:
-        token = environ.get(TOKEN_ENV, "").strip()
-        source = TOKEN_ENV
+        token = environ.get(env, "").strip()
+        source = env
         if not token:
             return None
     if not MIN_CHARS <= len(token) <= MAX_CHARS or not set(token) <= _ALLOWED:
         raise ConfigError(
-            f"the cluster token in {source} must be {MIN_CHARS}-{MAX_CHARS} characters of "
+            f"the {what} in {source} must be {MIN_CHARS}-{MAX_CHARS} characters of "
             "[A-Za-z0-9-._~+/=] (make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
     return token
@@ -68,7 +76,10 @@ class ClusterAuth:
         *,
         refused_log_interval_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        secret: str = "cluster token",
     ) -> None:
+        #: what the secret is called in refusals ("cluster token", "admin token")
+        self.secret = secret
         self._expected = b"Bearer " + token.encode() if token else None
         #: (endpoint, "missing" | "wrong") -> refused requests, ever
         self.refusals: dict[tuple[str, str], int] = {}
@@ -98,6 +109,6 @@ class ClusterAuth:
         reason = "wrong" if sent else "missing"
         self.refusals[endpoint, reason] = self.refusals.get((endpoint, reason), 0) + 1
         self._refused_log.warning(
-            "Refused %s from %s: %s cluster token", what, peer or "?", "wrong" if sent else "no"
+            "Refused %s from %s: %s %s", what, peer or "?", "wrong" if sent else "no", self.secret
         )
-        raise Unauthorized("this needs the cluster token: Authorization: Bearer <token>")
+        raise Unauthorized(f"this needs the {self.secret}: Authorization: Bearer <token>")

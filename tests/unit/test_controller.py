@@ -16,8 +16,8 @@ import pytest
 from inferno.controller import Backoff, Controller, DesiredState, ProxyClient
 from inferno.deployments.spec import DeploymentSpec
 from inferno.errors import UpstreamProtocolError
-from inferno.launcher import free_port
 from inferno.orchestrators import DesiredDeployment, InstanceInfo, Orchestrator, OrchestratorContext
+from inferno.orchestrators.processes import free_port
 from tests.conftest import wait_for
 
 TOKEN = "admin-token-0123456789abcdef"

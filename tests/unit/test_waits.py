@@ -185,6 +185,8 @@ async def test_a_burst_fills_the_queue_up_to_what_can_start_in_time() -> None:
         "expected_wait": 1,
         "deadline": 0,
         "queue_timeout": 0,
+        "cold_start_pending": 0,
+        "cold_start_timeout": 0,
     }
     await cancel(waiters)
     adm.release(holder)
