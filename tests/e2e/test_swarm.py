@@ -446,7 +446,7 @@ def test_11_the_controller_is_hardened_and_reports(stack: str, report: Report) -
         gid = str(os.stat("/var/run/docker.sock").st_gid)
         assert config["User"] == f"10001:{gid}", config["User"]
         assert host["ReadonlyRootfs"] is True and "ALL" in (host["CapDrop"] or [])
-        assert any(m["Target"] == "/var/run/docker.sock" for m in inspected["Mounts"] or [])
+        assert any(m.get("Destination") == "/var/run/docker.sock" for m in inspected["Mounts"] or [])
         assert "/run/secrets/admin_token" in config["Cmd"]
 
         def reported() -> list[dict[str, Any]]:
