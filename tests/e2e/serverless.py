@@ -79,7 +79,8 @@ def service_replicas(docker: Docker, stack: str) -> int | None:
 
 
 def running_tasks(docker: Docker, stack: str) -> list[str]:
-    """The nodes the deployment's running tasks are on."""
+    """The nodes the deployment's live tasks are on: running, or started and waiting for
+    their first health check (Swarm says "Starting"; the backend may already serve)."""
     out = docker(
         "docker", "service", "ps", service_name(stack), "--filter", "desired-state=running",
         "--format", "{{.Node}} {{.CurrentState}}",
@@ -87,7 +88,7 @@ def running_tasks(docker: Docker, stack: str) -> list[str]:
     nodes = []
     for line in out.splitlines():
         node, _, state = line.partition(" ")
-        if state.startswith("Running"):
+        if state.startswith(("Running", "Starting")):
             nodes.append(node)
     return nodes
 
