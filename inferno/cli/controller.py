@@ -81,7 +81,8 @@ def _orchestrators() -> list[str]:
               help="How long one long poll of the desired state waits for a change (0-30).")  # fmt: skip
 @cluster_token_option
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text, or json: one object per line.")  # fmt: skip
 def controller(**opts: Any) -> None:
     """Run the controller: reconcile the proxy's desired deployments with an orchestrator."""
     hostport(opts["proxy_ops"], "--proxy-ops")
