@@ -34,7 +34,7 @@ $(BIN)/python:
 
 # Installing happens once per change of pyproject.toml, recorded by a stamp file in the
 # venv: `make test` and the e2e targets it runs all need it, but install it only once.
-EXTRAS := smollm2,minilm,vision,tracing,examples
+EXTRAS := smollm2,minilm,vision,tracing,swarm,examples
 INSTALLED := $(VENV)/.installed
 INSTALLED_DEV := $(VENV)/.installed-dev
 

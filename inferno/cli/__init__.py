@@ -13,6 +13,7 @@ import click
 
 from inferno.cli.backend import backend
 from inferno.cli.bench import bench
+from inferno.cli.controller import controller
 from inferno.cli.deploy import deploy
 from inferno.cli.keys import keys
 from inferno.cli.proxy import proxy
@@ -27,7 +28,7 @@ def main() -> None:
 
 main.add_command(keys)
 main.add_command(deploy)
-for _command in (proxy, backend, up, bench):
+for _command in (proxy, backend, controller, up, bench):
     main.add_command(_command)
     for _param in _command.params:
         if isinstance(_param, click.Option):
@@ -41,4 +42,4 @@ for _command in (proxy, backend, up, bench):
                 _aliases = [_param.envvar] if isinstance(_param.envvar, str) else list(_param.envvar)
                 _param.envvar = [_rule, *(a for a in _aliases if a != _rule)]
 
-__all__ = ["backend", "bench", "deploy", "keys", "main", "proxy", "up"]
+__all__ = ["backend", "bench", "controller", "deploy", "keys", "main", "proxy", "up"]

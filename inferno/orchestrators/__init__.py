@@ -8,6 +8,7 @@ from inferno.orchestrators.base import (
     OrchestratorContext,
 )
 from inferno.orchestrators.local import LocalOrchestrator
+from inferno.orchestrators.swarm import SwarmOrchestrator
 
 __all__ = [
     "DesiredDeployment",
@@ -16,4 +17,5 @@ __all__ = [
     "LocalOrchestrator",
     "Orchestrator",
     "OrchestratorContext",
+    "SwarmOrchestrator",
 ]

@@ -15,6 +15,8 @@ from tests.e2e.harness import (
     CommandError,
     Report,
     Step,
+    admin_token_file,
+    docker_gid,
     ensure_images,
     healthy_workers,
     ports_free,
@@ -79,19 +81,40 @@ def swarm(report: Report) -> Iterator[str]:
         run(["docker", "swarm", "leave", "--force"], check=False, timeout_s=60)
 
 
+def controller_services(stack_name: str) -> list[str]:
+    """Services the controller made for deployments (they carry the stack's namespace)."""
+    return run(
+        [
+            "docker", "service", "ls", "-q", "--filter", f"label=com.docker.stack.namespace={stack_name}",
+            "--filter", "label=inferno.deployment",
+        ],
+        check=False,
+    ).split()  # fmt: skip
+
+
 def _teardown(report: Report) -> None:
-    with Step(report, "tear down (stack, networks, secret)") as check:
+    with Step(report, "tear down (stack, deployment services, networks, secrets, volume)") as check:
         run(["docker", "stack", "rm", STACK], check=False, timeout_s=60)
         label = f"label={LABEL_KEY}={STACK}"
+        # `stack rm` removes the controller's services too (by namespace); one the
+        # controller created while the stack was going is removed here, by label.
+        check.details["deployment_services_left_by_stack_rm"] = len(controller_services(STACK))
 
         def gone() -> bool:
+            left = controller_services(STACK)
+            if left:
+                run(["docker", "service", "rm", *left], check=False)
             containers = run(["docker", "ps", "-aq", "--filter", label]).split()
             networks = run(["docker", "network", "ls", "-q", "--filter", label]).split()
             secrets = run(["docker", "secret", "ls", "-q", "--filter", label], check=False).split()
-            return not containers and not networks and not secrets
+            return not left and not containers and not networks and not secrets
 
         _, waited = wait_until("stack containers and networks to be gone", gone, timeout_s=90, step_s=1)
         check.details["seconds_until_gone"] = round(waited, 1)
+        # The proxy's state volume (keys, deployments): the next run starts empty.
+        volumes = run(["docker", "volume", "ls", "-q", "--filter", label]).split()
+        if volumes:
+            run(["docker", "volume", "rm", *volumes], check=False)
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +126,8 @@ def stack(images: dict[str, Any], swarm: str, report: Report) -> Iterator[str]:
         "INFERNO_STACK_LABEL": STACK,
         "INFERNO_IMAGE": IMAGE,
         "INFERNO_CLUSTER_TOKEN_FILE": str(token_file()),
+        "INFERNO_ADMIN_TOKEN_FILE": str(admin_token_file()),
+        "DOCKER_GID": docker_gid(),
     }
     try:
         with Step(report, "docker stack deploy") as check:

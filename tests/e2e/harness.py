@@ -206,6 +206,26 @@ def token_file() -> Path:
     return path
 
 
+#: the proxy's admin token (deployments, the orchestrator endpoints), a Docker secret too
+ADMIN_TOKEN = "e2e-admin-" + secrets.token_urlsafe(24)
+
+
+def admin_token_file() -> Path:
+    """The admin token as a file for the stack's ``admin_token`` secret, mode 0600."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = write_secret(ARTIFACTS / "admin-token", ADMIN_TOKEN + "\n", owner_uid=IMAGE_UID)
+    os.environ["INFERNO_ADMIN_TOKEN_FILE"] = str(path)
+    return path
+
+
+def docker_gid() -> str:
+    """The group that owns the Docker socket: the controller runs in it (stack deploy
+    has no group_add)."""
+    gid = str(os.stat("/var/run/docker.sock").st_gid)
+    os.environ["DOCKER_GID"] = gid
+    return gid
+
+
 def unauthenticated_registration_inside(network: str, label: str) -> list[str]:
     """From a throwaway container on the stack's own network: a registration without
     the token, and one with a wrong token, must both get 401 from the proxy."""

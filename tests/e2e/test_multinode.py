@@ -4,8 +4,9 @@
 workers on a labelled bridge network, forms the swarm, labels the nodes and
 loads the Inferno image into each; the hardened stack is deployed across them.
 The steps run in order: placement, a drain under load, restoring the drained
-worker, losing a worker outright under load, its rejoin, and a clean-up that
-must leave nothing behind. The report is artifacts/e2e/multinode-e2e.{json,txt},
+worker, losing a worker outright under load, its rejoin, a serverless deployment
+that the controller starts from zero and spreads over the zones, and a clean-up
+that must leave nothing behind. The report is artifacts/e2e/multinode-e2e.{json,txt},
 next to the single-node one.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e import serverless
 from tests.e2e.harness import (
     ROOT,
     Check,
@@ -305,6 +307,54 @@ def test_05_the_lost_node_rejoins(swarm_cluster: None, report: Report) -> None:
         check.details["served_by_node"] = dict(served)
         assert set(served) == set(WORKERS), served
         check.details["status"] = cluster("status", timeout_s=60).splitlines()[:6]
+
+
+def _admin_token() -> str:
+    """The admin token ``cluster.sh deploy`` made (deploy/cluster/admin-token)."""
+    path = os.environ.get(
+        "INFERNO_CLUSTER_ADMIN_TOKEN_FILE", str(ROOT / "deploy" / "cluster" / "admin-token")
+    )
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().strip()
+
+
+def test_05b_a_serverless_deployment_spreads_over_the_zones(swarm_cluster: None, report: Report) -> None:
+    with Step(report, "a deployment at zero cold-starts on a worker, then spreads over both zones") as check:
+        token = _admin_token()
+        body = {
+            **serverless.DEPLOYMENT,
+            "placement": {"spread": "zone", "constraints": ["node.labels.inferno.inference==true"]},
+        }
+        serverless.register(OPS, token, body)
+        seconds, r = serverless.cold_start(PROXY)
+        assert r.status_code == 200, r.text
+        check.details["cold_start_s"] = round(seconds, 1)
+        report.facts["serverless_cold_start_s"] = round(seconds, 1)
+        first = serverless.running_tasks(on_manager, STACK)
+        assert len(first) == 1 and first[0] in WORKERS, first
+        # Two instances: Swarm's spread preference puts one in each zone (worker1: a, worker2: b).
+        serverless.patch(OPS, token, serverless.MODEL, {"auto_scaling_config": {"min_instances": 2}})
+        nodes, waited = wait_until(
+            "two running instances, one per worker",
+            lambda: sorted(n) if len(n := serverless.running_tasks(on_manager, STACK)) == 2 else None,
+            timeout_s=180,
+            step_s=1,
+        )
+        check.details.update({"nodes": nodes, "scale_out_s": round(waited, 1)})
+        assert nodes == list(WORKERS), nodes
+        wait_until("both serving", lambda: len(serverless.serving(OPS)) == 2, timeout_s=120)
+        labels = serverless.service_labels(on_manager, STACK)
+        assert (
+            labels["inferno.deployment"] == serverless.MODEL and labels["com.docker.stack.namespace"] == STACK
+        )
+        # Delete it: the controller drains and removes the service (nothing left for the steps after).
+        serverless.delete(OPS, token, serverless.MODEL)
+        wait_until(
+            "the deployment's service to be removed",
+            lambda: serverless.service_replicas(on_manager, STACK) is None,
+            timeout_s=120,
+            step_s=1,
+        )
 
 
 def test_06_nothing_left_behind(swarm_cluster: None, report: Report) -> None:

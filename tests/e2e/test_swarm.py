@@ -1,4 +1,5 @@
-"""End to end on Docker Swarm: deploy, infer, read the logs, kill, scale, roll.
+"""End to end on Docker Swarm: deploy, infer, read the logs, kill, scale, roll, and a
+serverless deployment that the controller starts from zero, scales and stops again.
 
 The steps run in order and share state; each writes its check, timing and log
 evidence into the report (artifacts/e2e/swarm-e2e.{json,txt}).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import time
 from typing import Any
@@ -15,8 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e import serverless
 from tests.e2e.conftest import service_ps, wait_converged
 from tests.e2e.harness import (
+    ADMIN_TOKEN,
     CLUSTER_TOKEN,
     LABEL_KEY,
     OPS,
@@ -426,3 +430,108 @@ def test_10_build_left_no_untagged_images(stack: str, report: Report) -> None:
         ).split()
         check.details["untagged_inferno_images"] = len(leftovers)
         assert not leftovers, leftovers
+
+
+# -- serverless deployments (the controller and the swarm orchestrator) ----------------------------
+def _docker(*args: str) -> str:
+    return run(list(args), timeout_s=60)
+
+
+def test_11_the_controller_is_hardened_and_reports(stack: str, report: Report) -> None:
+    with Step(report, "inferno-controller: non-root in the socket's group, read-only, reporting") as check:
+        containers = [c for c in task_containers(f"{stack}_inferno-controller").values() if c]
+        assert containers, "no controller task"
+        inspected = json.loads(run(["docker", "inspect", containers[-1]]))[0]
+        host, config = inspected["HostConfig"], inspected["Config"]
+        gid = str(os.stat("/var/run/docker.sock").st_gid)
+        assert config["User"] == f"10001:{gid}", config["User"]
+        assert host["ReadonlyRootfs"] is True and "ALL" in (host["CapDrop"] or [])
+        assert any(m.get("Destination") == "/var/run/docker.sock" for m in inspected["Mounts"] or [])
+        assert "/run/secrets/admin_token" in config["Cmd"]
+
+        def reported() -> list[dict[str, Any]]:
+            status = httpx.get(f"{OPS}/status", headers=serverless.admin(ADMIN_TOKEN), timeout=3).json()
+            return [r for r in serverless.orchestrator_reports(status) if r.get("connected") is not False]
+
+        reports, waited = wait_until("the controller's report in GET /status", reported, timeout_s=60)
+        check.details["report_after_s"] = round(waited, 1)
+        check.evidence = [json.dumps(reports[0])[:220]]
+
+
+def test_12_a_deployment_at_zero_cold_starts_on_the_first_request(stack: str, report: Report) -> None:
+    with Step(report, "POST /v1/deployments (min 0): the first chat cold-starts a Swarm task, 200") as check:
+        serverless.register(OPS, ADMIN_TOKEN, serverless.DEPLOYMENT)
+        time.sleep(3)  # a reconcile or two: still nothing runs
+        # a service at zero replicas, or none yet: nothing runs
+        if serverless.service_replicas(_docker, stack) is not None:
+            assert serverless.service_replicas(_docker, stack) == 0
+            assert not serverless.running_tasks(_docker, stack)
+        assert not serverless.serving(OPS)
+        seconds, r = serverless.cold_start(PROXY)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == serverless.MODEL and r.json()["choices"][0]["message"]["content"].strip()
+        labels = serverless.service_labels(_docker, stack)
+        assert labels["inferno.deployment"] == serverless.MODEL
+        assert labels["com.docker.stack.namespace"] == stack and labels[LABEL_KEY] == stack
+        assert serverless.service_replicas(_docker, stack) == 1
+        check.details["cold_start_s"] = round(seconds, 1)
+        report.facts["serverless_cold_start_s"] = round(seconds, 1)
+        check.evidence = [f"{serverless.service_name(stack)} answered via {r.headers['x-inferno-backend']}"]
+
+
+def test_13_the_deployment_scales_out_under_load(stack: str, report: Report) -> None:
+    with Step(report, "load on the deployment: a second instance starts, zero failed requests") as check:
+        times: dict[str, float] = {}
+
+        def two_serving() -> None:
+            started = time.monotonic()
+            wait_until(
+                "2 healthy instances of the deployment", lambda: len(serverless.serving(OPS)) == 2, 150
+            )
+            times["scale_out_s"] = time.monotonic() - started
+
+        result = asyncio.run(
+            load(
+                f"{PROXY}/v1/chat/completions",
+                concurrency=6,
+                action=two_serving,
+                at_s=0.5,
+                min_duration_s=5.0,
+                max_duration_s=200.0,
+                body=serverless.CHAT,
+                timeout_s=150,
+            )
+        )
+        check.details.update({k: round(v, 1) for k, v in times.items()})
+        check.details.update({"codes": dict(result.codes), "served": dict(result.served)})
+        report.facts["serverless_scale_out_s"] = check.details.get("scale_out_s")
+        assert result.failures == 0, result.errors[:5]
+        assert serverless.service_replicas(_docker, stack) == 2
+        assert len([n for n, c in result.served.items() if c]) == 2, result.served
+
+
+def test_14_back_to_zero_after_the_keep_alive(stack: str, report: Report) -> None:
+    with Step(report, "idle: back to zero instances after keep_alive_s (the service stays, at 0)") as check:
+        started = time.monotonic()
+
+        def at_zero() -> bool:
+            return serverless.service_replicas(_docker, stack) == 0 and not serverless.running_tasks(
+                _docker, stack
+            )
+
+        wait_until("the deployment to scale to zero", at_zero, timeout_s=180, step_s=1)
+        check.details["to_zero_s"] = round(time.monotonic() - started, 1)
+        wait_until("the proxy to route to none of it", lambda: not serverless.serving(OPS), timeout_s=30)
+        report.facts["serverless_to_zero_s"] = check.details["to_zero_s"]
+
+
+def test_15_deleting_the_deployment_removes_its_service(stack: str, report: Report) -> None:
+    with Step(report, "DELETE /v1/deployments/smol-dep: the controller removes its service") as check:
+        serverless.delete(OPS, ADMIN_TOKEN, serverless.MODEL)
+        _, waited = wait_until(
+            "the deployment's service to be removed",
+            lambda: serverless.service_replicas(_docker, stack) is None,
+            timeout_s=90,
+            step_s=1,
+        )
+        check.details["removed_s"] = round(waited, 1)

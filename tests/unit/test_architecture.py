@@ -47,6 +47,9 @@ FORBIDDEN = {
     ("bench", "backend"),
     # the proxy never holds the Docker socket: the controller does
     ("proxy", "controller"),
+    ("controller", "proxy"),
+    ("controller", "backend"),
+    ("controller", "registry"),
 }
 
 
