@@ -37,7 +37,7 @@ from benchmarks.common import (
     wrk,
     wrk_script,
 )
-from inferno.launcher import free_port
+from inferno.orchestrators.processes import free_port
 
 WORKLOADS = {
     "whole": '{"prompt":"hello there","max_tokens":16}',

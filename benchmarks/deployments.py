@@ -38,8 +38,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import HOST, ROOT, inferno, machine, median, procs, wait_port, write_result
-from inferno.launcher import free_port
-from inferno.orchestrators.processes import stop_all
+from inferno.orchestrators.processes import free_port, stop_all
 
 ADMIN = "bench-admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}

@@ -36,7 +36,7 @@ from benchmarks.common import (
     wrk,
     wrk_script,
 )
-from inferno.launcher import free_port
+from inferno.orchestrators.processes import free_port
 
 BODY = '{"prompt":"hello","max_tokens":16}'
 

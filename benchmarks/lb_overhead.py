@@ -46,7 +46,7 @@ from benchmarks.common import (
     write_result,
     wrk_output,
 )
-from inferno.launcher import free_port
+from inferno.orchestrators.processes import free_port
 
 BODY = '{"prompt":"hello there","max_tokens":16}'
 WRK_SCRIPT = f"""wrk.method = "POST"

@@ -32,7 +32,7 @@ from benchmarks.common import (
     wait_port,
     write_result,
 )
-from inferno.launcher import free_port
+from inferno.orchestrators.processes import free_port
 
 PHOTOS = sorted(str(p) for p in (ROOT / "tests" / "data" / "images").glob("*.jpg"))
 #: (label, bench kind, items per request, concurrency)

@@ -33,7 +33,7 @@ from benchmarks.common import (
     wait_port,
     write_result,
 )
-from inferno.launcher import free_port
+from inferno.orchestrators.processes import free_port
 
 
 def run_cell(port: int, concurrency: int, duration: float, max_tokens: int) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from benchmarks.common import (
     wait_port,
     write_result,
 )
-from inferno.launcher import free_port
+from inferno.orchestrators.processes import free_port
 
 TOPICS = ("lighthouses", "volcanoes", "honeybees", "glaciers", "railways", "coral reefs", "comets", "bridges")
 QUESTIONS = (

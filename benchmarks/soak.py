@@ -33,7 +33,7 @@ from benchmarks.common import (
     write_result,
 )
 from inferno.bench.report import _svg_lines
-from inferno.launcher import free_port
+from inferno.orchestrators.processes import free_port
 
 
 def slope_per_hour(points: list[tuple[float, float]]) -> float:

@@ -24,7 +24,7 @@ from inferno.config import (
     RegistryConfig,
     UpstreamConfig,
 )
-from inferno.launcher import free_port
+from inferno.orchestrators.processes import free_port
 from inferno.proxy.server import ProxyServer
 
 #: every process a test starts shares this cluster token (a proxy refuses to start without one)

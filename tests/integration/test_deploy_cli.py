@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from inferno.cli import main
-from inferno.launcher import free_port
+from inferno.orchestrators.processes import free_port
 from tests.conftest import HOST, Proc, wait_http
 
 TOKEN = "admin-token-for-tests-0123456789"

@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from inferno.errors import ConfigError
-from inferno.launcher import free_port
+from inferno.orchestrators.processes import free_port
 from inferno.proxy.server import ProxyServer
 from inferno.registry.loops import OwnAddresses
 from tests.conftest import TEST_TOKEN, proxy_config

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from inferno.launcher import free_port
+from inferno.orchestrators.processes import free_port
 from tests.conftest import HOST
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from inferno.launcher import free_port
+from inferno.orchestrators.processes import free_port
 from tests.conftest import HOST, TEST_TOKEN, start_process_cluster, wait_http
 
 pytestmark = pytest.mark.slow

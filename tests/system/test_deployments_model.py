@@ -20,8 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from inferno.launcher import free_port
-from inferno.orchestrators.processes import stop_all
+from inferno.orchestrators.processes import free_port, stop_all
 from tests.conftest import HOST, Proc, wait_http
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]

@@ -20,7 +20,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from inferno.launcher import free_port
+from inferno.orchestrators.processes import free_port
 from tests.conftest import HOST, Proc, wait_http
 
 pytestmark = pytest.mark.slow

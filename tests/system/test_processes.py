@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from inferno.launcher import free_port
+from inferno.orchestrators.processes import free_port
 from tests.conftest import HOST, start_process_cluster
 
 pytestmark = pytest.mark.slow

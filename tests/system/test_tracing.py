@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from inferno.launcher import free_port
+from inferno.orchestrators.processes import free_port
 from tests.conftest import HOST, TEST_TOKEN, Proc, start_process_cluster
 
 pytestmark = pytest.mark.slow

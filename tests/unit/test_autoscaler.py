@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from inferno.deployments.autoscaler import Autoscaler
 from inferno.deployments.spec import AutoScalingConfig
 
@@ -27,7 +29,12 @@ def cfg(**overrides: float) -> AutoScalingConfig:
 
 
 def run(
-    scaler: Autoscaler, clock: Clock, config: AutoScalingConfig, demands: list[float], *, step_s: float = 0.5
+    scaler: Autoscaler,
+    clock: Clock,
+    config: AutoScalingConfig,
+    demands: Sequence[float],
+    *,
+    step_s: float = 0.5,
 ) -> list[int]:
     """Feed one demand sample per step (a request counts as arriving with each busy
     sample); the replica count after each."""
