@@ -38,8 +38,14 @@ def test_request_lines_carry_request_id_backend_model_and_timings(spawn: Callabl
         assert answer.status_code == 200
     address = cluster.workers()["b1"]["address"]
     deadline = time.monotonic() + 5  # lines are flushed in batches, at most 50 ms late
-    while time.monotonic() < deadline and len(lines_of(cluster.proxy, f"{rid}-True")) < 2:
-        time.sleep(0.05)
+    while time.monotonic() < deadline and (
+        len(lines_of(cluster.proxy, f"{rid}-True")) < 2
+        or not any(
+            line["message"].startswith("Inference completed")
+            for line in lines_of(cluster.backends["b1"], f"{rid}-True")
+        )
+    ):
+        time.sleep(0.05)  # the backend's line may come after the proxy has relayed the stream
     for stream in (False, True):
         proxy_lines = lines_of(cluster.proxy, f"{rid}-{stream}")
         (route,) = [line for line in proxy_lines if line["message"].startswith("Routing request")]
