@@ -133,6 +133,25 @@ class DeploymentSpec(_Strict):
             raise ValueError(f"backend_config.{where}: {message}") from None
         return self
 
+    def backend_args(self, model_dir: str | None) -> list[str]:
+        """The ``inferno backend`` flags of an instance: engine, model id, drain grace and
+        each ``backend_config`` key as its engine flag. Always ``--flag=value``, so a value
+        that starts with ``--`` stays a value; a file is taken inside ``model_dir``
+        (``check_paths`` kept it there)."""
+        args = [
+            "--engine=" + self.backend,
+            "--model-id=" + self.model,
+            f"--drain-grace-s={self.auto_scaling_config.drain_timeout_s}",
+        ]
+        for key, value in sorted(self.backend_config.items()):
+            if value is None:
+                continue
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            if key.endswith(PATH_SUFFIXES) and model_dir is not None:
+                text = os.path.join(model_dir, text)
+            args.append(f"--{key.replace('_', '-')}={text}")
+        return args
+
     def with_defaults(self) -> dict[str, Any]:
         """The spec as JSON, every default filled in (what ``GET`` shows)."""
         return self.model_dump(mode="json")

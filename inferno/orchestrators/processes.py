@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from inferno.deployments.spec import PATH_SUFFIXES, DeploymentSpec
+from inferno.deployments.spec import DeploymentSpec
 from inferno.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -236,10 +236,6 @@ def backend_argv(
         "-m",
         "inferno",
         "backend",
-        "--engine",
-        spec.backend,
-        "--model-id",
-        spec.model,
         "--listen-addr",
         f"{HOST}:{data_port}",
         "--ops-addr",
@@ -248,23 +244,9 @@ def backend_argv(
         discovery_lb,
         "--node-id",
         instance_id,
-        "--drain-grace-s",
-        str(spec.auto_scaling_config.drain_timeout_s),
+        *spec.backend_args(model_dir),
     ]
-    for key, value in sorted(spec.backend_config.items()):
-        if value is None:
-            continue
-        text = _flag_value(value)
-        if key.endswith(PATH_SUFFIXES) and model_dir is not None:
-            text = os.path.join(model_dir, text)  # spec.check_paths kept it inside model_dir
-        argv += ["--" + key.replace("_", "-"), text]
     return argv
-
-
-def _flag_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 @dataclass(slots=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os.path
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -60,12 +59,6 @@ def service_name(stack: str, deployment: str) -> str:
     return f"{prefix}{clean[:room].rstrip('-')}-{digest}"
 
 
-def _flag_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def _inherited(args: Sequence[str]) -> dict[str, str]:
     """The template's ``--flag value`` pairs worth keeping (``--flag=value`` too)."""
     out: dict[str, str] = {}
@@ -108,23 +101,7 @@ def backend_args(
     args = ["backend"]
     for flag, value in kept.items():
         args += [flag, value]
-    args += [
-        "--engine",
-        spec.backend,
-        "--model-id",
-        spec.model,
-        "--discovery-lb",
-        discovery_lb,
-        "--drain-grace-s",
-        _flag_value(spec.auto_scaling_config.drain_timeout_s),
-    ]
-    for name, value in sorted(spec.backend_config.items()):
-        if value is None:
-            continue
-        text = _flag_value(value)
-        if name.endswith(("_path", "_dir", "_file")) and model_dir and not os.path.isabs(text):
-            text = os.path.join(model_dir, text)
-        args += ["--" + name.replace("_", "-"), text]
+    args += ["--discovery-lb", discovery_lb, *spec.backend_args(model_dir)]
     return args
 
 

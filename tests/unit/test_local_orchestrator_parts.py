@@ -30,18 +30,22 @@ def test_the_command_line_names_the_engine_model_ports_and_options_but_not_the_t
     )
     argv = backend_argv("/py", spec, "m@1-abcd", (4000, 4001), "127.0.0.1:6100", "/models")
     assert argv[:4] == ["/py", "-m", "inferno", "backend"]
-    pairs = dict(zip(argv[4::2], argv[5::2], strict=True))
-    assert pairs == {
-        "--engine": "llamacpp",
-        "--model-id": "m@1",
-        "--listen-addr": "127.0.0.1:4000",
-        "--ops-addr": "127.0.0.1:4001",
-        "--discovery-lb": "127.0.0.1:6100",
-        "--node-id": "m@1-abcd",
-        "--drain-grace-s": "7.0",
-        "--model-path": "/models/sub/x.gguf",
-        "--n-parallel": "3",
-    }
+    assert argv[4:] == [
+        "--listen-addr",
+        "127.0.0.1:4000",
+        "--ops-addr",
+        "127.0.0.1:4001",
+        "--discovery-lb",
+        "127.0.0.1:6100",
+        "--node-id",
+        "m@1-abcd",
+        # the deployment's own flags, always --flag=value: a value is never taken for a flag
+        "--engine=llamacpp",
+        "--model-id=m@1",
+        "--drain-grace-s=7.0",
+        "--model-path=/models/sub/x.gguf",
+        "--n-parallel=3",
+    ]
 
 
 def test_records_are_written_whole_and_unreadable_ones_removed(tmp_path: Path) -> None:
@@ -112,3 +116,15 @@ async def test_failed_starts_back_off_one_start_per_window_doubling_to_the_cap(t
         assert orch.instances() == []
     finally:
         await orch.aclose()
+
+
+def test_an_option_value_that_looks_like_a_flag_stays_a_value() -> None:
+    import click
+
+    from inferno.cli.backend import backend
+
+    spec = DeploymentSpec(model="m", backend="llamacpp", backend_config={"system_prompt": "--chaos"})
+    argv = backend_argv("/py", spec, "m-1", (4000, 4001), "127.0.0.1:6100", None)
+    ctx = backend.make_context("backend", argv[4:], resilient_parsing=True)
+    assert ctx.params["system_prompt"] == "--chaos" and ctx.params["chaos"] is False
+    assert isinstance(ctx, click.Context)

@@ -114,8 +114,8 @@ def test_the_service_is_the_template_with_the_deployments_command() -> None:
         "backend",
         "--listen-addr", "0.0.0.0:3000", "--ops-addr", "0.0.0.0:6100",
         "--cluster-token-file", "/run/secrets/cluster_token", "--heartbeat-interval-s", "1",
-        "--engine", "llamacpp", "--model-id", "smol-dep", "--discovery-lb", "proxy-lb:6100",
-        "--drain-grace-s", "20.0", "--model-path", "/models/smol/model.gguf", "--threads", "1",
+        "--discovery-lb", "proxy-lb:6100", "--engine=llamacpp", "--model-id=smol-dep",
+        "--drain-grace-s=20.0", "--model-path=/models/smol/model.gguf", "--threads=1",
     ]  # fmt: skip
     # hardening, secrets, resources, logging and networks come from the template
     for key in ("Image", "ReadOnly", "Mounts", "Secrets", "CapabilityDrop", "Healthcheck"):
