@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from inferno.errors import Overloaded
 from inferno.orchestrators.base import DesiredDeployment, InstanceInfo, Orchestrator, OrchestratorContext
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 REPORT_STALE_S = 15.0
 #: the longest long poll a controller may ask for
 MAX_WAIT_S = 30.0
+#: long polls held at once (one controller needs one; more would take the ops port's
+#: connections from health checks and registrations)
+MAX_POLLS = 4
 
 
 class Driver(ABC):
@@ -139,6 +143,7 @@ class ExternalDriver(Driver):
         self._status: dict[str, Any] = {}
         self._reported_at: float | None = None
         self._controller = ""
+        self._polls = 0
 
     def publish(self, desired: Sequence[DesiredDeployment]) -> None:
         body = [d.to_json() for d in desired]
@@ -155,12 +160,24 @@ class ExternalDriver(Driver):
     async def wait(self, after: int, wait_s: float) -> dict[str, Any]:
         """The desired state once its version differs from ``after`` (or after ``wait_s``)."""
         if after == self.version and wait_s > 0:
-            async with self._changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._changed.wait_for(lambda: self.version != after), min(wait_s, MAX_WAIT_S)
-                    )
+            if self._polls >= MAX_POLLS:
+                raise Overloaded(
+                    f"{MAX_POLLS} long polls are open already (one controller needs one); retry later",
+                    reason="long_polls",
+                )
+            self._polls += 1
+            try:
+                await self._hold(after, wait_s)
+            finally:
+                self._polls -= 1
         return {"version": self.version, "deployments": self._desired}
+
+    async def _hold(self, after: int, wait_s: float) -> None:
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self.version != after), min(wait_s, MAX_WAIT_S)
+                )
 
     def report(self, report: Report) -> None:
         instances: list[InstanceInfo] = []

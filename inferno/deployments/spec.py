@@ -125,12 +125,14 @@ class DeploymentSpec(_Strict):
     def _options(self) -> DeploymentSpec:
         options = Engine.options_models()[self.backend]
         try:
-            options.model_validate(self.backend_config)
+            validated = options.model_validate(self.backend_config)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
             raise ValueError(f"backend_config.{where}: {message}") from None
+        # What instances get is what was validated (2.0 -> 2), never the raw value.
+        object.__setattr__(self, "backend_config", validated.model_dump(include=set(self.backend_config)))
         return self
 
     def backend_args(self, model_dir: str | None) -> list[str]:
@@ -181,9 +183,11 @@ def check_paths(spec: DeploymentSpec, model_dir: str | None) -> None:
                 f"backend_config.{name}: no --model-dir is set on the proxy, so no file may be named",
                 param=f"backend_config.{name}",
             )
-        root = os.path.normpath(model_dir)
-        full = os.path.normpath(os.path.join(root, str(value)))
-        if "\x00" in str(value) or os.path.commonpath([root, full]) != root:
+        # Real paths on both sides: a symlink inside the directory must not lead out of it.
+        root = os.path.realpath(model_dir)
+        text = str(value)
+        full = os.path.realpath(os.path.join(root, text)) if "\x00" not in text else ""
+        if not full or full == root or os.path.commonpath([root, full]) != root:
             raise BadRequest(
                 f"backend_config.{name}: must name a file inside --model-dir", param=f"backend_config.{name}"
             )

@@ -36,7 +36,7 @@ def package_file(package: str, *parts: str, hint: str) -> Path:
 class EngineOptions(BaseModel):
     """Base of every engine's options model: frozen, unknown keys refused."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,11 +22,9 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from inferno.errors import UpstreamError
@@ -34,15 +32,16 @@ from inferno.http.client import ResponseLimits, Timeouts, UpstreamPool, build_re
 from inferno.orchestrators.base import (
     DesiredDeployment,
     InstanceInfo,
-    InstanceState,
     Orchestrator,
     OrchestratorContext,
 )
 from inferno.orchestrators.processes import (
     HOST,
+    OPTIONS,
     Backoff,
     InstanceProcess,
     InstanceRecord,
+    LocalInstance,
     RecordStore,
     backend_argv,
     free_port,
@@ -57,28 +56,9 @@ TOKEN_ENV = "INFERNO_CLUSTER_TOKEN"  # inferno.security.TOKEN_ENV; not imported,
 #: past the drain timeout, how long a stopping instance has before SIGKILL
 KILL_GRACE_S = 10.0
 #: ``--orchestrator-option`` keys this orchestrator takes, with their types
-OPTIONS: dict[str, type] = {
-    "probe_interval_s": float,
-    "probe_timeout_s": float,
-    "backoff_base_s": float,
-    "backoff_max_s": float,
-}
-#: the node every local instance runs on
-NODE = socket.gethostname()
 BeforeStop = Callable[[InstanceInfo], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class _Instance:
-    record: InstanceRecord
-    process: InstanceProcess
-    state: InstanceState
-    #: when it was started or adopted (the injected clock): the cold-start deadline counts from here
-    since: float
-
-    def info(self) -> InstanceInfo:
-        r = self.record
-        return InstanceInfo(r.id, r.deployment, r.generation, self.state, NODE, r.address, r.started)
+#: how long ``before_stop`` may take before SIGTERM is sent anyway
+BEFORE_STOP_S = 1.0
 
 
 class LocalOrchestrator(Orchestrator, name="local"):
@@ -99,8 +79,14 @@ class LocalOrchestrator(Orchestrator, name="local"):
         probe_timeout_s: float = 1.0,
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 30.0,
+        max_starting: int = 4,
+        max_instances: int = 64,
         environ: Mapping[str, str] | None = None,
     ) -> None:
+        #: starts in progress at once, and processes in all (a PATCH storm, or one admin
+        #: request asking for 64 instances, must not fork the machine to death)
+        self._max_starting = max_starting
+        self._max_instances = max_instances
         self._store = RecordStore(state_dir)
         self._discovery_lb = discovery_lb
         self._token = cluster_token
@@ -116,7 +102,7 @@ class LocalOrchestrator(Orchestrator, name="local"):
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
         self._environ = dict(os.environ if environ is None else environ)
-        self._instances: dict[str, _Instance] = {}
+        self._instances: dict[str, LocalInstance] = {}
         self._backoff: dict[str, Backoff] = {}
         #: the last desired state; None until the first reconcile (nothing is stopped before)
         self._desired: dict[str, DesiredDeployment] | None = None
@@ -159,7 +145,7 @@ class LocalOrchestrator(Orchestrator, name="local"):
                 )
                 self._store.remove(record.id)
                 continue
-            self._instances[record.id] = _Instance(record, process, "starting", now)
+            self._instances[record.id] = LocalInstance(record, process, "starting", now)
             logger.info(
                 "Instance %s of %s adopted (pid %d, %s, generation %d)",
                 record.id,
@@ -262,7 +248,7 @@ class LocalOrchestrator(Orchestrator, name="local"):
             for inst in surplus if target == 0 else surplus[:1]:
                 self._stop(inst, f"generation {desired.generation} is ready")
 
-    def _current(self, inst: _Instance, desired: DesiredDeployment) -> bool:
+    def _current(self, inst: LocalInstance, desired: DesiredDeployment) -> bool:
         """Of the desired generation, and registering where the proxy now listens (one
         adopted from a proxy on another address is replaced like an old generation)."""
         record = inst.record
@@ -276,6 +262,9 @@ class LocalOrchestrator(Orchestrator, name="local"):
         if backoff.failures and now < backoff.blocked_until:
             self._wake_at(backoff.blocked_until)
             return False
+        starting = sum(i.state == "starting" or not i.served for i in self._instances.values())
+        if starting >= self._max_starting or len(self._instances) >= self._max_instances:
+            return False  # the next step (an instance ready or gone) tries again
         spec = desired.spec
         instance_id = f"{desired.id}-{secrets.token_hex(4)}"
         data_port, ops_port = free_port(), free_port()
@@ -319,7 +308,7 @@ class LocalOrchestrator(Orchestrator, name="local"):
             self._reap_later(process, instance_id)
             self._failed_start(desired.id)
             return False
-        self._instances[instance_id] = _Instance(record, process, "starting", now)
+        self._instances[instance_id] = LocalInstance(record, process, "starting", now)
         backoff.starts += 1
         if backoff.failures:
             # Still failing: the next start waits a whole window even if this one hangs.
@@ -334,21 +323,21 @@ class LocalOrchestrator(Orchestrator, name="local"):
         )
         return True
 
-    def _stop(self, inst: _Instance, reason: str) -> None:
+    def _stop(self, inst: LocalInstance, reason: str) -> None:
         if inst.record.id in self._stops or inst.state in ("draining", "stopping"):
             return
         logger.info("Instance %s of %s stopping: %s", inst.record.id, inst.record.deployment, reason)
         inst.state = "draining"
         self._stops[inst.record.id] = asyncio.create_task(self._drain(inst), name=f"stop-{inst.record.id}")
 
-    async def _drain(self, inst: _Instance) -> None:
+    async def _drain(self, inst: LocalInstance) -> None:
         record = inst.record
         try:
             if self._before_stop is not None:
                 try:
-                    await asyncio.wait_for(
-                        self._before_stop(inst.info()), timeout=max(1.0, record.drain_timeout_s)
-                    )
+                    # Quick (the proxy stops routing to it); the backend's own drain on
+                    # SIGTERM finishes its requests, so a killed driver orphans nothing.
+                    await asyncio.wait_for(self._before_stop(inst.info()), timeout=BEFORE_STOP_S)
                 except Exception:
                     logger.exception("before_stop of instance %s failed; stopping it anyway", record.id)
             inst.process.signal(signal.SIGTERM)
@@ -375,7 +364,7 @@ class LocalOrchestrator(Orchestrator, name="local"):
         self._drop(inst)
         self._step()
 
-    async def _wait_exit(self, inst: _Instance, timeout_s: float) -> bool:
+    async def _wait_exit(self, inst: LocalInstance, timeout_s: float) -> bool:
         deadline = self._clock() + timeout_s
         while inst.process.alive():
             if self._clock() >= deadline:
@@ -383,9 +372,11 @@ class LocalOrchestrator(Orchestrator, name="local"):
             await asyncio.sleep(0.05)
         return True
 
-    def _drop(self, inst: _Instance) -> None:
+    def _drop(self, inst: LocalInstance) -> None:
         self._instances.pop(inst.record.id, None)
         self._store.remove(inst.record.id)
+        with contextlib.suppress(OSError):
+            self._store.prune_logs()
 
     def _failed_start(self, deployment: str) -> None:
         backoff = self._backoff.setdefault(deployment, Backoff())
@@ -399,7 +390,7 @@ class LocalOrchestrator(Orchestrator, name="local"):
             delay,
         )
 
-    def _fail(self, inst: _Instance, why: str) -> None:
+    def _fail(self, inst: LocalInstance, why: str) -> None:
         record = inst.record
         logger.warning("Instance %s of %s failed (pid %d): %s", record.id, record.deployment, record.pid, why)
         # A ready instance that dies counts too: a crash loop restarts at most once a window.
@@ -453,7 +444,7 @@ class LocalOrchestrator(Orchestrator, name="local"):
             self._stops[key] = task
             task.add_done_callback(lambda _: self._stops.pop(key, None))
 
-    async def _probe_all(self, starting: list[_Instance]) -> bool:
+    async def _probe_all(self, starting: list[LocalInstance]) -> bool:
         tasks = {asyncio.create_task(self._probe(i.record)): i for i in starting}
         done, pending = await asyncio.wait(tasks, timeout=self._timeouts.read_s + 0.5)
         for task in pending:
@@ -463,6 +454,7 @@ class LocalOrchestrator(Orchestrator, name="local"):
             inst = tasks[task]
             if task.result() and inst.state == "starting":
                 inst.state = "ready"
+                inst.served = True
                 self._backoff.pop(inst.record.deployment, None)
                 logger.info(
                     "Instance %s of %s ready (%s, %.1fs)",

@@ -24,6 +24,7 @@ from typing import Any
 
 from inferno.deployments.spec import DeploymentSpec
 from inferno.errors import ConfigError
+from inferno.orchestrators.base import InstanceInfo, InstanceState
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,17 @@ class RecordStore:
     def remove(self, instance_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(instance_id).unlink()
+
+    def prune_logs(self, keep: int = 100) -> None:
+        """Keep the newest ``keep`` logs of instances that are gone (a crash loop writes one
+        per start); the logs of recorded instances always stay."""
+        live = {path.stem for path in self.root.glob("*.json")}
+        logs = sorted(
+            (p for p in (self.root / "logs").glob("*.log") if p.stem not in live),
+            key=lambda p: p.stat().st_mtime,
+        )
+        for path in logs[: max(0, len(logs) - keep)]:
+            path.unlink(missing_ok=True)
 
     def load(self) -> list[InstanceRecord]:
         """Every readable record; unreadable ones and leftover temporary files are removed."""
@@ -283,3 +295,30 @@ def parse_options(pairs: Sequence[tuple[str, str]], kinds: Mapping[str, type[flo
         if options[key] <= 0:
             raise ConfigError(f"orchestrator option {key} must be positive")
     return options
+
+
+OPTIONS: dict[str, type] = {
+    "probe_interval_s": float,
+    "probe_timeout_s": float,
+    "backoff_base_s": float,
+    "backoff_max_s": float,
+    "max_starting": int,
+    "max_instances": int,
+}
+#: the node every local instance runs on
+NODE = socket.gethostname()
+
+
+@dataclass(slots=True)
+class LocalInstance:
+    record: InstanceRecord
+    process: InstanceProcess
+    state: InstanceState
+    #: when it was started or adopted (the injected clock): the cold-start deadline counts from here
+    since: float
+    #: it served once (a stop of one that never did still counts as a start in progress)
+    served: bool = False
+
+    def info(self) -> InstanceInfo:
+        r = self.record
+        return InstanceInfo(r.id, r.deployment, r.generation, self.state, NODE, r.address, r.started)

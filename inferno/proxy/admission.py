@@ -24,13 +24,13 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from inferno.config import AdmissionConfig
 from inferno.errors import ColdStartTimeout, InfernoError, ModelNotFound, NoBackendAvailable, Overloaded
 from inferno.observability.metrics import Histogram
 from inferno.policies.base import LoadBalancingPolicy
-from inferno.proxy.coldstart import AutoScalingLimits, ColdStarts
+from inferno.proxy.coldstart import ColdStarts, ColdStartWaits
+from inferno.proxy.waiter import Waiter
 from inferno.proxy.waits import ServiceTimes, expected_wait_s, retry_after_s
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.worker import WorkerInfo
@@ -47,27 +47,7 @@ def _pool_key(ctx: RequestContext) -> str:
     return ctx.model if ctx.model is not None else "task:" + ctx.task
 
 
-@dataclass(eq=False)
-class Waiter:
-    ctx: RequestContext
-    tried: frozenset[str]
-    arrival: float
-    future: asyncio.Future[WorkerInfo] = field(repr=False)
-    #: the backend worth waiting for (affinity), until ``home_until``
-    home: WorkerInfo | None = None
-    home_until: float = 0.0
-    #: a migrating stream: served ahead of every class, and waits for a backend to
-    #: come back (until its deadline) rather than failing when none is routable
-    urgent: bool = False
-    #: when the request's own deadline passes (clock time)
-    deadline: float = math.inf
-    #: the deployment whose instance it waits to start ("": not a cold start)
-    cold: str = ""
-    #: told how long a cold start took, when the waiter is handed its backend
-    on_cold: Callable[[float], None] | None = None
-
-
-class AdmissionController:
+class AdmissionController(ColdStartWaits):
     def __init__(
         self,
         config: AdmissionConfig,
@@ -87,6 +67,9 @@ class AdmissionController:
         self._policy = policy
         self._clock = clock
         self._waiters: list[Waiter] = []
+        #: waiting for a deployment's first instance to start: apart, so that they never
+        #: hold back requests for models that have capacity (nor count in max_queue)
+        self._cold_waiters: list[Waiter] = []
         # Affinity: only for a policy that names homes (the check costs others nothing).
         self._affine = type(policy).home is not LoadBalancingPolicy.home
         self._affinity_wait_s = affinity_wait_s
@@ -207,54 +190,6 @@ class AdmissionController:
             self._home_waiting[home.address] = self._home_waiting.get(home.address, 0) + 1
         return await self._wait(waiter, min(timeout_s, self._cfg.queue_timeout_s))
 
-    def _scaling(self, ctx: RequestContext) -> bool:
-        assert self.cold_starts is not None and ctx.model is not None
-        return self.cold_starts.starting(ctx.model)
-
-    def _scale_for(self, ctx: RequestContext) -> None:
-        """A request refused for capacity counts as demand for its deployment."""
-        assert self.cold_starts is not None and ctx.model is not None
-        self.cold_starts.refused(ctx.model)
-
-    async def _cold_start(
-        self,
-        ctx: RequestContext,
-        model: str,
-        tried: frozenset[str],
-        limits: AutoScalingLimits,
-        timeout_s: float,
-        on_cold: Callable[[float], None] | None,
-    ) -> WorkerInfo:
-        """Wait for an instance of a deployment that has none routable: at most
-        ``max_pending`` requests per deployment, each for at most its cold-start timeout
-        (or its own deadline, when nearer); then 503 ``cold_start_timeout``."""
-        assert self.cold_starts is not None
-        pending = self._pending.get(model, 0)
-        if pending >= limits.max_pending:
-            self.rejected["cold_start_pending"] += 1
-            raise Overloaded(
-                f"{pending} requests already wait for {model} to start (max_pending); retry later",
-                reason="cold_start_pending",
-                retry_after_s=max(1, math.ceil(limits.cold_start_timeout_s / 4)),
-            )
-        self.cold_starts.wake(model)
-        waiter = Waiter(ctx, tried, self._clock(), self._future(), cold=model, on_cold=on_cold)
-        wait_s = min(timeout_s, limits.cold_start_timeout_s)
-        waiter.deadline = waiter.arrival + timeout_s
-        self._pending[model] = pending + 1
-        try:
-            return await self._wait(waiter, wait_s)
-        finally:
-            left = self._pending[model] - 1
-            if left:
-                self._pending[model] = left
-            else:
-                del self._pending[model]
-
-    def pending_cold(self, model: str) -> int:
-        """Requests waiting for ``model``'s first instance to start."""
-        return self._pending.get(model, 0)
-
     def waiting_for(self, model: str) -> int:
         """Requests queued for ``model`` (cold-start waiters among them)."""
         counts = self._queued.get(model)
@@ -317,13 +252,18 @@ class AdmissionController:
         if waiter.home is not None:
             # When the wait for the home ends, any free backend will do.
             wake = loop.call_later(self._affinity_wait_s, self.dispatch)
-        self._waiters.append(waiter)
+        queue = self._cold_waiters if waiter.cold else self._waiters
+        queue.append(waiter)
         counts = self._queued.get(key := _pool_key(waiter.ctx))
         if counts is None:
             counts = self._queued[key] = [0] * (len(Priority) + 1)
         slot = _URGENT if waiter.urgent else int(waiter.ctx.priority) + 1
         counts[slot] += 1
         handle = loop.call_later(wait_s, self._expire, waiter, wait_s)
+        if not waiter.cold:
+            # It may have queued behind waiters of other pools while its own has a free
+            # slot: the queue's order decides now, not at the next release.
+            self.dispatch()
         try:
             return await waiter.future
         except BaseException:
@@ -345,15 +285,15 @@ class AdmissionController:
                     self._home_waiting[address] = left
                 else:
                     self._home_waiting.pop(address, None)
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+            if waiter in queue:
+                queue.remove(waiter)
 
     def release(self, worker: WorkerInfo, *, failed: bool = False) -> None:
         """Give the slot back; ``failed`` (no answer) keeps it out of the service time."""
         worker.in_flight -= 1
         if self.service_times is not None:
             self.service_times.finished(worker.address, failed=failed)
-        if self._waiters:
+        if self._waiters or self._cold_waiters:
             self.dispatch()
 
     def _expire(self, waiter: Waiter, timeout: float) -> None:
@@ -410,11 +350,12 @@ class AdmissionController:
         return int(waiter.ctx.priority) - math.floor(waited / self._cfg.aging_s), waiter.arrival
 
     def dispatch(self) -> None:
-        """Hand free capacity to waiters, best rank first."""
-        if not self._waiters:
+        """Hand free capacity to waiters, best rank first (cold-start waiters, which
+        wait for instances of their own, in arrival order after them)."""
+        if not self._waiters and not self._cold_waiters:
             return
         now = self._clock()
-        for waiter in sorted(self._waiters, key=lambda w: self.rank(w, now)):
+        for waiter in [*sorted(self._waiters, key=lambda w: self.rank(w, now)), *self._cold_waiters]:
             if waiter.future.done():
                 continue
             eligible = self._eligible(waiter.ctx, waiter.tried)
@@ -448,12 +389,6 @@ class AdmissionController:
             if waiter.cold:
                 self._cold_started(waiter, now - waiter.arrival)
             waiter.future.set_result(worker)
-
-    def _cold_started(self, waiter: Waiter, waited_s: float) -> None:
-        assert self.cold_starts is not None
-        self.cold_starts.observe_cold_start(waiter.cold, waited_s)
-        if waiter.on_cold is not None:
-            waiter.on_cold(waited_s)
 
     def _cannot_finish(self, waiter: Waiter, worker: WorkerInfo, now: float) -> bool:
         """A waiter whose deadline is nearer than the service time planned for the
@@ -491,5 +426,6 @@ class AdmissionController:
             "queue_timeout_s": self._cfg.queue_timeout_s,
             "aging_s": self._cfg.aging_s,
             "served_from_queue": {p.name.lower(): n for p, n in self.served_from_queue.items()},
+            "cold_start_waiting": len(self._cold_waiters),
             "rejected": dict(self.rejected),
         }

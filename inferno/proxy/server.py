@@ -118,6 +118,11 @@ class ProxyServer:
             assert db is not None
             self.deployments = self._deployments(db, clock)
             self.admission.cold_starts = self.deployments
+        if config.admin_token is not None and token == config.admin_token.get_secret_value():
+            raise ConfigError(
+                "the admin token is the cluster token: every backend holds that one, and must not "
+                "be able to deploy; give --admin-token-file a token of its own"
+            )
         self.admin_auth = ClusterAuth(
             config.admin_token.get_secret_value() if config.admin_token else None,
             refused_log_interval_s=config.http.refused_log_interval_s,
@@ -211,14 +216,12 @@ class ProxyServer:
         return manager
 
     async def _retire(self, instance: InstanceInfo) -> None:
-        """Before a deployment instance stops: no new requests go to it, and the ones in
-        flight finish (the orchestrator bounds this wait by the drain timeout)."""
+        """Before a deployment instance stops: no new request goes to it. Its requests in
+        flight finish in the backend's own drain (SIGTERM follows at once, so a proxy
+        killed now leaves no instance behind that nobody stops)."""
         worker = self.registry.retire(instance.address) if instance.address else None
-        if worker is None:
-            return
-        logger.info("Retiring %s (%s): %d in flight", instance.address, instance.id, worker.in_flight)
-        while worker.in_flight > 0:  # noqa: ASYNC110 - bounded by the caller's timeout
-            await asyncio.sleep(0.02)
+        if worker is not None:
+            logger.info("Retiring %s (%s): %d in flight", instance.address, instance.id, worker.in_flight)
 
     async def _start_deployments(self) -> None:
         manager = self.deployments

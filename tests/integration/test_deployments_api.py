@@ -340,3 +340,35 @@ async def test_a_request_naming_no_model_cold_starts_the_deployment_doing_its_ta
         assert "x-inferno-cold-start" in r.headers
     finally:
         await controller.aclose()
+
+
+async def test_long_polls_are_bounded_so_they_cannot_take_the_ops_port(
+    make_proxy: Callable[..., Any], client: httpx.AsyncClient
+) -> None:
+    from inferno.deployments.drivers import MAX_POLLS
+
+    _, ops = urls(await make_proxy())
+    version = (await client.get(f"{ops}/v1/orchestrator/desired", headers=AUTH)).json()["version"]
+    url = f"{ops}/v1/orchestrator/desired?after={version}&wait_s=5"
+    held = [asyncio.create_task(client.get(url, headers=AUTH)) for _ in range(MAX_POLLS)]
+    await asyncio.sleep(0.2)
+    r = await client.get(url, headers=AUTH)
+    assert r.status_code == 429 and "long polls" in r.json()["error"]["message"]
+    assert (await client.get(f"{ops}/livez")).status_code == 200
+    for task in held:
+        task.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+
+
+async def test_the_admin_token_may_not_be_the_cluster_token(tmp_path: Path) -> None:
+    from inferno.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="admin token is the cluster token"):
+        ProxyServer(
+            proxy_config(
+                orchestrator="external",
+                admin_token=SecretStr(ADMIN),
+                cluster_token=SecretStr(ADMIN),
+                state_dir=str(tmp_path / "s"),
+            )
+        )

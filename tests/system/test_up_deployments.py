@@ -90,6 +90,8 @@ def test_up_with_deployments_only_cold_starts_survives_a_killed_up_and_stops_on_
         while (pid_start_time(pid) is not None and not _zombie(pid)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert pid_start_time(pid) is None or _zombie(pid), "the stale instance was not stopped"
+        while len(instance_pids(state)) > 1 and time.monotonic() < deadline:
+            time.sleep(0.1)  # its record goes once the orchestrator sees it gone
         replaced = instance_pids(state)
         assert len(replaced) == 1 and replaced != pids
         (pid,) = replaced.values()
