@@ -245,6 +245,12 @@ async def test_a_request_at_zero_cold_starts_an_instance_and_is_answered(
             == controller.backends["dep"].advertise_addr
         )
         assert status["orchestrator"]["connected"] is True
+        # the dashboard's event log shows the decision and the instance
+        await wait_for(
+            lambda: any("instance dep-i ready" in e.detail for e in proxy.registry.events.since(0))
+        )
+        details = [e.detail for e in proxy.registry.events.since(0) if e.kind == "deployment"]
+        assert any("1 instances: cold start" in d for d in details), details
     finally:
         await controller.aclose()
 
