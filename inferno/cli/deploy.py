@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,12 @@ def _json_option(value: str, flag: str) -> dict[str, Any]:
     return body
 
 
+def _ago(wall: object) -> str:
+    if not isinstance(wall, (int, float)):
+        return "-"
+    return f"{max(0.0, time.time() - wall):.0f}s ago"
+
+
 def _echo_json(body: object) -> None:
     click.echo(json.dumps(body, indent=2, sort_keys=True))
 
@@ -93,7 +100,7 @@ def _table(views: list[dict[str, Any]]) -> str:
                 str(view.get("desired", "")),
                 f"{ready}/{len(instances)}",
                 f"{scaling.get('min_instances', '?')}-{scaling.get('max_instances', '?')}",
-                str(view.get("last_request") or "-"),
+                _ago(view.get("last_request")),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -132,6 +139,12 @@ def deploy(ctx: click.Context, proxy_ops: str, admin_token_file: str | None, tim
     """Manage serverless deployments (the proxy's /v1/deployments)."""
     hostport(proxy_ops, "--proxy-ops")
     token = admin_token(admin_token_file, os.environ)
+    if token is None:
+        click.echo(
+            f"inferno deploy: no admin token: give --admin-token-file, set {ADMIN_TOKEN_ENV}, or run from "
+            f"where {DEFAULT_TOKEN_FILE} is (inferno up writes it there); the proxy will refuse the call",
+            err=True,
+        )
     ctx.ensure_object(dict)["client"] = AdminClient(proxy_ops, token, timeout_s)
 
 
@@ -144,6 +157,8 @@ def create(ctx: click.Context, path: str | None, body: str | None) -> None:
     if (path is None) == (body is None):
         raise click.UsageError("give the spec with either -f FILE or --json")
     spec = _read_document(path) if path is not None else _json_option(str(body), "--json")
+    if isinstance(spec, dict) and set(spec) == {"deployments"}:
+        raise click.BadParameter("this is a deployments file: use inferno deploy apply -f", param_hint="-f")
     if not isinstance(spec, dict):
         raise click.BadParameter("the file must hold one deployment spec (a mapping)", param_hint="-f")
     _echo_json(_client(ctx).call("POST", "/v1/deployments", spec))

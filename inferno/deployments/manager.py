@@ -201,6 +201,9 @@ class DeploymentManager:
         ]
 
     def start(self) -> None:
+        # Decide once before anything is published: replicas restored from the database
+        # whose keep-alive ran out while the proxy was down go now, never started first.
+        self.tick()
         self._publish()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="deployments")
 

@@ -378,3 +378,27 @@ async def test_the_admin_token_may_not_be_the_cluster_token(tmp_path: Path) -> N
                 state_dir=str(tmp_path / "s"),
             )
         )
+
+
+async def test_a_restart_after_keep_alive_ran_out_publishes_zero_first(
+    make_proxy: Callable[..., Any], client: httpx.AsyncClient
+) -> None:
+    proxy = await make_proxy()
+    url, ops = urls(proxy)
+    await client.post(f"{ops}/v1/deployments", headers=AUTH, json=spec(keep_alive_s=0.5, downscale_delay_s=0))
+    controller = Controller(proxy, client)
+    try:
+        task = asyncio.create_task(client.post(f"{url}/v1/chat/completions", json={**CHAT, "model": "dep"}))
+        await controller.desired(wait_s=5)
+        await controller.start("dep")
+        assert (await task).status_code == 200
+        await proxy.aclose()  # persisted at 1 instance
+        await asyncio.sleep(1.0)  # the proxy is down past the keep-alive
+        again = await make_proxy()
+        # the very first desired state the controller sees already says zero
+        first = (
+            await client.get(f"http://{HOST}:{again.ops_address[1]}/v1/orchestrator/desired", headers=AUTH)
+        ).json()
+        assert first["deployments"][0]["replicas"] == 0
+    finally:
+        await controller.aclose()
