@@ -410,7 +410,7 @@ def banner(cluster: Launcher, models: dict[str, str]) -> str:
         "Inferno is up.",
         f"  proxy       {url}   (POST /inference, /v1/chat/completions, /v1/completions, /v1/embeddings)",
         f"  ops         {cluster.ops_url}   (/health /workers /metrics)",
-        f"  dashboard   {cluster.ops_url}/dashboard   (log in with the token)",
+        f"  dashboard   {cluster.ops_url}/dashboard   (log in with the cluster token)",
         f"  token       INFERNO_CLUSTER_TOKEN={cluster.token}   (what another backend needs to join)",
         f"  deployments inferno deploy list   (admin token in {cluster.admin_token_file})",
     ]
