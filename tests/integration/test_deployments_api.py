@@ -77,6 +77,16 @@ class Controller:
         )
         assert r.status_code == 204, r.text
 
+    async def serve_first(self, url: str, model: str = "dep") -> httpx.Response:
+        """A chat request at zero: see the scale-up, start the instance, report it."""
+        task = asyncio.create_task(
+            self.http.post(f"{url}/v1/chat/completions", json={**CHAT, "model": model})
+        )
+        await self.desired(wait_s=5)
+        await self.start(model)
+        await self.report()
+        return await task
+
     async def aclose(self) -> None:
         for backend in self.backends.values():
             await backend.aclose()
@@ -309,11 +319,7 @@ async def test_a_restarted_proxy_keeps_deployments_replicas_and_keep_alive(
     await client.post(f"{ops}/v1/deployments", headers=AUTH, json=spec(keep_alive_s=600))
     controller = Controller(proxy, client)
     try:
-        task = asyncio.create_task(client.post(f"{url}/v1/chat/completions", json={**CHAT, "model": "dep"}))
-        await controller.desired(wait_s=5)
-        await controller.start("dep")
-        await controller.report()
-        assert (await task).status_code == 200
+        assert (await controller.serve_first(url)).status_code == 200
         await proxy.aclose()  # persists what the autoscaler holds
 
         again = await make_proxy()
@@ -388,10 +394,7 @@ async def test_a_restart_after_keep_alive_ran_out_publishes_zero_first(
     await client.post(f"{ops}/v1/deployments", headers=AUTH, json=spec(keep_alive_s=0.5, downscale_delay_s=0))
     controller = Controller(proxy, client)
     try:
-        task = asyncio.create_task(client.post(f"{url}/v1/chat/completions", json={**CHAT, "model": "dep"}))
-        await controller.desired(wait_s=5)
-        await controller.start("dep")
-        assert (await task).status_code == 200
+        assert (await controller.serve_first(url)).status_code == 200
         await proxy.aclose()  # persisted at 1 instance
         await asyncio.sleep(1.0)  # the proxy is down past the keep-alive
         again = await make_proxy()
