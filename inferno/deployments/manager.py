@@ -21,6 +21,7 @@ from inferno.deployments.autoscaler import Autoscaler
 from inferno.deployments.drivers import Driver
 from inferno.deployments.spec import AutoScalingConfig, DeploymentSpec, merged
 from inferno.deployments.store import Deployment, DeploymentStore
+from inferno.engines import Engine
 from inferno.errors import Conflict, NotFound
 from inferno.observability.metrics import Histogram
 from inferno.orchestrators.base import DesiredDeployment, InstanceInfo
@@ -345,8 +346,6 @@ class DeploymentManager:
 
 
 def _task(engine: str) -> str:
-    from inferno.engines import Engine
-
     return str(Engine.lookup_task(engine))
 
 

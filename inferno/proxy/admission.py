@@ -260,9 +260,10 @@ class AdmissionController(ColdStartWaits):
         slot = _URGENT if waiter.urgent else int(waiter.ctx.priority) + 1
         counts[slot] += 1
         handle = loop.call_later(wait_s, self._expire, waiter, wait_s)
-        if not waiter.cold:
-            # It may have queued behind waiters of other pools while its own has a free
-            # slot: the queue's order decides now, not at the next release.
+        if not waiter.cold and self._with_capacity(self._eligible(waiter.ctx, waiter.tried)):
+            # It queued behind waiters of other pools while its own has a free slot: the
+            # queue's order decides now, not at the next release. (When its pool is full,
+            # as under overload, there is nothing to hand out: no sort of the queue.)
             self.dispatch()
         try:
             return await waiter.future
