@@ -318,6 +318,33 @@ class DashboardConfig(_Frozen):
     )
 
 
+class QueueSpec(_Frozen):
+    """One pull queue (``--queue NAME[:MAX_SIZE[:MAX_MESSAGE_BYTES]]``)."""
+
+    #: 1-64 characters from [A-Za-z0-9_.-]
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: jobs not finished (waiting + running) at most; one more gets 429
+    max_size: int = Field(1024, ge=1, le=1_000_000)
+    #: a job's body at most; larger gets 413 (the original tool's 1 KiB by default)
+    max_message_bytes: int = Field(1024, ge=64, le=8 << 20)
+
+
+class QueueConfig(_Frozen):
+    """Pull queues and their workers (docs/queues.md)."""
+
+    lease_s: float = Field(30.0, ge=0.05, le=3600, description="a lease lasts this long unless heartbeated")
+    max_attempts: int = Field(3, ge=1, le=100, description="leases a job gets before it is dead-lettered")
+    max_wait_s: float = Field(600.0, gt=0, le=86_400, description="how long a submission waits at most")
+    max_poll_s: float = Field(60.0, gt=0, le=600, description="cap of a long poll (GET /v1/jobs/ID, lease)")
+    max_result_bytes: int = Field(65_536, ge=1024, le=200_000, description="a completion body at most")
+    result_retention_s: float = Field(3600.0, gt=0, description="finished results are kept this long")
+    max_results: int = Field(10_000, ge=1, le=10_000_000, description="finished results kept per queue")
+    max_dead: int = Field(10_000, ge=1, le=1_000_000, description="dead-lettered jobs kept per queue")
+    max_pollers: int = Field(1024, ge=1, le=100_000, description="workers long-polling at once at most")
+    stats_interval_s: float = Field(60.0, gt=0, description="period of the stats line and the max window")
+    commit_interval_ms: float = Field(2.0, ge=0, le=1000, description="the journal's group commit period")
+
+
 class ProxyConfig(_Frozen):
     listen_host: str = "0.0.0.0"
     listen_port: int = 8080
@@ -366,6 +393,13 @@ class ProxyConfig(_Frozen):
     model_dir: str | None = None
     #: how often the autoscaler samples demand (a request at zero wakes it at once)
     autoscale_tick_s: float = Field(0.5, gt=0, le=60)
+    #: pull queues (``--queue``) and their settings
+    queues: tuple[QueueSpec, ...] = ()
+    queue: QueueConfig = QueueConfig()
+    #: keep queued jobs and results in memory only (``--queue-memory-only``)
+    queue_memory_only: bool = False
+    #: the token workers lease with (``--worker-token-file``); without it, the cluster token
+    worker_token: SecretStr | None = None
     #: alias -> served model id, so OpenAI clients work unchanged (``--model-alias A=B``)
     model_aliases: dict[str, str] = Field(default_factory=dict)
 

@@ -181,6 +181,13 @@ class PayloadTooLarge(ClientError):
     code = "payload_too_large"
 
 
+class LeaseLost(Conflict):
+    """A worker's lease expired, was released, or its job was cancelled or finished:
+    stop the workload and drop its result (docs/queues.md)."""
+
+    code = "lease_lost"
+
+
 class Overloaded(InfernoError):
     """The queue is full, the wait in it ran out, or would outlast the request's
     deadline: back off and retry after ``retry_after_s``. ``reason`` labels metrics."""

@@ -91,6 +91,18 @@ def admin_token(path: str | None) -> SecretStr | None:
     return SecretStr(token) if token else None
 
 
+def worker_token(path: str | None) -> SecretStr | None:
+    """The worker token from ``--worker-token-file`` or ``INFERNO_WORKER_TOKEN``."""
+    from inferno.errors import ConfigError
+    from inferno.security import WORKER_TOKEN_ENV, read_token
+
+    try:
+        token = read_token(path, env=WORKER_TOKEN_ENV, what="worker token")
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message, param_hint="--worker-token-file") from None
+    return SecretStr(token) if token else None
+
+
 def logging_options(fn: Any) -> Any:
     fn = click.option(
         "--otlp-endpoint",

@@ -18,6 +18,7 @@ from inferno.cli.common import (
     logging_options,
     section_options,
     serve,
+    worker_token,
 )
 from inferno.config import (
     AdmissionConfig,
@@ -29,6 +30,8 @@ from inferno.config import (
     MigrationConfig,
     OutlierConfig,
     ProxyConfig,
+    QueueConfig,
+    QueueSpec,
     RegistryConfig,
     RequestLimits,
     RetryConfig,
@@ -53,6 +56,7 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
     "dashboard": DashboardConfig,
     "http": HttpConfig,
     "request": RequestLimits,
+    "queue": QueueConfig,
 }
 
 
@@ -162,6 +166,26 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
     show_default=True,
     help="How often the autoscaler samples demand (a request at zero instances wakes it at once).",
 )
+@click.option(
+    "--queue",
+    "queue_specs",
+    multiple=True,
+    metavar="NAME[:MAX_SIZE[:MAX_MESSAGE_BYTES]]",
+    help="Declare a pull queue (docs/queues.md; repeatable): jobs not finished at most (1024) and "
+    "a job's body at most (1024 bytes).",
+)
+@click.option(
+    "--queue-memory-only",
+    is_flag=True,
+    help="Keep queued jobs and results in memory only (by default they are journaled in --state-dir).",
+)
+@click.option(
+    "--worker-token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File holding the token queue workers lease with; without it the token comes from "
+    "INFERNO_WORKER_TOKEN, else workers need the cluster token. It can only lease and report.",
+)
 @section_options(PROXY_SECTIONS)
 @cluster_token_option
 @logging_options
@@ -202,11 +226,37 @@ def proxy(**opts: Any) -> None:
         admin_token=admin_token(opts["admin_token_file"]),
         model_dir=opts["model_dir"],
         autoscale_tick_s=opts["autoscale_tick_s"],
+        queues=_queues(opts["queue_specs"]),
+        queue_memory_only=opts["queue_memory_only"],
+        worker_token=worker_token(opts["worker_token_file"]),
         **sections,
     )
     from inferno.proxy.server import run_proxy
 
     serve(lambda: run_proxy(config, grace_s=opts["grace_s"]), config.log_level, config.log_format, "Proxy")
+
+
+def _queues(specs: tuple[str, ...]) -> tuple[QueueSpec, ...]:
+    from pydantic import ValidationError
+
+    queues: dict[str, QueueSpec] = {}
+    for text in specs:
+        for part in text.split():
+            name, _, rest = part.partition(":")
+            size, _, message = rest.partition(":")
+            try:
+                values: dict[str, Any] = {"name": name}
+                if size:
+                    values["max_size"] = int(size)
+                if message:
+                    values["max_message_bytes"] = int(message)
+                spec = QueueSpec(**values)
+            except (ValueError, ValidationError) as exc:
+                raise click.BadParameter(str(exc), param_hint="--queue") from None
+            if spec.name in queues:
+                raise click.BadParameter(f"queue {spec.name!r} is declared twice", param_hint="--queue")
+            queues[spec.name] = spec
+    return tuple(queues.values())
 
 
 def _pairs(specs: tuple[str, ...], flag: str) -> tuple[tuple[str, str], ...]:

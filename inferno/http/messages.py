@@ -92,10 +92,9 @@ class Responder:
                     status_line(status),
                     encoded,
                     conn_hdr,
-                    b"Content-Length: ",
-                    str(len(body)).encode(),
-                    b"\r\n\r\n",
-                    b"" if self._head else body,
+                    # a 204 carries no body and no Content-Length (RFC 9110, 8.6)
+                    b"\r\n" if status == 204 else b"Content-Length: %d\r\n\r\n" % len(body),
+                    b"" if self._head or status == 204 else body,
                 )
             )
         )

@@ -23,6 +23,8 @@ from inferno.proxy.batch import BatchRunner
 from inferno.proxy.bodies import with_model, with_usage_requested
 from inferno.proxy.clients import ClientGate
 from inferno.proxy.forward import Forwarder, Job
+from inferno.proxy.queue_api import QueueClientApi
+from inferno.queues.service import QueueService
 from inferno.registry.registry import WorkerRegistry
 from inferno.schemas import PRIORITIES, Priority, RequestContext, check_max_tokens
 from inferno.security import ApiKey
@@ -53,6 +55,7 @@ class ProxyApp:
         gate: ClientGate | None = None,
         vetter: BodyVetter | None = None,
         deployments: DeploymentManager | None = None,
+        queues: QueueService | None = None,
     ) -> None:
         #: deployments (listed in /v1/models even at zero instances), else None
         self._deployments = deployments
@@ -77,6 +80,8 @@ class ProxyApp:
         self._routes.add("GET", "/openapi.json", self._openapi)
         self._openapi_body = dumps(openapi.build())
         self._paths = frozenset((*APIS, "/batch_inference", "/v1/models", "/openapi.json"))
+        if queues is not None:
+            QueueClientApi(queues, self._send_queue).install(self._routes)
 
     async def __call__(self, request: Request, responder: Responder) -> None:
         t0 = self._clock()
@@ -232,7 +237,14 @@ class ProxyApp:
     def _route_label(self, path: str) -> str:
         """A route's path as a metric label; any other path a client sends is ``other``
         (a label per path would let clients grow the metrics without bound)."""
-        return path if path in self._paths else "other"
+        if path in self._paths:
+            return path
+        if path.startswith(("/v1/queues/", "/v1/jobs/")):
+            return QueueClientApi.ROUTE
+        return "other"
+
+    def _send_queue(self, responder: Responder, rid: str, status: int, body: bytes, route: str) -> None:
+        self._send_local(responder, rid, status, body, route=route)
 
     def _send_local(
         self,

@@ -17,6 +17,7 @@ from inferno.proxy.admission import AdmissionController
 from inferno.proxy.clients import ClientGate
 from inferno.proxy.dashboard.routes import Dashboard
 from inferno.proxy.deploy_api import DeploymentsApi
+from inferno.proxy.queue_api import QueueWorkerApi
 from inferno.registry.loops import OwnAddresses
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.resolver import Resolver
@@ -42,6 +43,7 @@ class ProxyOps:
         dashboard: Dashboard | None = None,
         own: OwnAddresses | None = None,
         deployments: DeploymentsApi | None = None,
+        queues: QueueWorkerApi | None = None,
     ) -> None:
         self._deployments = deployments
         self._auth = auth or ClusterAuth(None)
@@ -67,6 +69,8 @@ class ProxyOps:
             dashboard.install(router)
         if deployments is not None:
             deployments.install(router)
+        if queues is not None:
+            queues.install(router)
         self._router = router
 
     async def __call__(self, request: Request, responder: Responder) -> None:

@@ -35,6 +35,10 @@ from inferno.proxy.deploy_api import DeploymentsApi
 from inferno.proxy.forward import Forwarder
 from inferno.proxy.metrics import ProxyCollector
 from inferno.proxy.ops import ProxyOps
+from inferno.proxy.queue_api import QueueWorkerApi
+from inferno.queues.journal import SqliteJournal
+from inferno.queues.metrics import QueueCollector
+from inferno.queues.service import QueueService
 from inferno.registry.health import HealthChecker
 from inferno.registry.loops import OwnAddresses, normal_ip
 from inferno.registry.registry import WorkerRegistry
@@ -105,9 +109,10 @@ class ProxyServer:
         )
         self.health = HealthChecker(self.registry, self.pool, config.health, config.registry)
         self.gate: ClientGate | None = None
+        durable_queues = bool(config.queues) and not config.queue_memory_only
         db = (
             connect(Path(config.state_dir))
-            if config.require_api_key or config.orchestrator != "none"
+            if config.require_api_key or config.orchestrator != "none" or durable_queues
             else None
         )
         if config.require_api_key:
@@ -128,7 +133,18 @@ class ProxyServer:
             refused_log_interval_s=config.http.refused_log_interval_s,
             secret="admin token",
         )
+        self.queues: QueueService | None = None
+        queue_api: QueueWorkerApi | None = None
+        if config.queues:
+            journal = (
+                SqliteJournal(db, config.queue.commit_interval_ms / 1000) if db and durable_queues else None
+            )
+            self.queues = QueueService(
+                config.queues, config.queue, aging_s=config.admission.aging_s, journal=journal
+            )
+            queue_api = QueueWorkerApi(self.queues, self._worker_auth(token), self._dead_letter_auth())
         metrics = new_registry(
+            *([QueueCollector(self.queues)] if self.queues is not None else []),
             ProxyCollector(
                 self.stats,
                 self.registry,
@@ -136,7 +152,7 @@ class ProxyServer:
                 self.admission,
                 refusals=(self.auth.refusals, self.dashboard_auth.refusals, self.admin_auth.refusals),
                 deployments=self.deployments,
-            )
+            ),
         )
         self.own = OwnAddresses()
         ops_limits = limits_from(config.http, max_body_bytes=OPS_MAX_BODY_BYTES, ops=True)
@@ -151,6 +167,7 @@ class ProxyServer:
                 gate=self.gate,
                 vetter=self.vetter,
                 deployments=self.deployments,
+                queues=self.queues,
             ),
             limits=fit_to_fd_limit(
                 limits_from(config.http, max_body_bytes=config.max_body_bytes), ops_limits, "proxy"
@@ -180,12 +197,33 @@ class ProxyServer:
                 dashboard,
                 self.own,
                 DeploymentsApi(self.deployments, self.admin_auth, model_dir=config.model_dir),
+                queue_api,
             ),
             limits=ops_limits,
             name="ops",
         )
         self.data_address: tuple[str, int] = ("", 0)
         self.ops_address: tuple[str, int] = ("", 0)
+
+    def _worker_auth(self, cluster: str | None) -> ClusterAuth:
+        """Workers lease with the worker token; without one, with the cluster token."""
+        cfg = self.config
+        worker = cfg.worker_token.get_secret_value() if cfg.worker_token else None
+        admin = cfg.admin_token.get_secret_value() if cfg.admin_token else None
+        if worker is not None and worker in (cluster, admin):
+            raise ConfigError(
+                "the worker token is the cluster or admin token: a worker must not be able to register "
+                "backends or deploy; give --worker-token-file a token of its own"
+            )
+        if worker is None:
+            return ClusterAuth(cluster, refused_log_interval_s=cfg.http.refused_log_interval_s)
+        return ClusterAuth(
+            worker, refused_log_interval_s=cfg.http.refused_log_interval_s, secret="worker token"
+        )
+
+    def _dead_letter_auth(self) -> ClusterAuth:
+        """Dead letters hold clients' jobs: the admin token; without one, the cluster token."""
+        return self.admin_auth if self.admin_auth.enabled else self.auth
 
     def _deployments(self, db: object, clock: Callable[[], float]) -> DeploymentManager:
         import sqlite3
@@ -263,6 +301,15 @@ class ProxyServer:
         if self.gate is not None:
             self.gate.start()
         await self._start_deployments()
+        if self.queues is not None:
+            loaded = self.queues.load()
+            self.queues.start()
+            logger.info(
+                "Pull queues %s (%s)%s",
+                ", ".join(self.queues.queues),
+                "journaled in " + cfg.state_dir if self.queues.journal.durable else "in memory only",
+                f": {loaded} job(s) taken back from the journal" if loaded else "",
+            )
         logger.info("Starting proxy server on %s:%d", cfg.listen_host, self.data_address[1])
         logger.info("Ops server on %s:%d (policy %s)", cfg.ops_host, self.ops_address[1], cfg.policy)
         if not self.auth.enabled:
@@ -288,8 +335,12 @@ class ProxyServer:
 
     async def aclose(self, grace_s: float = 0.0) -> None:
         """Stop accepting, finish in-flight requests within ``grace_s``, then stop."""
+        if self.queues is not None:
+            self.queues.closing = True  # clients cut off by the shutdown do not cancel their jobs
         await self._data.aclose(grace_s)
         await self.vetter.aclose()
+        if self.queues is not None:
+            await self.queues.aclose()
         if self.deployments is not None:
             await self.deployments.aclose()
             await self.deployments.driver.aclose()  # the instances keep running

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 TOKEN_ENV = "INFERNO_CLUSTER_TOKEN"
 #: the admin token: deployments and the controller's feed (never held by backends)
 ADMIN_TOKEN_ENV = "INFERNO_ADMIN_TOKEN"
+#: the token queue workers lease with (``--worker-token-file``)
+WORKER_TOKEN_ENV = "INFERNO_WORKER_TOKEN"
 MIN_CHARS = 16
 MAX_CHARS = 512
 _ALLOWED = frozenset(string.ascii_letters + string.digits + "-._~+/=")

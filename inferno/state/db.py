@@ -54,6 +54,29 @@ MIGRATIONS: tuple[str, ...] = (
         updated REAL NOT NULL
     );
     """,
+    # 3: the pull queues' journal (inferno.queues.journal)
+    """
+    CREATE TABLE queue_jobs (
+        id TEXT PRIMARY KEY,
+        queue TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        idem TEXT,
+        args TEXT NOT NULL,
+        limit_s REAL NOT NULL,
+        priority INTEGER NOT NULL,
+        arrival REAL NOT NULL,
+        input TEXT,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        lease_id TEXT,
+        lease_expiry REAL NOT NULL,
+        leased_at REAL NOT NULL,
+        worker TEXT NOT NULL,
+        result TEXT,
+        finished_at REAL NOT NULL
+    );
+    CREATE INDEX queue_jobs_arrival ON queue_jobs (arrival);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "api": 3,
     "deployments": 3,
     "orchestrators": 3,
+    "queues": 3,
     "registry": 4,
     "policies": 4,
     "proxy": 5,
