@@ -198,8 +198,12 @@ class QueueWorkerApi:
     def _send_lease(self, responder: Responder, job: Job | None) -> None:
         if job is None:
             responder.send(204, b"", b"")
-        else:
-            responder.send(200, JSON_HEADERS, dumps(job.lease_view(self._service.config.lease_s)))
+            return
+        if not responder.client_connected:
+            # the worker went away as the job was handed over: back it goes, unspent
+            self._service.unlease(job)
+            return
+        responder.send(200, JSON_HEADERS, dumps(job.lease_view(self._service.config.lease_s)))
 
     async def _lease_route(self, request: Request, responder: Responder) -> None:
         lease_id, _, action = request.path[len("/v1/leases/") :].partition("/")
@@ -226,6 +230,9 @@ class QueueWorkerApi:
             if nxt.wait_s > service.config.max_poll_s:
                 raise BadRequest(f"next.wait_s is at most {service.config.max_poll_s:g}", param="next")
             job = await service.lease(nxt.queues, nxt.worker, nxt.wait_s) if nxt.queues else None
+            if job is not None and not responder.client_connected:
+                service.unlease(job)
+                return
             view = job.lease_view(service.config.lease_s) if job is not None else None
             responder.send(200, JSON_HEADERS, dumps({"status": "ok", "next": view}))
         elif action == "release":

@@ -228,7 +228,7 @@ class QueueService:
             # The worker went away: a job handed to it at the same moment goes back, its
             # attempt not counted.
             if poller.future.done() and not poller.future.cancelled():
-                self._unlease(poller.future.result())
+                self.unlease(poller.future.result())
             raise
         finally:
             if not poller.future.done():
@@ -326,7 +326,7 @@ class QueueService:
         heapq.heappush(self._expiries, (job.lease_expiry, job.lease_id))
         self.journal.write(job)
 
-    def _unlease(self, job: Job) -> None:
+    def unlease(self, job: Job) -> None:
         """A lease that never reached its worker: the job goes back as if never leased."""
         if job.state is not State.RUNNING or job.lease_id is None:
             return

@@ -323,3 +323,36 @@ async def test_metrics_are_exposed_per_queue(queues: Callable[..., Any]) -> None
     assert 'inferno_jobqueue_run_seconds_count{queue="q"} 1.0' in text
     assert 'inferno_jobqueue_max_run_seconds{queue="q"} 0.5' in text
     assert 'inferno_jobqueue_waiting{queue="other"} 0.0' in text
+
+
+async def test_job_ids_and_idempotency_keys_are_scoped_to_the_api_key(
+    queues: Callable[..., Any], tmp_path: Path
+) -> None:
+    from inferno.security import KeyStore, connect
+
+    store = KeyStore(connect(tmp_path / "state"))
+    alice, _ = store.create("alice")
+    bob, _ = store.create("bob")
+    c: Cluster = await queues(require_api_key=True)
+    a_auth = {"Authorization": f"Bearer {alice}"}
+    b_auth = {"Authorization": f"Bearer {bob}"}
+    assert (await c.submit()).status_code == 401
+    job_id = (await c.submit(headers={**a_auth, "Idempotency-Key": "same"})).json()["job_id"]
+    theirs = await c.submit(headers={**b_auth, "Idempotency-Key": "same"})
+    assert theirs.status_code == 202 and theirs.json()["job_id"] != job_id  # a job of bob's own
+    assert (await c.http.get(f"{c.url}/v1/jobs/{job_id}", headers=b_auth)).status_code == 404
+    assert (await c.http.delete(f"{c.url}/v1/jobs/{job_id}", headers=b_auth)).status_code == 404
+    mine = await c.http.get(f"{c.url}/v1/jobs/{job_id}", headers=a_auth)
+    assert mine.status_code == 202 and mine.json()["job_id"] == job_id
+
+
+async def test_a_worker_that_hangs_up_its_long_poll_is_not_handed_jobs(queues: Callable[..., Any]) -> None:
+    c: Cluster = await queues()
+    async with httpx.AsyncClient(timeout=0.3) as flaky:
+        with pytest.raises(httpx.ReadTimeout):
+            await flaky.post(f"{c.ops}/v1/lease", json={"queues": ["q"], "wait_s": 30}, headers=W_AUTH)
+    assert c.proxy.queues is not None
+    await wait_for(lambda: c.proxy.queues is not None and c.proxy.queues.queues["q"].polling() == 0)
+    job_id = (await c.submit()).json()["job_id"]
+    work = (await c.lease()).json()
+    assert work["job_id"] == job_id and work["attempt"] == 1
