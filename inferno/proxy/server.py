@@ -182,6 +182,7 @@ class ProxyServer:
             self.gate,
             policy=config.policy,
             insecure=not self.auth.enabled,
+            queues=self.queues,
         )
         self._try = TryIt(config.listen_host, config.deadline.default_s)
         dashboard = Dashboard(self.feed, self.dashboard_auth, self._try, config.dashboard.max_clients)

@@ -35,7 +35,17 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "artifacts" / "dashboard"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PROXY_ARGS = ("--health-interval-s", "0.5", "--dashboard-interval-s", "0.5", "--admission-max-queue", "4")
+PROXY_ARGS = (
+    "--health-interval-s",
+    "0.5",
+    "--dashboard-interval-s",
+    "0.5",
+    "--admission-max-queue",
+    "4",
+    "--queue",
+    "sim",
+    "--queue-memory-only",
+)
 
 
 @pytest.fixture
@@ -172,6 +182,13 @@ def test_dashboard_in_chromium(spawn: Callable[..., Proc], browser: Any) -> None
     assert page.locator("#try-answer").inner_text().strip()
     assert "total;dur=" in page.locator("#try-timings").inner_text()
     shot(page, "03-try-it")
+
+    # The pull queues' panel: two jobs that no worker takes show as waiting.
+    for _ in range(2):
+        assert httpx.post(f"{cluster.url}/v1/queues/sim/jobs?wait=false", json={}).status_code == 202
+    queue_row = page.locator("#jobqueues tbody tr", has_text="sim")
+    expect(queue_row.locator("td").nth(1)).to_have_text("2", timeout=10_000)
+    expect(page.locator("#jobqueues-off")).to_be_hidden()
 
     # Overload: a burst far past what two backends and a queue of 4 hold. The 429s show
     # beside the 5xx (card and rate chart), and none of them is a 5xx.

@@ -24,6 +24,8 @@ from inferno.http.responses import dumps
 from inferno.observability.metrics import LATENCY_BUCKETS_S, ProxyStats
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.clients import ClientGate
+from inferno.queues.report import snapshot
+from inferno.queues.service import QueueService
 from inferno.registry.registry import WorkerRegistry
 
 logger = logging.getLogger(__name__)
@@ -81,7 +83,10 @@ class DashboardFeed:
         policy: str = "",
         insecure: bool = False,
         wall: Callable[[], float] = time.time,
+        queues: QueueService | None = None,
     ) -> None:
+        #: the pull queues (their panel), else None
+        self._queues = queues
         self._cfg = config
         self._stats = stats
         self._registry = registry
@@ -228,8 +233,17 @@ class DashboardFeed:
                 "served": {p.name.lower(): n for p, n in self._admission.served_from_queue.items()},
             },
             "usage": {"enabled": self._gate is not None, "rows": self._gate.usage() if self._gate else []},
+            "jobqueues": self._jobqueues(),
             "events": events,
         }
+
+    def _jobqueues(self) -> list[dict[str, object]]:
+        """One row per pull queue: what waits, runs, finished and died."""
+        if self._queues is None:
+            return []
+        rows = snapshot(self._queues.queues, self._wall())
+        keys = ("waiting", "running", "dead", "workers_polling", "oldest_wait_s", "completed", "redeliveries")
+        return [{"name": name, **{k: row[k] for k in keys}} for name, row in rows.items()]
 
     def _backend_rows(self) -> list[dict[str, object]]:
         now = self._wall()

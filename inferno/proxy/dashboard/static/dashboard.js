@@ -88,6 +88,7 @@ function render(data) {
   renderRouting(data.routing);
   renderQueue(data.queue);
   renderUsage(data.usage);
+  renderJobQueues(data.jobqueues || []);
   renderEvents(data.events);
 }
 
@@ -223,6 +224,20 @@ function renderQueue(queue) {
   body.replaceChildren(...Object.keys(queue.depth).map((p) => {
     const tr = document.createElement("tr");
     tr.append(el("td", p), el("td", queue.depth[p]), el("td", queue.served[p] ?? 0));
+    return tr;
+  }));
+}
+
+function renderJobQueues(rows) {
+  $("jobqueues-off").hidden = rows.length > 0;
+  $("jobqueues").hidden = rows.length === 0;
+  const sum = (o) => Object.values(o).reduce((a, b) => a + b, 0);
+  const body = $("jobqueues").tBodies[0];
+  body.replaceChildren(...rows.map((q) => {
+    const tr = document.createElement("tr");
+    const done = Object.entries(q.completed).map(([k, v]) => `${k} ${v}`).join(", ") || "0";
+    tr.append(el("td", q.name), el("td", q.waiting), el("td", q.running), el("td", q.workers_polling),
+      el("td", `${q.oldest_wait_s.toFixed(1)} s`), el("td", done), el("td", sum(q.redeliveries)), el("td", q.dead));
     return tr;
   }));
 }
