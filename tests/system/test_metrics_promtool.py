@@ -34,7 +34,7 @@ def test_promtool_passes_on_proxy_and_backend_metrics(spawn: Any, tmp_path: Path
         spawn,
         2,
         engines=("fake", "minilm"),
-        proxy_args=("--require-api-key", "--state-dir", str(state)),
+        proxy_args=("--require-api-key", "--state-dir", str(state), "--queue", "sim", "--queue", "other"),
         ready_timeout_s=60,
     )
     with httpx.Client(timeout=10, headers=bearer(key)) as http:
@@ -43,6 +43,8 @@ def test_promtool_passes_on_proxy_and_backend_metrics(spawn: Any, tmp_path: Path
         stream = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True}
         r = http.post(f"{cluster.url}/v1/chat/completions", json=stream)
         assert r.status_code == 200 and r.text.rstrip().endswith("[DONE]")
+        job = http.post(f"{cluster.url}/v1/queues/sim/jobs", params={"wait": "false"}, json={"args": ["1"]})
+        assert job.status_code == 202
     proxy = httpx.get(f"{cluster.ops}/metrics", timeout=5).text
     promtool(proxy)
     for family in (
@@ -58,9 +60,23 @@ def test_promtool_passes_on_proxy_and_backend_metrics(spawn: Any, tmp_path: Path
         "inferno_backend_in_flight_requests",
         "inferno_backend_circuit_state",
         "inferno_usage_prompt_tokens_total",
+        "inferno_jobqueue_waiting",
+        "inferno_jobqueue_backlog",
+        "inferno_jobqueue_workers_polling",
+        "inferno_jobqueue_oldest_wait_seconds",
+        "inferno_jobqueue_wait_seconds_bucket",
+        "inferno_jobqueue_run_seconds_bucket",
+        "inferno_jobqueue_max_total_seconds",
+        "inferno_jobqueue_completed_total",
+        "inferno_jobqueue_client_disconnects_total",
+        "inferno_jobqueue_redeliveries_total",
+        "inferno_jobqueue_rejected_total",
+        "inferno_jobqueue_stale_completions_total",
     ):
         assert f"\n{family}" in proxy, family
     # One stream: one time-to-first-token, and one mean time per output token.
+    assert 'inferno_jobqueue_waiting{queue="sim"} 1.0' in proxy
+    assert 'inferno_jobqueue_submitted_total{queue="sim"} 1.0' in proxy
     assert 'inferno_time_to_first_token_seconds_count{model="fake"} 1.0' in proxy
     assert 'inferno_time_per_output_token_seconds_count{model="fake"} 1.0' in proxy
     for worker in cluster.workers().values():
