@@ -168,7 +168,6 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
 )
 @click.option(
     "--queue",
-    "queue_specs",
     multiple=True,
     metavar="NAME[:MAX_SIZE[:MAX_MESSAGE_BYTES]]",
     help="Declare a pull queue (docs/queues.md; repeatable): jobs not finished at most (1024) and "
@@ -226,7 +225,7 @@ def proxy(**opts: Any) -> None:
         admin_token=admin_token(opts["admin_token_file"]),
         model_dir=opts["model_dir"],
         autoscale_tick_s=opts["autoscale_tick_s"],
-        queues=_queues(opts["queue_specs"]),
+        queues=_queues(opts["queue"]),
         queue_memory_only=opts["queue_memory_only"],
         worker_token=worker_token(opts["worker_token_file"]),
         **sections,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -49,6 +50,13 @@ from inferno.policies import available_policies
     help="A deployments YAML file applied once the proxy is up (as inferno deploy apply -f).",
 )
 @click.option(
+    "--queue",
+    multiple=True,
+    metavar="NAME[:MAX_SIZE[:MAX_MESSAGE_BYTES]]",
+    help="Declare a pull queue on the proxy (repeatable; docs/queues.md); a --deployments file's "
+    "queues: are declared too. Workers lease with the token in <state-dir>/worker-token.",
+)
+@click.option(
     "--policy",
     type=click.Choice(available_policies()),
     default="round_robin",
@@ -85,6 +93,14 @@ def up(**opts: Any) -> None:
         unknown = {e for group in models for e in group.split(",")} - set(available_engines())
         if unknown:
             raise click.BadParameter(f"unknown engine(s) {sorted(unknown)}", param_hint="--models")
+    queues = [q for text in opts["queue"] for q in text.split()]
+    if opts["deployments"]:
+        from inferno.deployments.apply import load_queues, read_document
+
+        try:
+            queues += load_queues(read_document(Path(opts["deployments"])))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--deployments") from None
     plan = make_plan(
         opts["backends"],
         free_ports=opts["free_ports"],
@@ -94,5 +110,6 @@ def up(**opts: Any) -> None:
         models=models,
         state_dir=opts["state_dir"],
         deployments_file=opts["deployments"],
+        queues=tuple(queues),
     )
     sys.exit(run_up(plan, ready_timeout_s=opts["ready_timeout_s"]))

@@ -43,8 +43,15 @@ class Action:
 
 def load_specs(document: object) -> list[dict[str, Any]]:
     """The ``deployments:`` list of a parsed YAML (or JSON) file; ValueError if malformed."""
-    if not isinstance(document, dict) or set(document) != {"deployments"}:
-        raise ValueError("the file must hold one top-level key, `deployments:`, a list of deployment specs")
+    if (
+        not isinstance(document, dict)
+        or "deployments" not in document
+        or set(document) - {"deployments", "queues"}
+    ):
+        raise ValueError(
+            "the file must hold the top-level key `deployments:`, a list of deployment specs "
+            "(and may hold `queues:`, the pull queues)"
+        )
     specs = document["deployments"]
     if specs is None:
         return []
@@ -60,6 +67,36 @@ def load_specs(document: object) -> list[dict[str, Any]]:
             raise ValueError(f"deployments[{index}]: model {spec['model']!r} appears twice")
         seen.add(spec["model"])
     return specs
+
+
+def load_queues(document: object) -> list[str]:
+    """The ``queues:`` of a deployments file as ``--queue`` values (``NAME[:MAX_SIZE[:MAX_MESSAGE_BYTES]]``):
+    each entry a name, or a mapping with ``name``, ``max_size``, ``max_message_bytes``."""
+    queues = document.get("queues") if isinstance(document, dict) else None
+    if queues is None:
+        return []
+    if not isinstance(queues, list) or len(queues) > MAX_SPECS:
+        raise ValueError(f"`queues:` must be a list of at most {MAX_SPECS} queues")
+    out = []
+    for index, item in enumerate(queues):
+        entry = {"name": item} if isinstance(item, str) else item
+        if not isinstance(entry, dict) or not set(entry) <= {"name", "max_size", "max_message_bytes"}:
+            raise ValueError(f"queues[{index}] is a name or a mapping of name, max_size, max_message_bytes")
+        parts = [str(entry.get("name", "")), str(entry.get("max_size", 1024))]
+        if "max_message_bytes" in entry:
+            parts.append(str(entry["max_message_bytes"]))
+        out.append(":".join(parts))
+    return out
+
+
+def check_queues(declared: Sequence[str], wanted: Sequence[str]) -> None:
+    """Queues are declared when the proxy starts: a file may only name ones it has."""
+    missing = sorted({w.partition(":")[0] for w in wanted} - set(declared))
+    if missing:
+        raise ValueError(
+            f"queue(s) {', '.join(missing)} are not declared on the proxy: queues are declared when it "
+            "starts (inferno proxy --queue, or inferno up --deployments FILE)"
+        )
 
 
 def plan(
@@ -190,7 +227,11 @@ def done(action: Action) -> str:
 
 def apply_file(client: AdminClient, path: Path, *, prune: bool = False) -> list[str]:
     """Apply a deployments file; one line per action (``AdminError``, ``ValueError``)."""
-    actions = plan(client.views(), load_specs(read_document(path)), normalize=normalize, prune=prune)
+    document = read_document(path)
+    wanted_queues = load_queues(document)
+    if wanted_queues:
+        check_queues(list(client.call("GET", "/queues")["queues"]), wanted_queues)
+    actions = plan(client.views(), load_specs(document), normalize=normalize, prune=prune)
     lines = []
     for action in actions:
         if action.kind in ("create", "update", "delete"):

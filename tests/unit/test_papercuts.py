@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from inferno.bench.report import html_page, nice_ticks
 from inferno.bench.stats import Sample, summarize
 from inferno.cli import main
-from inferno.launcher import RestartPolicy
+from inferno.launcher.children import RestartPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 

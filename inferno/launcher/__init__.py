@@ -13,7 +13,6 @@ SIGKILLed supervisor leaves no orphans behind.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shlex
@@ -30,10 +29,10 @@ from pathlib import Path
 from types import FrameType
 
 from inferno.errors import InfernoError
+from inferno.launcher.children import Child, RestartPolicy
 from inferno.orchestrators.processes import free_port
 from inferno.security import TOKEN_ENV, new_token
 
-PR_SET_PDEATHSIG = 1
 HOST = "127.0.0.1"
 
 
@@ -52,6 +51,8 @@ class ClusterPlan:
     state_dir: str = ".inferno"
     #: a deployments file applied once the proxy is up (``--deployments``)
     deployments_file: str | None = None
+    #: the proxy's pull queues (``--queue``)
+    queues: tuple[str, ...] = ()
 
 
 def port_in_use(port: int) -> bool:
@@ -95,6 +96,7 @@ def make_plan(
     models: tuple[str, ...] | None = None,
     state_dir: str = ".inferno",
     deployments_file: str | None = None,
+    queues: tuple[str, ...] = (),
 ) -> ClusterPlan:
     """``models`` (from ``parse_models``; ``()``: no fixed backend at all, deployments
     only) overrides ``backends`` and ``engine``."""
@@ -124,98 +126,21 @@ def make_plan(
         extra_backend_args,
         state_dir,
         deployments_file,
+        queues,
     )
 
 
-def admin_token_file(state_dir: Path) -> Path:
-    """``<state-dir>/admin-token``, made (owner-only) with a fresh token if missing, so that
-    ``inferno deploy`` on this machine finds it and a restart keeps it."""
-    path = state_dir / "admin-token"
+def admin_token_file(state_dir: Path, name: str = "admin-token") -> Path:
+    """``<state-dir>/admin-token`` (or ``worker-token``), made (owner-only) with a fresh token
+    if missing, so that ``inferno deploy`` or ``inferno worker`` on this machine finds it and
+    a restart keeps it."""
+    path = state_dir / name
     if not path.exists():
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(new_token() + "\n")
     return path
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "inferno", *args],
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **env} if env else None,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - Linux-only, no threads yet
-    )
-
-
-class RestartPolicy:
-    """Backoff and a restart budget for one supervised child, on an injected clock.
-
-    After the n-th consecutive quick death the child waits ``base_s * 2**(n-1)``
-    (capped at ``max_backoff_s``); a child that ran ``stable_s`` resets the backoff.
-    More than ``max_restarts`` restarts within ``window_s`` and the policy gives up.
-    """
-
-    def __init__(
-        self,
-        *,
-        base_s: float = 0.5,
-        max_backoff_s: float = 10.0,
-        max_restarts: int = 5,
-        window_s: float = 60.0,
-        stable_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._base = base_s
-        self._max_backoff = max_backoff_s
-        self._max_restarts = max_restarts
-        self._window = window_s
-        self._stable = stable_s
-        self._clock = clock
-        self._restarts: list[float] = []
-        self._streak = 0
-        self._started = clock()
-
-    def started(self) -> None:
-        self._started = self._clock()
-
-    def on_exit(self) -> float | None:
-        """Seconds to wait before the restart, or None to give up on this child."""
-        now = self._clock()
-        self._restarts = [t for t in self._restarts if now - t < self._window]
-        if len(self._restarts) >= self._max_restarts:
-            return None
-        self._restarts.append(now)
-        self._streak = 1 if now - self._started >= self._stable else self._streak + 1
-        return float(min(self._max_backoff, self._base * 2 ** (self._streak - 1)))
-
-    @property
-    def restarts_in_window(self) -> int:
-        return len(self._restarts)
-
-
-@dataclass(slots=True)
-class Child:
-    """One supervised process: how to start it again, and its restart policy."""
-
-    name: str
-    args: list[str]
-    policy: RestartPolicy
-    popen: subprocess.Popen[bytes] | None = None
-    restart_at: float | None = None
-    given_up: bool = False
-    env: dict[str, str] | None = None
-
-    def spawn(self) -> None:
-        self.popen = _spawn(self.args, self.env)
-        self.policy.started()
-        self.restart_at = None
 
 
 def _get_json(url: str, timeout_s: float = 1.0) -> tuple[int, dict[str, object]]:
@@ -236,6 +161,7 @@ class Launcher:
         # The cluster's token: the caller's INFERNO_CLUSTER_TOKEN, else a fresh random one.
         self.token = os.environ.get(TOKEN_ENV, "").strip() or new_token()
         self.admin_token_file = Path(plan.state_dir) / "admin-token"
+        self.worker_token_file = Path(plan.state_dir) / "worker-token"
 
     @property
     def proxy_url(self) -> str:
@@ -247,6 +173,8 @@ class Launcher:
 
     def start(self) -> None:
         p = self.plan
+        if p.queues:
+            admin_token_file(Path(p.state_dir), "worker-token")
         self.proxy = self._child(
             "proxy",
             [
@@ -265,6 +193,12 @@ class Launcher:
                 p.state_dir,
                 "--admin-token-file",
                 str(admin_token_file(Path(p.state_dir))),
+                *[arg for queue in p.queues for arg in ("--queue", queue)],
+                *(
+                    ["--worker-token-file", str(admin_token_file(Path(p.state_dir), "worker-token"))]
+                    if p.queues
+                    else []
+                ),
             ],
         )
         for i, (data_port, ops_port) in enumerate(p.backend_ports, start=1):
@@ -393,7 +327,7 @@ class Launcher:
 def example_photo(cwd: Path | None = None) -> str:
     """A photo for the banner's image example, as a path that works where ``inferno up`` runs:
     the repository's cat, relative to the working directory when it is under it."""
-    photo = Path(__file__).resolve().parents[1] / "tests" / "data" / "images" / "cat.jpg"
+    photo = Path(__file__).resolve().parents[2] / "tests" / "data" / "images" / "cat.jpg"
     if not photo.is_file():  # installed from a wheel: no test data
         return "path/to/any-photo.jpg"
     try:
@@ -414,6 +348,11 @@ def banner(cluster: Launcher, models: dict[str, str]) -> str:
         f"  token       INFERNO_CLUSTER_TOKEN={cluster.token}   (what another backend needs to join)",
         f"  deployments inferno deploy list   (admin token in {cluster.admin_token_file})",
     ]
+    for queue in (q.partition(":")[0] for q in cluster.plan.queues):
+        lines.append(
+            f"  queue {queue}   inferno worker --discovery-lb {cluster.ops_url.removeprefix('http://')} "
+            f"--worker-token-file {cluster.worker_token_file} --queue {queue} -- sleep"
+        )
     for i, (data_port, ops_port) in enumerate(cluster.plan.backend_ports, start=1):
         child = cluster.backends[i - 1].popen if i <= len(cluster.backends) else None
         pid = f"   pid {child.pid}" if child is not None else ""
