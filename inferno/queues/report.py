@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 from typing import Any
 
@@ -9,6 +10,8 @@ from inferno.config import QueueConfig
 from inferno.queues.queue import JobQueue
 
 logger = logging.getLogger("inferno.queues.service")
+#: running jobs listed per queue in ``GET /queues``
+RUNNING_SHOWN = 64
 
 
 def log_stats(queues: dict[str, JobQueue], config: QueueConfig) -> None:
@@ -61,5 +64,17 @@ def snapshot(queues: dict[str, JobQueue], now: float) -> dict[str, Any]:
                 "longest_worker": s.window.longest_worker,
             },
             "workers": sorted({j.worker.get("id", "") for j in queue.running.values()} - {""}),
+            # the longest-running first, at most RUNNING_SHOWN of them
+            "running_jobs": [
+                {
+                    "job_id": j.id,
+                    "attempt": j.attempts,
+                    "running_s": round(now - j.leased_at, 3),
+                    "worker": j.worker.get("id", ""),
+                    "node": j.worker.get("node", ""),
+                    "pod": j.worker.get("pod", ""),
+                }
+                for j in heapq.nsmallest(RUNNING_SHOWN, queue.running.values(), key=lambda j: j.leased_at)
+            ],
         }
     return out
