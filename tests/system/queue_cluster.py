@@ -79,7 +79,7 @@ class QueueCluster:
             "0.05",
             "--backoff-max-s",
             "0.5",
-            *args,
+            *(args if "--queue" in args else ("--queue", "sim", *args)),
             "--",
             *workload,
         ]
