@@ -39,9 +39,8 @@ class EngineRunner(Runner):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(engine, TextGenerationEngine):
-            raise ConfigError(
-                f"engine {engine.name!r} is not a text-generation engine; the worker runs chats"
-            )
+            what = engine.name or engine.model_id
+            raise ConfigError(f"engine {what!r} does not generate text; the worker runs chats")
         self.engine = engine
         self._node = node
         self._limit_s = limit_s

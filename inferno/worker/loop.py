@@ -219,11 +219,14 @@ class Worker:
             return None
         self._succeeded()
         if lease is None:
-            if self._exit_when_empty:
-                logger.info("The queues are empty: exiting")
-                self.stop()
-            return None
+            self._empty()
         return lease
+
+    def _empty(self) -> None:
+        """A lease found the queues empty (204, or a completion's ``next`` of null)."""
+        if self._exit_when_empty:
+            logger.info("The queues are empty: exiting")
+            self.stop()
 
     async def _failed(self, message: str, *, until: asyncio.Event | None = None) -> None:
         """Count a failed call and back off (cut short by ``until``: stop, by default)."""
@@ -352,6 +355,8 @@ class Worker:
                 failure = str(exc)
             else:
                 self._succeeded()
+                if next_body is not None and following is None:
+                    self._empty()
                 self._count(result.outcome)
                 logger.info(
                     "Job %r of queue %r: %s in %d ms (attempt %d)",
