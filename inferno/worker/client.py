@@ -10,6 +10,7 @@ any other refusal is ``ProxyRefused``; socket trouble is an ``UpstreamError``
 
 from __future__ import annotations
 
+import logging
 import math
 import urllib.parse
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import orjson
 
 from inferno.errors import ProxyRefused, UpstreamProtocolError, WorkerLeaseLost
 from inferno.http.client import ResponseLimits, Timeouts, UpstreamPool, build_request
+
+logger = logging.getLogger(__name__)
 
 #: how much longer than a long poll's own wait its deadline is
 POLL_SLACK_S = 5.0
@@ -150,7 +153,14 @@ class WorkerClient:
         status, data = await self._call(_lease_path(lease_id, "complete"), body, deadline)
         _check("complete", status, data)
         following = data.get("next") if isinstance(data, dict) else None
-        return Lease.parse(following) if next_lease is not None and following is not None else None
+        if next_lease is None or following is None:
+            return None
+        try:
+            return Lease.parse(following)
+        except UpstreamProtocolError as exc:
+            # The completion itself was accepted: only the next job is lost (it comes back).
+            logger.warning("The next lease in a completion's answer is malformed: %s", exc)
+            return None
 
     async def release(self, lease_id: str) -> None:
         """Give the job back at once (a lost lease is not an error here: it is back already)."""

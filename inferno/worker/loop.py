@@ -37,8 +37,11 @@ logger = logging.getLogger(__name__)
 DONE, ABORTED, GAVE_UP = 0, 1, 3
 #: with exit_when_empty, failed calls in a row after which the worker gives up
 MAX_FAILURES_WHEN_EMPTY = 5
-#: heartbeats per lease length
+#: heartbeats per lease length, and the shortest gap between two
 HEARTBEATS_PER_LEASE = 3
+MIN_HEARTBEAT_S = 0.05
+#: the longest a completion is retried (bounded by the lease too)
+MAX_REPORT_S = 600.0
 #: the deadline of the releases sent on abort
 RELEASE_TIMEOUT_S = 5.0
 #: a completion refused as too large is sent again with its output cut, this many times
@@ -172,18 +175,26 @@ class Worker:
         device: str | None = None
         try:
             while True:
-                if lease is None:
-                    if self._stopping.is_set():
-                        return
-                    self._devices.release(device)
-                    device = await self._device()
-                    if device is _NO_DEVICE:
-                        device = None
-                        continue
-                    lease = await self._lease(device)
+                try:
                     if lease is None:
-                        continue
-                lease, device = await self._work(lease, device)
+                        if self._stopping.is_set():
+                            return
+                        self._devices.release(device)
+                        device = await self._device()
+                        if device is _NO_DEVICE:
+                            device = None
+                            continue
+                        lease = await self._lease(device)
+                        if lease is None:
+                            continue
+                    lease, device = await self._work(lease, device)
+                except (asyncio.CancelledError, _GiveUp):
+                    raise
+                except Exception:
+                    # A bug, not the proxy: the lease (if any) is left to expire.
+                    logger.exception("worker slot step failed")
+                    lease = None
+                    await self._pause(self._backoff.next())
         finally:
             self._devices.release(device)
 
@@ -313,7 +324,7 @@ class Worker:
         return result
 
     async def _heartbeat(self, running: _Running) -> None:
-        interval = running.lease.lease_s / HEARTBEATS_PER_LEASE
+        interval = max(MIN_HEARTBEAT_S, running.lease.lease_s / HEARTBEATS_PER_LEASE)
         while True:
             await asyncio.sleep(interval)
             try:
@@ -327,14 +338,14 @@ class Worker:
                 self._warn.warning("Heartbeat of job %r failed: %s", running.lease.job_id, exc)
                 continue
             if lease_s is not None:
-                interval = lease_s / HEARTBEATS_PER_LEASE
+                interval = max(MIN_HEARTBEAT_S, lease_s / HEARTBEATS_PER_LEASE)
 
     async def _complete(
         self, lease: Lease, result: JobResult, next_body: dict[str, object] | None
     ) -> Lease | None:
         """Report the result (retried while the lease may still hold); the next lease."""
         body = result.to_json()
-        give_up_at = self._clock() + lease.lease_s
+        give_up_at = self._clock() + min(lease.lease_s, MAX_REPORT_S)
         trims = 0
         while True:
             try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import glob
 import logging
 import os
@@ -37,6 +38,8 @@ DRAIN_S = 1.0
 #: after SIGKILL, how long the process may take to be reaped
 REAP_S = 5.0
 READ_CHUNK = 64 << 10
+#: prctl(2): the signal a child gets when its parent dies
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +223,7 @@ class ProcessRunner(Runner):
     def __init__(self, settings: RunnerSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self._clock = clock
+        self._die_with_us = _parent_death_hook()
 
     async def run(self, job: JobSpec) -> JobResult:
         settings = self.settings
@@ -236,6 +240,7 @@ class ProcessRunner(Runner):
                 stderr=out,
                 cwd=settings.workdir,
                 start_new_session=True,
+                preexec_fn=self._die_with_us,
             )
         except (OSError, ValueError) as exc:
             for fd in (read_fd, write_fd):
@@ -291,6 +296,21 @@ class ProcessRunner(Runner):
         _signal_group(proc.pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), REAP_S)
+
+
+def _parent_death_hook() -> Callable[[], None] | None:
+    """A hook run in the forked child before exec: SIGKILL to the workload if the
+    worker dies (kill -9, OOM), so a workload never outlives its worker unseen.
+    Linux only; elsewhere None. libc is loaded here, in the parent, not after fork."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return hook
 
 
 def _start_error(exc: BaseException, program: str, workdir: str | None) -> str:

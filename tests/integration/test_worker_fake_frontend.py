@@ -373,3 +373,29 @@ async def test_the_command_finishes_its_job_on_sigterm_and_releases_on_a_second(
     assert code == 1, log
     assert len(frontend.releases) == 1 and frontend.jobs[second].state == "waiting"
     assert second not in frontend.results
+
+
+async def test_a_workload_dies_with_its_worker_killed_by_sigkill(
+    frontend: FakeFrontend, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pid"
+    code = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    await frontend.push("a")
+    proc = start_cli(frontend, "--", PY, "-c", code)
+    await wait_for(lambda: pidfile.exists() and pidfile.read_text(), timeout_s=15)
+    proc.kill()
+    await wait_exit(proc)
+    await wait_for(lambda: not _alive(int(pidfile.read_text())), timeout_s=5)
+
+
+async def test_a_job_with_malformed_args_is_reported_as_a_failure_not_run(
+    frontend: FakeFrontend, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    job = await frontend.push("a", ["ok", "nul\0byte"])
+    worker = make_worker(frontend, script(f"open({str(marker)!r}, 'w')"), exit_when_empty=True)
+    assert await asyncio.wait_for(worker.run(), 10) == DONE
+    await worker.aclose()
+    result = frontend.results[job]
+    assert result["exit_code"] is None and result["error"].startswith("bad job: args")
+    assert not marker.exists()
