@@ -29,6 +29,7 @@ from inferno.cli.common import (
 )
 from inferno.config import RequestLimits
 from inferno.engines import Engine, available_engines
+from inferno.worker.config import WorkerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -179,11 +180,16 @@ def worker_token(path: str | None, cluster_file: str | None) -> SecretStr | None
 @click.argument("workload", nargs=-1, type=click.UNPROCESSED)
 def worker(**opts: Any) -> None:
     """Lease jobs from queues at the proxy and run a workload (after --) for each."""
+    sys.exit(_serve(worker_config(opts)))
+
+
+def worker_config(opts: dict[str, Any]) -> WorkerConfig:
+    """The ``WorkerConfig`` from the parsed flags (a usage error naming what is wrong)."""
+    opts = dict(opts)
     hostport(opts["discovery_lb"], "--discovery-lb")
     explicit = [flag for flag in ("backoff_s", "backoff_max_s") if opts[flag] is not None]
     if opts["exit_when_empty"] and explicit:
         raise click.UsageError("--exit-when-empty cannot be combined with --backoff-s or --backoff-max-s")
-    from inferno.worker.config import WorkerConfig
     from inferno.worker.run import default_names
 
     node, pod = default_names()
@@ -219,10 +225,10 @@ def worker(**opts: Any) -> None:
         log_format=opts["log_format"],
         **sections,
     )
-    sys.exit(_serve(config))
+    return config
 
 
-def _serve(config: Any) -> int:
+def _serve(config: WorkerConfig) -> int:
     from inferno.errors import InfernoError
     from inferno.http.loop import run_loop
     from inferno.observability.logging import setup_logging
