@@ -291,6 +291,10 @@ class Worker:
 
     async def _execute(self, lease: Lease, device: str | None) -> JobResult | None:
         """The job's result; None when it must not be reported (lease lost, abort)."""
+        if self._aborted:
+            # Leased as the abort came (after it had released the running ones): hand it back.
+            await self._release(lease)
+            return None
         if lease.problem is not None:
             return JobResult(None, f"bad job: {lease.problem}", device=self._device_name or device or "")
         job = JobSpec(lease.job_id, lease.args, lease.limit_s, lease.input, device)

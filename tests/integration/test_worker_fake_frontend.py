@@ -399,3 +399,34 @@ async def test_a_job_with_malformed_args_is_reported_as_a_failure_not_run(
     result = frontend.results[job]
     assert result["exit_code"] is None and result["error"].startswith("bad job: args")
     assert not marker.exists()
+
+
+async def test_concurrency_runs_jobs_at_once_one_per_device(frontend: FakeFrontend, tmp_path: Path) -> None:
+    for name in ("dev0", "dev1"):
+        (tmp_path / name).touch()
+    log = tmp_path / "log"
+    code = (
+        "import sys, time\n"
+        f"open({str(log)!r}, 'a').write(f'start {{sys.argv[1]}} {{time.monotonic()}}\\n')\n"
+        "time.sleep(0.5)\n"
+        f"open({str(log)!r}, 'a').write(f'end {{sys.argv[1]}} {{time.monotonic()}}\\n')\n"
+    )
+    runner = ProcessRunner(RunnerSettings(workload=(PY, "-c", code, "FILENAME")))
+    ids = [await frontend.push("a") for _ in range(4)]
+    worker = make_worker(frontend, runner, devices=DevicePool(str(tmp_path / "dev*")), concurrency=2)
+    task = asyncio.create_task(worker.run())
+    await wait_for(lambda: all(j in frontend.results for j in ids), timeout_s=10)
+    assert await finish(worker, task) == DONE
+    events = [line.split() for line in log.read_text().splitlines()]
+    # At most one job per device at any time, and two ran side by side.
+    busy: dict[str, bool] = {}
+    overlap = 0
+    for kind, device, _ in sorted(events, key=lambda e: float(e[2])):
+        if kind == "start":
+            assert not busy.get(device), events
+            busy[device] = True
+            overlap = max(overlap, sum(busy.values()))
+        else:
+            busy[device] = False
+    assert overlap == 2
+    assert {frontend.results[j]["device"] for j in ids} == {str(tmp_path / "dev0"), str(tmp_path / "dev1")}
