@@ -40,6 +40,9 @@ MAX_FAILURES_WHEN_EMPTY = 5
 #: heartbeats per lease length, and the shortest gap between two
 HEARTBEATS_PER_LEASE = 3
 MIN_HEARTBEAT_S = 0.05
+#: an empty lease answered faster than this (a proxy that caps the wait at 0, say) is
+#: followed by a pause of this long, so an empty queue never makes a busy loop
+FAST_EMPTY_S = 0.5
 #: the longest a completion is retried (bounded by the lease too)
 MAX_REPORT_S = 600.0
 #: the deadline of the releases sent on abort
@@ -212,6 +215,7 @@ class Worker:
 
     async def _lease(self, device: str | None) -> Lease | None:
         """One long poll, given up on ``stop``; None when it brought nothing (or failed)."""
+        started = self._clock()
         call = asyncio.create_task(self._client.lease(self._rotation.next(), self._wait_s, self._who(device)))
         stopped = asyncio.create_task(self._stopping.wait())
         try:
@@ -231,6 +235,8 @@ class Worker:
         self._succeeded()
         if lease is None:
             self._empty()
+            if self._clock() - started < FAST_EMPTY_S:
+                await self._pause(FAST_EMPTY_S)
         return lease
 
     def _empty(self) -> None:

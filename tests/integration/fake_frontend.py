@@ -40,8 +40,12 @@ class FakeLease:
 
 
 class FakeFrontend:
-    def __init__(self, port: int, *, lease_s: float = 30.0, max_result_bytes: int = 65536) -> None:
+    def __init__(
+        self, port: int, *, lease_s: float = 30.0, max_result_bytes: int = 65536, max_wait_s: float = 600.0
+    ) -> None:
         self.port = port
+        #: the cap on a lease's wait (the proxy's --queue-max-poll-s)
+        self.max_wait_s = max_wait_s
         self.lease_s = lease_s
         self.max_result_bytes = max_result_bytes
         self.queues: dict[str, list[FakeJob]] = {}
@@ -162,7 +166,7 @@ class FakeFrontend:
 
     async def _lease(self, request: dict[str, Any]) -> dict[str, Any] | None:
         self.lease_requests.append(request)
-        wait_s = float(request.get("wait_s", 0))
+        wait_s = min(self.max_wait_s, float(request.get("wait_s", 0)))
         async with self._arrived:
             job = self._take(request["queues"])
             if job is None:

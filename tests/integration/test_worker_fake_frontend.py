@@ -430,3 +430,17 @@ async def test_concurrency_runs_jobs_at_once_one_per_device(frontend: FakeFronte
             busy[device] = False
     assert overlap == 2
     assert {frontend.results[j]["device"] for j in ids} == {str(tmp_path / "dev0"), str(tmp_path / "dev1")}
+
+
+async def test_an_empty_queue_answered_at_once_is_no_busy_loop() -> None:
+    frontend = FakeFrontend(free_port(), max_wait_s=0.0)  # every empty lease: 204 at once
+    await frontend.start()
+    try:
+        worker = make_worker(frontend, sleeper(), poll_wait_s=20.0)
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(1.2)
+        assert await finish(worker, task) == DONE
+    finally:
+        await frontend.stop()
+    # One lease per FAST_EMPTY_S (0.5 s) at most, not thousands.
+    assert 1 <= len(frontend.lease_requests) <= 4, len(frontend.lease_requests)
