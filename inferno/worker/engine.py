@@ -47,6 +47,8 @@ class EngineRunner(Runner):
         self._max_tokens = max_tokens_limit
         self._limits = limits or RequestLimits()
         self._clock = clock
+        #: the engine's own concurrency, whatever the worker's --concurrency
+        self._slots = asyncio.Semaphore(engine.slots)
 
     @classmethod
     def create(cls, name: str, options: Mapping[str, Any], **kwargs: Any) -> EngineRunner:
@@ -71,7 +73,7 @@ class EngineRunner(Runner):
             return JobResult(None, f"bad input: {message}", run_s=self._clock() - started, device=device)
         limit = effective_limit(job.limit_s, self._limit_s)
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(limit), self._slots:
                 result = await self.engine.generate(CHAT.generation(parsed))
         except TimeoutError:
             return JobResult(

@@ -3,7 +3,8 @@
 The workload is argv, never a shell: ``[workload, *worker_args, *job_args]`` (the
 job's args dropped with ``--ignore-args``), with the word ``FILENAME`` in any of
 them replaced by the device the job was given (``DevicePool``). The process runs in
-its own session (so its own process group) in ``--workdir``; stdout and stderr go
+its own session (so its own process group) in ``--workdir``, with the worker's
+environment less its tokens (``SECRET_ENV``); stdout and stderr go
 to one pipe, of which the first ``--max-output-bytes`` are kept and the rest read
 and dropped (the output then ends with a truncation marker), or to /dev/null with
 ``--discard-output``. When the time limit (the smaller of the job's and the
@@ -38,6 +39,8 @@ DRAIN_S = 1.0
 #: after SIGKILL, how long the process may take to be reaped
 REAP_S = 5.0
 READ_CHUNK = 64 << 10
+#: the worker's secrets, never passed on to a workload's environment
+SECRET_ENV = frozenset({"INFERNO_WORKER_TOKEN", "INFERNO_CLUSTER_TOKEN", "INFERNO_ADMIN_TOKEN"})
 #: prctl(2): the signal a child gets when its parent dies
 PR_SET_PDEATHSIG = 1
 
@@ -224,6 +227,7 @@ class ProcessRunner(Runner):
         self.settings = settings
         self._clock = clock
         self._die_with_us = _parent_death_hook()
+        self._env = {name: value for name, value in os.environ.items() if name not in SECRET_ENV}
 
     async def run(self, job: JobSpec) -> JobResult:
         settings = self.settings
@@ -239,6 +243,7 @@ class ProcessRunner(Runner):
                 stdout=out,
                 stderr=out,
                 cwd=settings.workdir,
+                env=self._env,
                 start_new_session=True,
                 preexec_fn=self._die_with_us,
             )

@@ -298,3 +298,12 @@ class Embedder(EmbeddingEngine):
 
     async def embed(self, texts: object) -> Embeddings:
         return Embeddings([], 0)
+
+
+async def test_the_workload_never_sees_the_workers_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERNO_WORKER_TOKEN", "worker-token-0123456789abcdef")
+    monkeypatch.setenv("INFERNO_CLUSTER_TOKEN", "cluster-token-0123456789abcdef")
+    monkeypatch.setenv("SOMETHING_ELSE", "kept")
+    result = await python("import os, json; print(json.dumps(dict(os.environ)))").run(JobSpec("j"))
+    assert "token-0123456789abcdef" not in result.output
+    assert '"SOMETHING_ELSE": "kept"' in result.output
