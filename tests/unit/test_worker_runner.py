@@ -161,8 +161,8 @@ async def test_a_long_job_is_killed_at_its_limit_within_the_grace() -> None:
     result = await runner.run(JobSpec("j", limit_s=1.0))
     elapsed = time.monotonic() - started
     assert result.timed_out and result.outcome == "timeout"
-    assert result.error is not None and result.error.startswith("timed out after 1s")
-    assert 1.0 <= elapsed < 2.0, elapsed  # SIGTERM ended it: no grace needed
+    assert result.error == "timed out after 1s (killed by signal 15)"  # SIGTERM was enough
+    assert 1.0 <= elapsed < 2.5, elapsed
 
 
 async def test_the_worker_limit_applies_when_smaller_than_the_jobs() -> None:
@@ -188,7 +188,7 @@ async def test_a_child_ignoring_sigterm_gets_sigkill_and_its_grandchildren_die(t
     assert result.timed_out
     assert "killed by signal 9" in (result.error or "")
     assert "started" in result.output
-    assert 1.5 <= elapsed < 3.5, elapsed  # the limit, then the grace, then SIGKILL
+    assert 1.5 <= elapsed < 4.0, elapsed  # the limit, then the grace, then SIGKILL
     parent, child = (int(p) for p in pids.read_text().split())
     await asyncio.sleep(0.2)
     assert not alive(parent) and not alive(child)
