@@ -248,10 +248,11 @@ class ProcessRunner(Runner):
                 preexec_fn=self._die_with_us,
             )
         except (OSError, ValueError) as exc:
-            for fd in (read_fd, write_fd):
-                if fd >= 0:
-                    os.close(fd)
+            _close(read_fd, write_fd)
             return JobResult(None, _start_error(exc, argv[0], settings.workdir), device=device)
+        except BaseException:
+            _close(read_fd, write_fd)
+            raise
         capture = OutputCapture(settings.max_output_bytes)
         reader: asyncio.Task[None] | None = None
         if write_fd >= 0:
@@ -301,6 +302,12 @@ class ProcessRunner(Runner):
         _signal_group(proc.pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), REAP_S)
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _parent_death_hook() -> Callable[[], None] | None:
