@@ -1,20 +1,16 @@
 """The worker loop: lease, run, heartbeat, complete (leasing the next job in the same
-call), for ``--concurrency`` jobs at once.
+call), for ``--concurrency`` jobs at once (docs/queues.md#worker).
 
-- Fair across queues: each lease names the queues in a new rotation
-  (``QueueRotation``), and the proxy takes from the first that has a job.
+- Fair: each lease names the queues in a new rotation (``QueueRotation``).
 - Long polls: an empty queue costs one request per ``poll_wait_s``, never a busy loop.
-- A running job's lease is heartbeated every ``lease_s / 3``; a 409 means the lease
-  is lost (expired, or the job was cancelled): the workload is stopped and its
-  result dropped.
-- The proxy away or refusing: retried after an exponential backoff with jitter
-  (``Backoff``), reset by the next answer.
+- Heartbeats every ``lease_s / 3``; a 409 (lease lost: expired, or the job was
+  cancelled) stops the workload and drops its result.
+- The proxy away or refusing: retried after ``Backoff``, reset by the next answer.
 - ``stop`` (the first SIGTERM): no new lease; the running jobs finish and are
-  reported, then ``run`` returns 0. ``abort`` (a second signal): the running
-  leases are released at once (the jobs go back to their queues), the workloads
-  are killed, and ``run`` returns 1.
-- ``exit_when_empty``: the first empty lease (204) stops the worker as ``stop``
-  does; then a proxy that stays away ends it too (``GAVE_UP``).
+  reported, ``run`` returns 0. ``abort`` (a second one): the running leases are
+  released at once, the workloads killed, ``run`` returns 1.
+- ``exit_when_empty``: the first empty lease stops the worker as ``stop`` does; a
+  proxy that stays away ends it too (``GAVE_UP``).
 """
 
 from __future__ import annotations
@@ -29,7 +25,7 @@ from inferno.errors import ProxyRefused, UpstreamError, WorkerLeaseLost
 from inferno.observability.throttle import ThrottledLog
 from inferno.worker.client import Lease, WorkerClient, WorkerIdentity
 from inferno.worker.pacing import Backoff, QueueRotation
-from inferno.worker.runner import DevicePool, JobResult, JobSpec, Runner
+from inferno.worker.runner import DevicePool, JobResult, JobSpec, Runner, cut_output
 
 logger = logging.getLogger(__name__)
 
@@ -284,9 +280,8 @@ class Worker:
             self._devices.release(device)
             try:
                 next_device = self._devices.acquire()
-                next_body = self._client.lease_body(
-                    self._rotation.next(), self._wait_s, self._who(next_device)
-                )
+                who = self._who(next_device)
+                next_body = self._client.lease_body(self._rotation.next(), self._wait_s, who)
             except LookupError:
                 next_device = None
         following = await self._complete(lease, result, next_body)
@@ -316,13 +311,9 @@ class Worker:
             await asyncio.wait({task, beat})
             del self._running[lease.lease_id]
         if running.lost or task.cancelled():
-            self._count("lease_lost" if running.lost else "released")
-            logger.info(
-                "Job %r of queue %r: %s, result dropped",
-                lease.job_id,
-                lease.queue,
-                "lease lost" if running.lost else "released",
-            )
+            what = "lease lost" if running.lost else "released"
+            self._count(what.replace(" ", "_"))
+            logger.info("Job %r of queue %r: %s, result dropped", lease.job_id, lease.queue, what)
             return None
         exc = task.exception()
         if exc is not None:
@@ -369,7 +360,7 @@ class Worker:
             except ProxyRefused as exc:
                 if exc.upstream_status == 413 and trims < MAX_TRIMS:
                     trims += 1
-                    body["output"] = _trim(str(body["output"]), trims)
+                    body["output"] = cut_output(str(body["output"]), trims)
                     continue
                 failure = str(exc)
             except UpstreamError as exc:
@@ -399,11 +390,6 @@ class Worker:
 
     def _count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-
-
-def _trim(output: str, trims: int) -> str:
-    keep = len(output) >> (2 * trims)
-    return output[:keep] + "\n[output cut to fit the proxy's result limit]" if keep else ""
 
 
 class _GiveUp(Exception):
