@@ -40,7 +40,8 @@
     │   └── ModelMissing             the model file is not installed
     ├── OrchestratorError            an orchestrator could not act (controller side)
     │   └── OrchestratorUnavailable  its engine (the Docker socket) cannot be reached
-    ├── ProxyRefused                 the proxy refused the controller's call (wrong admin token...)
+    ├── ProxyRefused                 the proxy refused a controller's or worker's call (wrong token...)
+    │   └── WorkerLeaseLost          409 on a worker's heartbeat or completion: stop, drop the result
     └── ConfigError                  invalid configuration at start-up
 
 Library exceptions (OSError, httptools errors, asyncio.TimeoutError) are translated into
@@ -360,6 +361,16 @@ class ProxyRefused(InfernoError):
     def __init__(self, message: str, *, upstream_status: int) -> None:
         super().__init__(message)
         self.upstream_status = upstream_status
+
+
+class WorkerLeaseLost(ProxyRefused):
+    """A worker's lease expired, or its job was cancelled or finished elsewhere (409):
+    the worker stops the workload and drops its result (worker side)."""
+
+    code = "lease_lost"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, upstream_status=409)
 
 
 class ConfigError(InfernoError):

@@ -18,6 +18,7 @@ from inferno.cli.deploy import deploy
 from inferno.cli.keys import keys
 from inferno.cli.proxy import proxy
 from inferno.cli.up import up
+from inferno.cli.worker import worker
 
 
 @click.group(context_settings={"auto_envvar_prefix": "INFERNO", "help_option_names": ["-h", "--help"]})
@@ -28,7 +29,7 @@ def main() -> None:
 
 main.add_command(keys)
 main.add_command(deploy)
-for _command in (proxy, backend, controller, up, bench):
+for _command in (proxy, backend, worker, controller, up, bench):
     main.add_command(_command)
     for _param in _command.params:
         if isinstance(_param, click.Option):
@@ -42,4 +43,4 @@ for _command in (proxy, backend, controller, up, bench):
                 _aliases = [_param.envvar] if isinstance(_param.envvar, str) else list(_param.envvar)
                 _param.envvar = [_rule, *(a for a in _aliases if a != _rule)]
 
-__all__ = ["backend", "bench", "controller", "deploy", "keys", "main", "proxy", "up"]
+__all__ = ["backend", "bench", "controller", "deploy", "keys", "main", "proxy", "up", "worker"]

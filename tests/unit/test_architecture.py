@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "proxy": 5,
     "backend": 5,
     "bench": 5,
+    "worker": 5,
     "launcher": 6,
     "controller": 6,
     "healthcheck": 6,
@@ -51,6 +52,10 @@ FORBIDDEN = {
     ("controller", "proxy"),
     ("controller", "backend"),
     ("controller", "registry"),
+    # the worker only dials out to the proxy's worker routes
+    ("worker", "proxy"),
+    ("worker", "backend"),
+    ("worker", "registry"),
 }
 
 

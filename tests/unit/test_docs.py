@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from inferno.cli import backend, bench, proxy, up
+from inferno.cli import backend, bench, proxy, up, worker
 from inferno.policies import available_policies
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("command", [proxy, backend, up, bench], ids=lambda c: c.name)
+@pytest.mark.parametrize("command", [proxy, backend, up, bench, worker], ids=lambda c: c.name)
 def test_every_flag_is_in_configuration_md(command: object) -> None:
     text = (ROOT / "docs" / "configuration.md").read_text()
     flags = [p.opts[0] for p in command.params if p.opts and p.opts[0].startswith("--")]  # type: ignore[attr-defined]

@@ -50,7 +50,7 @@ def test_restart_policy_backs_off_then_gives_up_and_forgives_stable_children() -
     assert policy.on_exit() == 0.5
 
 
-@pytest.mark.parametrize("command", ["proxy", "backend", "up", "bench"])
+@pytest.mark.parametrize("command", ["proxy", "backend", "worker", "up", "bench"])
 def test_help_shows_every_flags_environment_variable(command: str) -> None:
     result = CliRunner().invoke(main, [command, "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output
@@ -129,7 +129,7 @@ def test_every_option_of_every_command_has_help() -> None:
     assert not missing, f"options without help: {missing}"
 
 
-@pytest.mark.parametrize("command", ["proxy", "backend", "up", "bench"])
+@pytest.mark.parametrize("command", ["proxy", "backend", "worker", "up", "bench"])
 def test_every_flag_answers_to_inferno_command_flag(command: str) -> None:
     """docs/configuration.md's rule: INFERNO_<COMMAND>_<FLAG>, upper case, dashes as underscores."""
     cmd = main.commands[command]
