@@ -84,7 +84,10 @@ class LogHistogram:
                 continue
             seen += n
             while len(out) < len(ranks) and seen >= ranks[len(out)]:
-                out.append(self._value_of(index))
+                # the first and the last sample are known exactly
+                rank = ranks[len(out)]
+                exact = self.max if rank >= self.count else self.min if rank == 1 else None
+                out.append(self._value_of(index) if exact is None else exact)
             if len(out) == len(ranks):
                 break
         out.extend(self.max for _ in range(len(ranks) - len(out)))
