@@ -116,8 +116,7 @@ from inferno.cli.common import hostport, run_loop
 @click.option(
     "--control-addr",
     default=None,
-    help="host:port for GET /stats /nodes /fails, POST /reset /parallelism?value=N; in queue mode also "
-    "/pods /reqs-per-sec, GET /parallelism and ?type=plain|json|html.",
+    help="host:port of the control endpoint (GET /stats /nodes /fails, POST /reset /parallelism?value=N).",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the prompt order and Poisson arrivals."
@@ -126,8 +125,7 @@ from inferno.cli.common import hostport, run_loop
 @click.option(
     "--queue",
     default=None,
-    help="Queue mode: submit jobs to this pull queue (POST /v1/queues/NAME/jobs) and wait for each "
-    "result; runs until --duration, --requests or SIGINT/SIGTERM.",
+    help="Queue mode: submit jobs to this pull queue, each waiting for its result (docs/queues.md).",
 )
 @click.option("--job-arg", multiple=True, help="Queue mode: an argument of each job's workload (repeatable).")
 @click.option(
@@ -137,15 +135,13 @@ from inferno.cli.common import hostport, run_loop
     show_default=True,
     help="Queue mode: each job's time limit in seconds (0: the worker's own).",
 )
-@click.option(
-    "--api-key", default=None, help="Queue mode: API key sent as Authorization: Bearer (--require-api-key)."
-)
+@click.option("--api-key", default=None, help="Queue mode: API key, sent as Authorization: Bearer KEY.")
 @click.option(
     "--max-parallelism",
     type=click.IntRange(1, 100_000),
     default=None,
-    help="Queue mode: the cap of --parallelism and of POST /parallelism (default: 1000, or "
-    "--parallelism if higher).",
+    help="Queue mode: the cap of the parallelism, also of POST /parallelism (default: 1000, or "
+    "the start parallelism if higher).",
 )
 @click.option(
     "--delay-s",
