@@ -23,6 +23,8 @@ from inferno.http.server import Request, Responder
 from tests.conftest import HOST
 
 JSON = b"Content-Type: application/json\r\n"
+#: the queue wait every result reports (the fake sleeps it before the run time)
+WAIT_S = 0.002
 
 
 class FakeQueueFrontend:
@@ -87,7 +89,7 @@ class FakeQueueFrontend:
             "timed_out": False,
             "output": "",
             "answer": None,
-            "wait_s": 0.002,
+            "wait_s": WAIT_S,
             "run_s": self.run_s,
             "total_s": self.run_s + 0.003,
             "overhead_s": 0.001,
@@ -131,7 +133,7 @@ class FakeQueueFrontend:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await self.gate.wait()
-            await asyncio.sleep(self.run_s)
+            await asyncio.sleep(WAIT_S + self.run_s)
             self._count(action)
             job_id = f"j-{next(self._ids)}"
             if action == "429":

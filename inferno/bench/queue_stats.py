@@ -12,6 +12,7 @@ period.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -101,7 +102,7 @@ class RateWindow:
         out = []
         for ago in range(self._window, 0, -1):
             second = now - ago
-            if second < int(self.started):
+            if second < math.ceil(self.started):  # a second the period had only part of
                 continue
             slot = second % self._window
             out.append((ago, self._slots[slot] if self._stamps[slot] == second else 0))

@@ -7,6 +7,8 @@ from typing import Any
 from inferno.bench.queue_stats import QueueStats
 from inferno.bench.render import Table, View, ms
 
+#: failures the final report's tables list (its JSON has all that were kept)
+REPORT_FAILURES = 10
 _TIME_COLUMNS = ("", "count", "mean ms", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms")
 
 
@@ -110,5 +112,7 @@ def report_view(stats: QueueStats, live: dict[str, Any]) -> View:
         "recent_failures": parts[3].data["recent"],
     }
     # the failure counts are in the /stats part already: only the recent ones from /fails
-    tables = [*parts[0].tables, *parts[1].tables, *parts[2].tables, *parts[3].tables[1:]]
+    recent = parts[3].tables[1]
+    last = Table("Last failures", recent.columns, recent.rows[-REPORT_FAILURES:])
+    tables = [*parts[0].tables, *parts[1].tables, *parts[2].tables, last]
     return View(parts[0].title, data, tables, parts[0].notes)

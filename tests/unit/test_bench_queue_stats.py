@@ -76,6 +76,12 @@ def test_the_rate_window_counts_the_last_full_seconds() -> None:
     stats.reset()
     clock.now = 1102.0
     assert stats.rate.per_second() == [(2, 0), (1, 0)]  # nothing from before the reset
+    clock.now = 1102.5
+    stats.reset()
+    stats.result(job())
+    clock.now = 1104.2
+    # the second the period began in part is left out: it would pull the rate down
+    assert stats.rate.per_second() == [(1, 0)]
 
 
 SAMPLE = View(
