@@ -4,7 +4,8 @@ It answers ``POST /v1/queues/NAME/jobs`` after ``run_s`` with a result object sh
 as docs/queues.md says, and ``GET /v1/jobs/ID`` for jobs it answered 202 to. What it
 answers is scripted by ``pattern`` (cycled per request): ``ok``, ``failure`` (a
 result with outcome failure), ``429`` (with ``Retry-After``), ``500``, ``drop`` (the
-connection closes with no answer) or ``202`` (the wait ran out: poll for it). It
+connection closes with no answer), ``202`` (the wait ran out: poll for it) or
+``stuck`` (a 202 whose polls never get the result; ``DELETE`` is recorded). It
 counts what it saw, including the most requests it ever had in flight at once.
 """
 
@@ -51,10 +52,15 @@ class FakeQueueFrontend:
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        #: requests waiting at the closed gate
+        self.held = 0
         self.answered: dict[str, int] = {}
         self.bodies: list[Any] = []
         self.queues: set[str] = set()
         self._pending: dict[str, dict[str, Any]] = {}
+        #: jobs answered 202 that never finish: every poll waits its wait_s and answers 202
+        self._stuck: set[str] = set()
+        self.cancelled: list[str] = []
         self._ids = itertools.count(1)
 
     async def start(self) -> str:
@@ -106,8 +112,18 @@ class FakeQueueFrontend:
             self._count("401")
             responder.send(401, JSON, b'{"error":{"message":"bad key"}}')
             return
+        if request.method == "DELETE" and request.path.startswith("/v1/jobs/"):
+            self.cancelled.append(request.path.rsplit("/", 1)[1])
+            responder.send(200, JSON, b'{"state":"finished","outcome":"cancelled"}')
+            return
         if request.method == "GET" and request.path.startswith("/v1/jobs/"):
-            job = self._pending.pop(request.path.rsplit("/", 1)[1], None)
+            job_id = request.path.rsplit("/", 1)[1]
+            if job_id in self._stuck:
+                self._count("poll")
+                await asyncio.sleep(float(request.query.split("wait_s=")[1]))
+                responder.send(202, JSON, orjson.dumps({"job_id": job_id, "state": "running"}))
+                return
+            job = self._pending.pop(job_id, None)
             if job is None:
                 responder.send(404, JSON, b'{"error":{"message":"no such job"}}')
                 return
@@ -132,7 +148,12 @@ class FakeQueueFrontend:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            await self.gate.wait()
+            if not self.gate.is_set():
+                self.held += 1
+                try:
+                    await self.gate.wait()
+                finally:
+                    self.held -= 1
             await asyncio.sleep(WAIT_S + self.run_s)
             self._count(action)
             job_id = f"j-{next(self._ids)}"
@@ -146,6 +167,9 @@ class FakeQueueFrontend:
                 responder.send(500, JSON, b'{"error":{"message":"boom"}}')
             elif action == "drop":
                 responder.abort()
+            elif action == "stuck":
+                self._stuck.add(job_id)
+                responder.send(202, JSON, orjson.dumps({"job_id": job_id, "state": "running"}))
             elif action == "202":
                 self._pending[job_id] = self._result(job_id, parts[3], "success")
                 responder.send(202, JSON, orjson.dumps({"job_id": job_id, "state": "running"}))

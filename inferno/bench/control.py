@@ -97,7 +97,8 @@ class QueueControl:
 
     async def _reset(self, request: Request, responder: Responder) -> None:
         shape = shape_of(parse_query(request.query, ("type",)))
-        self._load.stats.reset()
+        if request.method != "HEAD":  # a HEAD (which every GET route answers) changes nothing
+            self._load.stats.reset()
         self._send(responder, views.reset_view(self._load.stats), shape)
 
     def _parallelism_view(self) -> View:

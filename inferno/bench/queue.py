@@ -202,16 +202,16 @@ class QueueLoad:
         began = self._clock()
         deadline = began + self.cfg.timeout_s
         stats.request_started()
+        job_id: str | None = None
         try:
             response = await self._call(b"POST", self._submit_path, self._body, deadline)
             while response.status == 202:
                 job_id = _job_id(response.body)
-                left = deadline - self._clock()
-                if job_id is None or left <= 0:
-                    stats.failure("timeout" if job_id else "bad_body", "no result before the deadline", 202)
-                    if job_id:
-                        await self._cancel(job_id)
+                if job_id is None:
+                    stats.failure("bad_body", "a 202 without a job_id", 202)
                     return -1.0
+                # the proxy's own wait ran out: poll, each poll within what is left
+                left = deadline - self._clock()
                 wait_s = max(1, min(MAX_POLL_S, int(left)))
                 poll = f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}?wait_s={wait_s}"
                 response = await self._call(b"GET", poll.encode(), b"", deadline)
@@ -221,6 +221,10 @@ class QueueLoad:
             return self._http_failure(response)
         except UpstreamTimeout as exc:
             stats.failure("timeout", str(exc))
+            if job_id is not None:
+                # a job we stopped polling for is not left to run (closing a submission
+                # cancels its job at the proxy; closing a poll does not)
+                await self._cancel(job_id)
         except UpstreamConnectError as exc:
             stats.failure("connect_error", str(exc))
         except UpstreamError as exc:
