@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import pytest
 
@@ -42,6 +43,31 @@ def test_reset_zeroes_the_period_but_keeps_what_is_in_flight() -> None:
     stats.result(job())  # one sent before the reset, counted in the new period
     stats.request_ended()
     assert stats.results == 1 and stats.in_flight == 1 and stats.outcome_counts() == {"success": 1}
+
+
+def test_a_long_run_costs_the_memory_of_a_short_one() -> None:
+    clock = Clock()
+    stats = QueueStats(clock)
+
+    def feed(n: int) -> None:
+        for i in range(n):
+            clock.now += 0.001
+            stats.request_started()
+            stats.result(job(node=f"node-{i % 7}", client_s=0.4 + (i % 1000) / 1000))
+            stats.request_ended()
+            if i % 10 == 0:
+                stats.failure(("http_429", "timeout")[i % 2], "detail " * 10, 429)
+
+    feed(5_000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        feed(50_000)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert stats.results == 55_000 and stats.client.count == 55_000
+    assert grown < 32 * 1024, grown  # ten times the samples, no more memory
 
 
 def test_overhead_is_client_total_minus_wait_and_run() -> None:
