@@ -35,6 +35,11 @@ CONTROL_LIMITS = Limits(
     idle_timeout_s=30.0,
     linger_s=1.0,
 )
+#: the HTML pages link to each other (not to /reset: a link is followed by accident)
+NAV = tuple(
+    (path[1:], f"{path}?type=html")
+    for path in ("/stats", "/nodes", "/pods", "/fails", "/reqs-per-sec", "/parallelism")
+)
 #: query fields parsed at most (more is a 400)
 MAX_QUERY_FIELDS = 8
 
@@ -86,7 +91,7 @@ class QueueControl:
 
     @staticmethod
     def _send(responder: Responder, view: View, shape: Shape) -> None:
-        responder.send(200, CONTENT_TYPES[shape], render(view, shape))
+        responder.send(200, CONTENT_TYPES[shape], render(view, shape, NAV))
 
     def _viewer(self, make: Callable[[], View]) -> Callable[[Request, Responder], Any]:
         async def route(request: Request, responder: Responder) -> None:

@@ -9,7 +9,7 @@ from inferno.bench.render import Table, View, ms
 
 #: failures the final report's tables list (its JSON has all that were kept)
 REPORT_FAILURES = 10
-_TIME_COLUMNS = ("", "count", "mean ms", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms")
+_TIME_COLUMNS = ("time", "count", "mean ms", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms")
 
 
 def _time_row(name: str, s: dict[str, Any]) -> tuple[Any, ...]:

@@ -52,11 +52,12 @@ def ms(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value * 1000:.2f}"
 
 
-def render(view: View, shape: Shape) -> bytes:
+def render(view: View, shape: Shape, links: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """``links`` (label, href): a navigation line atop the HTML page."""
     if shape == "json":
         return orjson.dumps(view.data, option=orjson.OPT_NON_STR_KEYS)
     if shape == "html":
-        return render_html(view).encode()
+        return render_html(view, links).encode()
     return render_plain(view).encode()
 
 
@@ -85,14 +86,16 @@ _STYLE = (
 )
 
 
-def render_html(view: View) -> str:
+def render_html(view: View, links: tuple[tuple[str, str], ...] = ()) -> str:
     esc = html.escape
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{esc(view.title)}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>{esc(view.title)}</h1>",
     ]
+    if links:
+        parts.append("<nav>" + " | ".join(f'<a href="{esc(h)}">{esc(t)}</a>' for t, h in links) + "</nav>")
+    parts.append(f"<h1>{esc(view.title)}</h1>")
     parts.extend(f"<p>{esc(note)}</p>" for note in view.notes)
     for table in view.tables:
         parts.append(f"<h2>{esc(table.title)}</h2>")

@@ -116,6 +116,7 @@ async def test_every_control_endpoint_answers_in_all_three_types(
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), path
         assert page.text.startswith("<!DOCTYPE html>") and "<table>" in page.text and "<h1>" in page.text
         assert "<th>" in page.text and "<td" in page.text and "<pre" not in page.text
+        assert '<a href="/nodes?type=html">nodes</a>' in page.text and "/reset" not in page.text
     stats = await run.json("/stats")
     assert stats["queue"] == "sim" and stats["parallelism"] == 2 and stats["results"] >= 4
     assert stats["outcomes"]["success"] >= 4 and stats["times_s"]["run"]["count"] >= 4

@@ -140,6 +140,9 @@ def test_html_is_a_page_of_tables_with_every_value_escaped() -> None:
     assert "<h2>T1</h2>" in page and "<table>" in page and "<th>count</th>" in page
     assert "<td>x&lt;y&gt;</td>" in page and "<td>12345</td>" in page and "x<y>" not in page
     assert "<p>a note &amp; more</p>" in page and "<pre" not in page and "<script" not in page
+    assert "<nav>" not in page
+    linked = render(SAMPLE, "html", (("stats", "/stats?type=html"), ("a&b", "/x?a=1&b=2"))).decode()
+    assert '<nav><a href="/stats?type=html">stats</a> | <a href="/x?a=1&amp;b=2">a&amp;b</a></nav>' in linked
 
 
 def test_every_view_renders_in_every_shape() -> None:
