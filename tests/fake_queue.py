@@ -5,7 +5,8 @@ as docs/queues.md says, and ``GET /v1/jobs/ID`` for jobs it answered 202 to. Wha
 answers is scripted by ``pattern`` (cycled per request): ``ok``, ``failure`` (a
 result with outcome failure), ``429`` (with ``Retry-After``), ``500``, ``drop`` (the
 connection closes with no answer), ``202`` (the wait ran out: poll for it) or
-``stuck`` (a 202 whose polls never get the result; ``DELETE`` is recorded). It
+``stuck`` (a 202 whose polls never get the result; ``DELETE`` is recorded) or ``huge``
+(a 5 MiB answer). It
 counts what it saw, including the most requests it ever had in flight at once.
 """
 
@@ -165,6 +166,8 @@ class FakeQueueFrontend:
                 )
             elif action == "500":
                 responder.send(500, JSON, b'{"error":{"message":"boom"}}')
+            elif action == "huge":
+                responder.send(200, JSON, b'{"output": "' + b"x" * (5 << 20) + b'"}')
             elif action == "drop":
                 responder.abort()
             elif action == "stuck":

@@ -24,7 +24,7 @@ import orjson
 
 from inferno.bench.queue_stats import JobResult, QueueStats
 from inferno.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
-from inferno.http.client import Timeouts, UpstreamPool, UpstreamResponse, build_request
+from inferno.http.client import ResponseLimits, Timeouts, UpstreamPool, UpstreamResponse, build_request
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ MAX_RETRY_AFTER_S = 30.0
 DEFAULT_RETRY_AFTER_S = 1.0
 #: backoff after other failures: doubles from the first value to the last
 BACKOFF_S = (0.05, 5.0)
+#: a result body read at most (the proxy bounds results to 64 KiB by default)
+MAX_RESULT_BYTES = 4 << 20
 #: longest single poll of GET /v1/jobs/ID (the proxy caps it at --queue-max-poll-s)
 MAX_POLL_S = 60
 
@@ -80,7 +82,10 @@ class QueueLoad:
         self._clock = clock
         self._rng = rng or random.Random(0)
         self._parallelism = cfg.parallelism
-        self._pool = UpstreamPool(max_idle_per_host=min(cfg.max_parallelism, 4096))
+        self._pool = UpstreamPool(
+            max_idle_per_host=min(cfg.max_parallelism, 4096),
+            limits=ResponseLimits(max_body_bytes=MAX_RESULT_BYTES),
+        )
         self._host = cfg.target.encode()
         quoted = urllib.parse.quote(cfg.queue, safe="")
         self._submit_path = f"/v1/queues/{quoted}/jobs?wait=true".encode()
@@ -179,7 +184,12 @@ class QueueLoad:
         failures = 0
         while index < self._parallelism and self._may_issue():
             self.issued += 1
-            pause = await self.one()
+            try:
+                pause = await self.one()
+            except Exception as exc:  # the client never dies: a bug here is a counted failure
+                logger.exception("queue bench request failed unexpectedly")
+                self.stats.failure("client_error", repr(exc))
+                pause = -1.0
             if pause is None:
                 failures = 0
                 pause = self.cfg.delay_s

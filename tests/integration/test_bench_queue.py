@@ -261,6 +261,14 @@ async def test_a_job_that_never_finishes_times_out_and_is_cancelled() -> None:
     assert fake.answered["poll"] >= 2 and fake.cancelled == ["j-1", "j-2"]
 
 
+async def test_an_answer_over_the_size_bound_is_a_failure_not_a_memory_cost() -> None:
+    async with fake_queue(pattern=("huge", "ok")) as fake:
+        load = QueueLoad(config(fake, parallelism=1, requests=4))
+        await asyncio.wait_for(load.run(), 15)
+    assert load.stats.results == 2 and load.stats.fail_counts() == {"connection_broken": 2}
+    assert "response body is over" in load.stats.recent_failures[0]["detail"]
+
+
 async def test_the_api_key_is_sent_as_a_bearer_token() -> None:
     async with fake_queue(api_key="k-123") as fake:
         good = QueueLoad(config(fake, api_key="k-123", requests=4))
