@@ -260,7 +260,10 @@ def _queue_bench(target: str, opts: dict[str, Any]) -> None:
     async def go() -> None:
         result["report"] = await run_queue_bench(config, control_addr=control, progress=not opts["quiet"])
 
-    run_loop(go())
+    try:
+        run_loop(go())
+    except OSError as exc:  # the control port could not be bound: nothing ran
+        raise click.ClickException(f"cannot serve --control-addr {opts['control_addr']}: {exc}") from None
     report = result["report"]
     shape = {"text": "plain"}.get(opts["output"], opts["output"])
     out = render(report, shape).decode()

@@ -17,6 +17,7 @@ from inferno.bench.control import start_control
 from inferno.bench.queue import QueueLoad, QueueLoadConfig
 from inferno.bench.queue_main import live_settings
 from inferno.http.listener import HttpServer
+from inferno.http.server import Request, Responder
 from inferno.orchestrators.processes import free_port
 from tests.conftest import HOST, wait_for
 from tests.fake_queue import FakeQueueFrontend, fake_queue
@@ -392,6 +393,22 @@ async def test_sigterm_ends_a_run_with_the_text_report_and_a_bounded_run_writes_
     html = page.read_text()
     assert html.startswith("<!DOCTYPE html>") and "<h2>Nodes</h2>" in html and "<table>" in html
     assert "client_total" in err.decode()  # the text summary goes to stderr beside the file
+
+    async def ok(request: Request, responder: Responder) -> None:
+        responder.send(200, b"", b"")
+
+    taken = HttpServer(ok)  # holds the port the bench is told to serve on
+    host, port = await taken.start(HOST, 0)
+    try:
+        busy = await _bench(f"http://{HOST}:1", "--queue", "sim", "--control-addr", f"{host}:{port}")
+        _, err = await asyncio.wait_for(busy.communicate(), 20)
+    finally:
+        await taken.aclose()
+    assert (
+        busy.returncode == 1
+        and "cannot serve --control-addr" in err.decode()
+        and "Traceback" not in err.decode()
+    )
     refused = await _bench(
         f"http://{HOST}:{free_port()}", "--queue", "sim", "--duration-s", "0.3", "--output", "json"
     )
