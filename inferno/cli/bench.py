@@ -7,6 +7,7 @@ import sys
 from typing import Any, cast
 
 import click
+from click.core import ParameterSource
 
 from inferno.cli.common import hostport, run_loop
 
@@ -237,6 +238,8 @@ def _queue_bench(target: str, opts: dict[str, Any]) -> None:
         raise click.UsageError("--queue runs in one process (--processes 1)")
     parallelism = opts["concurrency"]
     cap = opts["max_parallelism"] or max(1000, parallelism)
+    if click.get_current_context().get_parameter_source("concurrency") == ParameterSource.DEFAULT:
+        parallelism = min(parallelism, cap)  # only a parallelism asked for can be over the cap
     if parallelism > cap:
         raise click.UsageError(f"--parallelism {parallelism} is over --max-parallelism {cap}")
     if len(opts["job_arg"]) > 64:

@@ -410,8 +410,21 @@ async def test_sigterm_ends_a_run_with_the_text_report_and_a_bounded_run_writes_
         and "Traceback" not in err.decode()
     )
     refused = await _bench(
-        f"http://{HOST}:{free_port()}", "--queue", "sim", "--duration-s", "0.3", "--output", "json"
+        f"http://{HOST}:{free_port()}",
+        "--queue",
+        "sim",
+        "--duration-s",
+        "0.3",
+        "--output",
+        "json",
+        "--max-parallelism",
+        "2",
     )
     out, _ = await asyncio.wait_for(refused.communicate(), 20)
     assert refused.returncode == 1  # no result at all
-    assert json.loads(out)["summary"]["fails"]["connect_error"] >= 1
+    report = json.loads(out)
+    assert report["summary"]["fails"]["connect_error"] >= 1
+    assert report["meta"]["parallelism"] == 2  # the default 8 is brought under the cap
+    over = await _bench(f"http://{HOST}:1", "--queue", "sim", "-c", "3", "--max-parallelism", "2")
+    _, err = await asyncio.wait_for(over.communicate(), 20)
+    assert over.returncode == 2 and "--parallelism 3 is over --max-parallelism 2" in err.decode()
