@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, cast
 
 import click
+from click.core import ParameterSource
 
 from inferno.cli.common import hostport, run_loop
 
@@ -28,10 +30,12 @@ from inferno.cli.common import hostport, run_loop
 @click.option(
     "-c",
     "--concurrency",
+    "--parallelism",
     type=click.IntRange(1, 100_000),
     default=8,
     show_default=True,
-    help="Closed loop: requests in flight at once.",
+    help="Closed loop and queue mode: requests in flight at once (the start value; the control "
+    "endpoint changes it).",
 )
 @click.option("--rate", type=float, default=None, help="Open loop: target requests/s.")
 @click.option(
@@ -63,7 +67,9 @@ from inferno.cli.common import hostport, run_loop
     "--ramp-step", type=float, default=1.0, show_default=True, help="Ramp mode: seconds between steps."
 )
 @click.option("-n", "--requests", type=click.IntRange(1), default=None, help="Stop after this many.")
-@click.option("-d", "--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option(
+    "-d", "--duration", "--duration-s", type=float, default=None, help="Stop after this many seconds."
+)
 @click.option(
     "--processes",
     type=click.IntRange(1, 64),
@@ -111,12 +117,40 @@ from inferno.cli.common import hostport, run_loop
 @click.option(
     "--control-addr",
     default=None,
-    help="host:port for GET /stats /nodes /fails, POST /reset /parallelism?value=N.",
+    help="host:port of the control endpoint (GET /stats /nodes /fails, POST /reset /parallelism?value=N).",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the prompt order and Poisson arrivals."
 )
 @click.option("--quiet", is_flag=True, help="No live progress line.")
+@click.option(
+    "--queue",
+    default=None,
+    help="Queue mode: submit jobs to this pull queue, each waiting for its result (docs/queues.md).",
+)
+@click.option("--job-arg", multiple=True, help="Queue mode: an argument of each job's workload (repeatable).")
+@click.option(
+    "--job-limit-s",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Queue mode: each job's time limit in seconds (0: the worker's own).",
+)
+@click.option("--api-key", default=None, help="Queue mode: API key, sent as Authorization: Bearer KEY.")
+@click.option(
+    "--max-parallelism",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Queue mode: the cap of the parallelism, also of POST /parallelism (default: 1000, or "
+    "the start parallelism if higher).",
+)
+@click.option(
+    "--delay-s",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Queue mode: pause of each slot between its requests.",
+)
 def bench(**opts: Any) -> None:
     """Load-test a proxy or backend at URL (e.g. http://127.0.0.1:8080)."""
     from inferno.bench import report as reports
@@ -127,6 +161,9 @@ def bench(**opts: Any) -> None:
         target = parse_target(opts["url"])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="URL") from exc
+    if opts["queue"] is not None:
+        _queue_bench(target, opts)
+        return
     if opts["requests"] is None and opts["duration"] is None:
         raise click.UsageError("bound the run with --requests and/or --duration")
     mode = opts["mode"] or (
@@ -184,3 +221,59 @@ def bench(**opts: Any) -> None:
     else:
         click.echo(out)
     sys.exit(0 if report["summary"]["succeeded"] else 1)
+
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _queue_bench(target: str, opts: dict[str, Any]) -> None:
+    """``--queue NAME``: the pull-queue load (docs/queues.md, "Test client")."""
+    from inferno.bench.queue import QueueLoadConfig
+    from inferno.bench.queue_main import run_queue_bench
+    from inferno.bench.render import render
+
+    if not QUEUE_NAME.fullmatch(opts["queue"]):
+        raise click.BadParameter("queue names are [A-Za-z0-9_.-]{1,64}", param_hint="--queue")
+    if opts["processes"] != 1:
+        raise click.UsageError("--queue runs in one process (--processes 1)")
+    parallelism = opts["concurrency"]
+    cap = opts["max_parallelism"] or max(1000, parallelism)
+    if click.get_current_context().get_parameter_source("concurrency") == ParameterSource.DEFAULT:
+        parallelism = min(parallelism, cap)  # only a parallelism asked for can be over the cap
+    if parallelism > cap:
+        raise click.UsageError(f"--parallelism {parallelism} is over --max-parallelism {cap}")
+    if len(opts["job_arg"]) > 64:
+        raise click.UsageError("at most 64 --job-arg")
+    control = hostport(opts["control_addr"], "--control-addr") if opts["control_addr"] else None
+    config = QueueLoadConfig(
+        target=target,
+        queue=opts["queue"],
+        args=tuple(opts["job_arg"]),
+        limit_s=opts["job_limit_s"],
+        api_key=opts["api_key"],
+        parallelism=parallelism,
+        max_parallelism=cap,
+        delay_s=opts["delay_s"],
+        duration_s=opts["duration"],
+        requests=opts["requests"],
+        timeout_s=opts["timeout_s"],
+    )
+    result: dict[str, Any] = {}
+
+    async def go() -> None:
+        result["report"] = await run_queue_bench(config, control_addr=control, progress=not opts["quiet"])
+
+    try:
+        run_loop(go())
+    except OSError as exc:  # the control port could not be bound: nothing ran
+        raise click.ClickException(f"cannot serve --control-addr {opts['control_addr']}: {exc}") from None
+    report = result["report"]
+    shape = {"text": "plain"}.get(opts["output"], opts["output"])
+    out = render(report, shape).decode()
+    if opts["output_file"]:
+        with open(opts["output_file"], "w", encoding="utf-8") as fh:
+            fh.write(out)
+        click.echo(render(report, "plain").decode(), err=True)
+    else:
+        click.echo(out, nl=False)
+    sys.exit(0 if report.data["summary"]["results"] else 1)

@@ -332,19 +332,23 @@ class UpstreamPool:
         stream: bool = False,
         timeouts: Timeouts,
         request_id: bytes | None = None,
+        retry_idle: bool = True,
     ) -> UpstreamResponse:
         """Send raw request bytes to ``address`` and read the response (an answer whose
         ``X-Request-ID`` is not ``request_id`` fails: it was meant for another request).
 
         A pooled socket that turns out to have been closed by the peer while idle
-        is retried once on a fresh connection: nothing was processed there.
+        is retried once on a fresh connection: nothing was processed there. A caller
+        whose request must never be sent twice (a job submission without an
+        idempotency key: the peer may have closed *after* taking it) passes
+        ``retry_idle=False`` and gets the error instead.
         """
         conn = self._take_idle(address)
         if conn is not None:
             try:
                 return await conn.exchange(data, stream=stream, timeouts=timeouts, request_id=request_id)
             except UpstreamProtocolError:
-                if not conn.failed_before_response:
+                if not conn.failed_before_response or not retry_idle:
                     raise
         conn = await self._connect(address, timeouts.connect_s)
         return await conn.exchange(data, stream=stream, timeouts=timeouts, request_id=request_id)
