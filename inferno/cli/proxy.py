@@ -183,7 +183,7 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
     type=click.Path(dir_okay=False),
     default=None,
     help="File holding the token queue workers lease with; without it the token comes from "
-    "INFERNO_WORKER_TOKEN, else workers need the cluster token. It can only lease and report.",
+    "INFERNO_WORKER_TOKEN. It can only lease and report; the cluster token leases too.",
 )
 @section_options(PROXY_SECTIONS)
 @cluster_token_option

@@ -169,6 +169,12 @@ def worker_token(path: str | None, cluster_file: str | None) -> SecretStr | None
     help="Engine mode: a larger max_tokens fails the job.",
 )
 @section_options(WORKER_SECTIONS)
+@click.option(
+    "--health-addr",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve GET /health here: 200 once the proxy has answered, else 503 (for orchestrators).",
+)
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
 @click.option(
     "--log-format",
@@ -187,6 +193,8 @@ def worker_config(opts: dict[str, Any]) -> WorkerConfig:
     """The ``WorkerConfig`` from the parsed flags (a usage error naming what is wrong)."""
     opts = dict(opts)
     hostport(opts["discovery_lb"], "--discovery-lb")
+    if opts["health_addr"] is not None:
+        hostport(opts["health_addr"], "--health-addr")
     explicit = [flag for flag in ("backoff_s", "backoff_max_s") if opts[flag] is not None]
     if opts["exit_when_empty"] and explicit:
         raise click.UsageError("--exit-when-empty cannot be combined with --backoff-s or --backoff-max-s")
@@ -223,6 +231,7 @@ def worker_config(opts: dict[str, Any]) -> WorkerConfig:
         max_tokens_limit=opts["max_tokens_limit"],
         log_level=opts["log_level"],
         log_format=opts["log_format"],
+        health_addr=opts["health_addr"],
         **sections,
     )
     return config

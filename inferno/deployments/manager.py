@@ -57,6 +57,8 @@ class DeploymentManager:
         self._records: dict[str, Deployment] = {}
         #: model id -> its autoscaling config, for live (not deleting) deployments
         self._live: dict[str, AutoScalingConfig] = {}
+        #: live deployments of kind worker -> the queue their instances lease from
+        self._workers: dict[str, str] = {}
         #: requests refused for capacity since the last tick, per deployment
         self._refused: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -77,6 +79,15 @@ class DeploymentManager:
         self._records[record.id] = record
         self.autoscaler.add(record.id, record.replicas, idle_s=idle)
         if not record.deleting:
+            self._index(record)
+
+    def _index(self, record: Deployment) -> None:
+        """Backends serve models (requests cold-start them); workers serve a queue."""
+        self._live.pop(record.id, None)
+        self._workers.pop(record.id, None)
+        if record.spec.kind == "worker" and record.spec.queue is not None:
+            self._workers[record.id] = record.spec.queue
+        else:
             self._live[record.id] = record.spec.auto_scaling_config
 
     # -- the data path's calls (cheap) ---------------------------------------------------
@@ -99,6 +110,19 @@ class DeploymentManager:
     def wake(self, model: str) -> None:
         """A request waits for ``model`` with no instance to serve it: decide now."""
         self._wake.set()
+
+    def worker_queue(self, ident: str) -> str | None:
+        """The queue a worker deployment leases from (None: not a worker deployment)."""
+        return self._workers.get(ident)
+
+    def job_arrived(self, queue: str) -> None:
+        """A job came to ``queue``: its worker deployments count it towards their
+        keep-alive, and one at zero decides now (the first job starts a worker)."""
+        for ident, name in self._workers.items():
+            if name == queue:
+                self.autoscaler.request_arrived(ident)
+                if self.autoscaler.replicas(ident) == 0:
+                    self._wake.set()
 
     def refused(self, model: str) -> None:
         """A request for ``model`` was refused for capacity: it counts as demand."""
@@ -170,11 +194,15 @@ class DeploymentManager:
             raise Conflict(f"the deployment {ident!r} is being deleted")
         spec = merged(record.spec, body, model_dir=self._model_dir)
         generation = record.generation
-        if (spec.backend, spec.backend_config) != (record.spec.backend, record.spec.backend_config):
+
+        def runs(s: DeploymentSpec) -> tuple[object, ...]:
+            return (s.backend, s.backend_config, s.kind, s.queue, s.workload)
+
+        if runs(spec) != runs(record.spec):
             generation += 1  # the instances are rolled: new ones first, then the old drain
         record = self._store.update(record, spec=spec, generation=generation)
         self._records[ident] = record
-        self._live[ident] = spec.auto_scaling_config
+        self._index(record)
         logger.info("Deployment %s updated (generation %d)", ident, generation)
         self._event(ident, "updated", f"generation {generation}")
         self._publish()
@@ -187,6 +215,7 @@ class DeploymentManager:
             record = self._store.update(record, deleting=True, replicas=0)
             self._records[ident] = record
             self._live.pop(ident, None)
+            self._workers.pop(ident, None)
             logger.info("Deployment %s deleting: draining its instances", ident)
             self._event(ident, "deleting", "draining, then stopping every instance")
             self._publish()

@@ -24,7 +24,12 @@ PATH_SUFFIXES = ("_path", "_dir", "_file")
 #: a node label or a constraint, as Docker accepts them (no quotes, no newlines)
 _LABEL_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _CONSTRAINT_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}\s*(==|!=)\s*[A-Za-z0-9_.:/-]{1,128}")
-Kind = Literal["backend"]
+#: ``backend``: instances serve the model over HTTP; ``worker``: instances are
+#: ``inferno worker``s that lease jobs from ``queue`` (docs/queues.md#autoscaling)
+Kind = Literal["backend", "worker"]
+#: what a worker instance runs per job: the job's input on the ``backend`` engine, or a
+#: built-in workload (never a command named by the admin API)
+Workload = Literal["engine", "sleep", "fake-device"]
 
 
 class _Strict(BaseModel):
@@ -105,6 +110,10 @@ class DeploymentSpec(_Strict):
     auto_scaling_config: AutoScalingConfig = AutoScalingConfig()
     placement: Placement = Placement()
     kind: Kind = "backend"
+    queue: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="kind worker: the pull queue it leases from"
+    )
+    workload: Workload = Field("engine", description="kind worker: what runs per job")
 
     @field_validator("model")
     @classmethod
@@ -135,16 +144,43 @@ class DeploymentSpec(_Strict):
         object.__setattr__(self, "backend_config", validated.model_dump(include=set(self.backend_config)))
         return self
 
+    @model_validator(mode="after")
+    def _kind(self) -> DeploymentSpec:
+        if self.kind == "worker" and self.queue is None:
+            raise ValueError("a deployment of kind worker names the queue its workers lease from")
+        if self.kind == "backend" and (self.queue is not None or self.workload != "engine"):
+            raise ValueError("queue and workload are for deployments of kind worker")
+        if (
+            self.kind == "worker"
+            and self.workload == "engine"
+            and Engine.lookup_task(self.backend) != "text-generation"
+        ):
+            raise ValueError(
+                "a worker runs jobs on a text-generation engine (or workload sleep or fake-device)"
+            )
+        return self
+
+    def worker_args(self, model_dir: str | None) -> list[str]:
+        """The ``inferno worker`` flags of a worker instance, the workload last."""
+        args = ["--queue=" + str(self.queue)]
+        if self.workload == "engine":
+            return [*args, "--engine=" + self.backend, *self._engine_flags(model_dir)]
+        return [*args, "--", self.workload]
+
     def backend_args(self, model_dir: str | None) -> list[str]:
         """The ``inferno backend`` flags of an instance: engine, model id, drain grace and
         each ``backend_config`` key as its engine flag. Always ``--flag=value``, so a value
         that starts with ``--`` stays a value; a file is taken inside ``model_dir``
         (``check_paths`` kept it there)."""
-        args = [
+        return [
             "--engine=" + self.backend,
             "--model-id=" + self.model,
             f"--drain-grace-s={self.auto_scaling_config.drain_timeout_s}",
+            *self._engine_flags(model_dir),
         ]
+
+    def _engine_flags(self, model_dir: str | None) -> list[str]:
+        args = []
         for key, value in sorted(self.backend_config.items()):
             if value is None:
                 continue

@@ -92,6 +92,8 @@ class OrchestratorContext:
     #: the cluster token instances register with (the local one passes it in the
     #: environment; Swarm services get the stack's secret)
     cluster_token: str | None = None
+    #: the token queue workers lease with (kind ``worker``), when the proxy has one
+    worker_token: str | None = None
     #: where model files named in ``backend_config`` live
     model_dir: str | None = None
     #: orchestrator-specific settings (``--orchestrator-option KEY=VALUE``)

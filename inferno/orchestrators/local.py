@@ -53,6 +53,7 @@ from inferno.orchestrators.processes import (
 logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "INFERNO_CLUSTER_TOKEN"  # inferno.security.TOKEN_ENV; not imported, to stay light
+WORKER_TOKEN_ENV = "INFERNO_WORKER_TOKEN"
 #: past the drain timeout, how long a stopping instance has before SIGKILL
 KILL_GRACE_S = 10.0
 #: ``--orchestrator-option`` keys this orchestrator takes, with their types
@@ -70,6 +71,7 @@ class LocalOrchestrator(Orchestrator, name="local"):
         discovery_lb: str,
         *,
         cluster_token: str | None = None,
+        worker_token: str | None = None,
         model_dir: str | None = None,
         before_stop: BeforeStop | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -90,6 +92,7 @@ class LocalOrchestrator(Orchestrator, name="local"):
         self._store = RecordStore(state_dir)
         self._discovery_lb = discovery_lb
         self._token = cluster_token
+        self._worker_token = worker_token
         self._model_dir = model_dir
         self._before_stop = before_stop
         self._clock = clock
@@ -120,6 +123,7 @@ class LocalOrchestrator(Orchestrator, name="local"):
             context.state_dir,
             context.discovery_lb,
             cluster_token=context.cluster_token,
+            worker_token=context.worker_token,
             model_dir=context.model_dir,
             before_stop=context.before_stop,
             **options,
@@ -274,9 +278,11 @@ class LocalOrchestrator(Orchestrator, name="local"):
         argv = backend_argv(
             self._python, spec, instance_id, (data_port, ops_port), self._discovery_lb, self._model_dir
         )
-        env = {k: v for k, v in self._environ.items() if k != TOKEN_ENV}
+        env = {k: v for k, v in self._environ.items() if k not in (TOKEN_ENV, WORKER_TOKEN_ENV)}
         if self._token:
             env[TOKEN_ENV] = self._token
+        if self._worker_token and spec.kind == "worker":
+            env[WORKER_TOKEN_ENV] = self._worker_token
         try:
             process = spawn(argv, env, self._store.log_path(instance_id))
         except OSError as exc:

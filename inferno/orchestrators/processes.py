@@ -243,6 +243,21 @@ def backend_argv(
     """``inferno backend`` for one instance: each ``backend_config`` key is its engine
     flag (``--key-with-dashes value``); the cluster token is never on the command line."""
     data_port, ops_port = ports
+    if spec.kind == "worker":
+        # A queue worker: it only dials out; its health port is where the probe looks.
+        return [
+            python,
+            "-m",
+            "inferno",
+            "worker",
+            "--discovery-lb",
+            discovery_lb,
+            "--pod-name",
+            instance_id,
+            "--health-addr",
+            f"{HOST}:{ops_port}",
+            *spec.worker_args(model_dir),
+        ]
     argv = [
         python,
         "-m",

@@ -98,6 +98,13 @@ def backend_args(
     kept = _inherited(template_args)
     if token_file and "--cluster-token-file" not in kept:
         kept["--cluster-token-file"] = token_file
+    if spec.kind == "worker":
+        # A queue worker dials out only: no addresses; it leases with the cluster token.
+        args = ["worker", "--discovery-lb", discovery_lb]
+        for flag in ("--cluster-token-file", "--log-format", "--log-level"):
+            if flag in kept:
+                args += [flag, kept[flag]]
+        return [*args, *spec.worker_args(model_dir)]
     args = ["backend"]
     for flag, value in kept.items():
         args += [flag, value]
@@ -163,6 +170,15 @@ def service_spec(
     container["Labels"] = {**(container.get("Labels") or {}), **ours}
     grace_s = desired.spec.auto_scaling_config.drain_timeout_s + STOP_GRACE_MARGIN_S
     container["StopGracePeriod"] = int(grace_s * 1e9)
+    if desired.spec.kind == "worker":
+        # Node and pod names in each job's result (Swarm fills the templates per task).
+        env = [
+            e
+            for e in container.get("Env") or []
+            if not e.startswith(("INFERNO_NODE_NAME=", "INFERNO_POD_NAME="))
+        ]
+        container["Env"] = [*env, "INFERNO_NODE_NAME={{.Node.Hostname}}", "INFERNO_POD_NAME={{.Task.Name}}"]
+        container.pop("Healthcheck", None)  # the backend's probe of its own port is not a worker's
     if container.get("Hostname"):
         # A template's hostname names its node and slot; slots repeat across services.
         container["Hostname"] = "{{.Node.Hostname}}-{{.Task.ID}}"

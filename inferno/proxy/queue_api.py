@@ -140,9 +140,17 @@ class QueueClientApi:
 class QueueWorkerApi:
     """The ops-port routes: workers, dead letters, and ``GET /queues``."""
 
-    def __init__(self, service: QueueService, workers: ClusterAuth, admin: ClusterAuth) -> None:
+    def __init__(
+        self,
+        service: QueueService,
+        workers: ClusterAuth,
+        admin: ClusterAuth,
+        cluster: ClusterAuth | None = None,
+    ) -> None:
         self._service = service
         self._workers = workers
+        #: the cluster token leases too: whoever holds it can register backends already
+        self._cluster = cluster
         self._admin = admin
 
     def install(self, router: Router) -> None:
@@ -152,6 +160,8 @@ class QueueWorkerApi:
         router.add_prefix("POST", "/v1/leases/", self._lease_route)
 
     def _worker(self, request: Request, what: str) -> None:
+        if self._cluster is not None and self._cluster.accepts(request.headers):
+            return
         self._workers.check(request.headers, what, request.peer.rpartition(":")[0], "worker")
 
     async def _queues(self, request: Request, responder: Responder) -> None:

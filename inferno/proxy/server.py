@@ -142,7 +142,11 @@ class ProxyServer:
             self.queues = QueueService(
                 config.queues, config.queue, aging_s=config.admission.aging_s, journal=journal
             )
-            queue_api = QueueWorkerApi(self.queues, self._worker_auth(token), self._dead_letter_auth())
+            if self.deployments is not None:
+                self.queues.on_submit = self.deployments.job_arrived
+            queue_api = QueueWorkerApi(
+                self.queues, self._worker_auth(token), self._dead_letter_auth(), cluster=self.auth
+            )
         metrics = new_registry(
             *([QueueCollector(self.queues)] if self.queues is not None else []),
             ProxyCollector(
@@ -207,7 +211,7 @@ class ProxyServer:
         self.ops_address: tuple[str, int] = ("", 0)
 
     def _worker_auth(self, cluster: str | None) -> ClusterAuth:
-        """Workers lease with the worker token; without one, with the cluster token."""
+        """Workers lease with the worker token (and the cluster token, always)."""
         cfg = self.config
         worker = cfg.worker_token.get_secret_value() if cfg.worker_token else None
         admin = cfg.admin_token.get_secret_value() if cfg.admin_token else None
@@ -238,6 +242,10 @@ class ProxyServer:
         registry, admission = self.registry, self.admission
 
         def demand(model: str) -> tuple[int, int]:
+            queue = self.deployments.worker_queue(model) if self.deployments is not None else None
+            if queue is not None:  # a worker deployment: its queue's running and waiting jobs
+                jobs = self.queues.queues.get(queue) if self.queues is not None else None
+                return (len(jobs.running), len(jobs.waiting)) if jobs is not None else (0, 0)
             in_flight = sum(w.in_flight for w in registry.all() if w.serves(model))
             return in_flight, max(admission.waiting_for(model), admission.pending_cold(model))
 
@@ -274,6 +282,7 @@ class ProxyServer:
                 state_dir=cfg.state_dir,
                 discovery_lb=f"{host}:{self.ops_address[1]}",
                 cluster_token=token,
+                worker_token=cfg.worker_token.get_secret_value() if cfg.worker_token else None,
                 model_dir=cfg.model_dir,
                 options=cfg.orchestrator_options,
                 before_stop=self._retire,

@@ -55,6 +55,8 @@ class QueueService:
         self._tasks: list[asyncio.Task[None]] = []
         #: the proxy is shutting down: clients cut off by it do not cancel their jobs
         self.closing = False
+        #: called with the queue's name when a job is accepted (deployments scale on it)
+        self.on_submit: Callable[[str], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def load(self) -> int:
@@ -146,6 +148,8 @@ class QueueService:
         await self.journal.flushed()
         if job.state is State.WAITING and job.seq == 0:  # not cancelled while committing
             self._dispatch(queue, job)
+        if self.on_submit is not None:
+            self.on_submit(queue.name)
         return job
 
     async def wait(self, job: Job, timeout_s: float, *, attached: bool = False) -> bool:

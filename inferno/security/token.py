@@ -95,6 +95,11 @@ class ClusterAuth:
         """The request header a backend sends (empty without a token)."""
         return b"Authorization: " + self._expected + b"\r\n" if self._expected else b""
 
+    def accepts(self, headers: Mapping[bytes, bytes]) -> bool:
+        """Whether the request carries this token (a token set; nothing counted or logged)."""
+        sent = headers.get(b"authorization", b"")
+        return self._expected is not None and hmac.compare_digest(sent, self._expected)
+
     def check(
         self, headers: Mapping[bytes, bytes], what: str, peer: str, endpoint: str = "registration"
     ) -> None:

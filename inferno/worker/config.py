@@ -54,6 +54,8 @@ class WorkerConfig(BaseModel):
     engine_options: dict[str, Any] = Field(default_factory=dict)
     max_tokens_limit: int = Field(4096, ge=1)
     request: RequestLimits = RequestLimits()
+    #: ``host:port`` of the health port (GET /health), or None
+    health_addr: str | None = None
     log_format: LogFormat = "text"
     log_level: str = "INFO"
 

@@ -98,6 +98,8 @@ class Worker:
         #: finished jobs by outcome, and leases lost (for tests and the final log line)
         self.outcomes: dict[str, int] = {}
         self.leases = 0
+        #: the proxy has answered at least once (``/health`` on ``--health-addr``)
+        self.reached = False
 
     # -- control ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -252,6 +254,7 @@ class Worker:
         await self._pause(delay, until)
 
     def _succeeded(self) -> None:
+        self.reached = True
         self._failures = 0
         self._backoff.reset()
 

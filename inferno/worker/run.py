@@ -17,6 +17,7 @@ import socket
 from inferno.worker.client import WorkerClient, WorkerIdentity
 from inferno.worker.config import WorkerConfig
 from inferno.worker.engine import EngineRunner
+from inferno.worker.health import WorkerHealth
 from inferno.worker.loop import Worker
 from inferno.worker.pacing import Backoff
 from inferno.worker.runner import DevicePool, ProcessRunner, Runner, RunnerSettings
@@ -82,6 +83,10 @@ async def run_worker(config: WorkerConfig) -> int:
     runner = build_runner(config)
     await runner.start()
     worker = build_worker(config, runner)
+    health = WorkerHealth(worker, config.queues) if config.health_addr else None
+    if health is not None and config.health_addr is not None:
+        host, _, port = config.health_addr.rpartition(":")
+        await health.start(host or "127.0.0.1", int(port))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.signal)
@@ -103,3 +108,5 @@ async def run_worker(config: WorkerConfig) -> int:
             loop.remove_signal_handler(sig)
         await worker.aclose()
         await runner.aclose()
+        if health is not None:
+            await health.aclose()

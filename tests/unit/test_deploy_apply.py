@@ -140,3 +140,35 @@ def test_the_admin_token_comes_from_the_file_then_the_environment_then_the_defau
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(click.BadParameter, match="empty"):
         admin_token(str(tmp_path / "empty"), env, default)
+
+
+def test_worker_deployments_name_a_queue_and_run_no_command() -> None:
+    from inferno.deployments.spec import DeploymentSpec
+
+    ok = DeploymentSpec.model_validate(
+        {"model": "w", "backend": "fake", "kind": "worker", "queue": "sim", "workload": "fake-device"}
+    )
+    assert ok.worker_args(None) == ["--queue=sim", "--", "fake-device"]
+    bad: list[dict[str, object]] = [
+        {"model": "w", "backend": "fake", "kind": "worker"},  # no queue
+        {"model": "w", "backend": "fake", "queue": "sim"},  # a backend with a queue
+        {"model": "w", "backend": "fake", "kind": "worker", "queue": "sim", "workload": "/bin/sh"},
+        {"model": "w", "backend": "minilm", "kind": "worker", "queue": "sim"},  # not a text engine
+        {"model": "w", "backend": "fake", "kind": "worker", "queue": "a b"},
+    ]
+    for body in bad:
+        with pytest.raises(ValueError):
+            DeploymentSpec.model_validate(body)
+
+
+def test_a_files_queues_become_queue_flags_and_must_exist_on_the_proxy() -> None:
+    from inferno.deployments.apply import check_queues, load_queues
+
+    doc = {"deployments": [], "queues": ["a", {"name": "b", "max_size": 5, "max_message_bytes": 4096}]}
+    assert load_queues(doc) == ["a:1024", "b:5:4096"]
+    assert load_specs(doc) == []
+    check_queues(["a", "b"], load_queues(doc))
+    with pytest.raises(ValueError, match="not declared"):
+        check_queues(["a"], load_queues(doc))
+    with pytest.raises(ValueError):
+        load_queues({"queues": [{"name": "a", "command": "rm"}]})

@@ -230,3 +230,21 @@ def test_options_are_checked_when_built() -> None:
         "swarm", OrchestratorContext("/tmp", "p:1", options=(("template", "backend"),))
     )
     assert built.status()["connected"] is False and built.instances() == []
+
+
+def test_a_worker_deployment_is_an_inferno_worker_service_named_per_task() -> None:
+    d = desired(1, 1, kind="worker", queue="sim", workload="sleep")
+    container = build(d)["TaskTemplate"]["ContainerSpec"]
+    assert container["Args"] == [
+        "worker", "--discovery-lb", "proxy-lb:6100",
+        "--cluster-token-file", "/run/secrets/cluster_token", "--queue=sim", "--", "sleep",
+    ]  # fmt: skip
+    assert "INFERNO_NODE_NAME={{.Node.Hostname}}" in container["Env"]
+    assert "INFERNO_POD_NAME={{.Task.Name}}" in container["Env"]
+    assert "Healthcheck" not in container  # the backend's probe of its own port is not a worker's
+    engine = build(desired(1, 1, kind="worker", queue="chat", backend_config={"threads": 2}))
+    assert engine["TaskTemplate"]["ContainerSpec"]["Args"][-3:] == [
+        "--queue=chat",
+        "--engine=llamacpp",
+        "--threads=2",
+    ]
