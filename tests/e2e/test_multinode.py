@@ -13,7 +13,9 @@ next to the single-node one.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -231,7 +233,45 @@ def test_01_placement(swarm_cluster: None, report: Report) -> None:
         assert set(served) == set(WORKERS), served
 
 
+def queue_jobs(count: int, seconds: float) -> list[str]:
+    with httpx.Client(timeout=30) as http:
+        return [
+            http.post(f"{PROXY}/v1/queues/sim/jobs?wait=false", json={"args": [str(seconds)]}).json()[
+                "job_id"
+            ]
+            for _ in range(count)
+        ]
+
+
+def job_results(ids: list[str]) -> list[dict[str, Any]]:
+    with httpx.Client(timeout=70) as http:
+        return [http.get(f"{PROXY}/v1/jobs/{i}", params={"wait_s": 60}).json() for i in ids]
+
+
+def test_01b_queue_jobs_from_the_test_client_run_on_both_worker_nodes(
+    swarm_cluster: None, report: Report
+) -> None:
+    with Step(report, "inferno bench --queue sim from the host: jobs served on both worker nodes") as check:
+        wait_until(
+            "a queue worker polling from each worker node",
+            lambda: httpx.get(f"{OPS}/queues", timeout=5).json()["queues"]["sim"]["workers_polling"] >= 2,
+            timeout_s=120,
+            step_s=1,
+        )
+        out = run(
+            [sys.executable, "-m", "inferno", "bench", PROXY, "--queue", "sim", "--job-arg", "0.2",
+             "-c", "4", "-n", "40", "--output", "json", "--quiet"],
+            timeout_s=180,
+        )  # fmt: skip
+        data = json.loads(out)
+        served = {node: row["served"] for node, row in data["nodes"].items()}
+        check.details.update({"served_by_node": served, "summary": data["summary"]["outcomes"]})
+        assert data["summary"]["succeeded"] == 40, data["summary"]
+        assert set(served) == set(WORKERS), served
+
+
 def test_02_drain_under_load(swarm_cluster: None, report: Report) -> None:
+    jobs = queue_jobs(24, 2.0)  # a queue worker runs on each worker node: some of these run on worker1
     with Step(report, "drain worker1 under load: tasks move, register, zero failed requests") as check:
         times: dict[str, float] = {}
 
@@ -256,6 +296,14 @@ def test_02_drain_under_load(swarm_cluster: None, report: Report) -> None:
             )
 
         zero_failures(check, under_load(drain), times)
+    with Step(
+        report, "the drained worker node lost no queue job: its worker finished its job first"
+    ) as check:
+        results = job_results(jobs)
+        check.details["nodes"] = dict(Counter(r.get("node") for r in results))
+        check.details["attempts"] = dict(Counter(r.get("attempts") for r in results))
+        assert [r.get("outcome") for r in results] == ["success"] * len(jobs), results[:3]
+        assert "worker1" in check.details["nodes"], check.details
 
 
 def test_03_restore_the_drained_worker(swarm_cluster: None, report: Report) -> None:

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.e2e
 MODEL = "smollm2-135m-instruct"
 LOAD_BODY = {"prompt": "Say hello.", "max_tokens": 8}
 #: the stack's services and their replicas: text backends plus one embeddings + image backend
-SERVICES = {"proxy-lb": 1, "backend": 2, "backend-media": 1}
+SERVICES = {"proxy-lb": 1, "backend": 2, "backend-media": 1, "worker": 2}
 
 
 def _node_prefix(node_id: str) -> str:
@@ -535,3 +535,67 @@ def test_15_deleting_the_deployment_removes_its_service(stack: str, report: Repo
             step_s=1,
         )
         check.details["removed_s"] = round(waited, 1)
+
+
+def _jobs(count: int, seconds: float) -> list[str]:
+    with httpx.Client(timeout=30) as http:
+        return [
+            http.post(f"{PROXY}/v1/queues/sim/jobs?wait=false", json={"args": [str(seconds)]}).json()[
+                "job_id"
+            ]
+            for _ in range(count)
+        ]
+
+
+def _results(ids: list[str], timeout_s: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    out = []
+    with httpx.Client(timeout=70) as http:
+        for job_id in ids:
+            left = max(1.0, deadline - time.monotonic())
+            out.append(http.get(f"{PROXY}/v1/jobs/{job_id}", params={"wait_s": min(60.0, left)}).json())
+    return out
+
+
+def test_16_queue_jobs_are_served_by_the_worker_service(stack: str, report: Report) -> None:
+    with Step(
+        report, "pull queue sim: 20 jobs through the published port, run by both worker tasks"
+    ) as check:
+        ids = _jobs(20, 0.3)
+        results = _results(ids, 90)
+        assert [r.get("outcome") for r in results] == ["success"] * 20, results[:3]
+        pods = {r["pod"] for r in results}
+        check.details["pods"] = sorted(pods)
+        assert len(pods) == 2 and all(p.startswith(f"{stack}_worker.") for p in pods), pods
+        lines = [line for _, line in service_logs(f"{stack}_worker") if "Job 'j-" in line]
+        check.evidence = lines[:4]
+        assert any(ids[0] in line and "success" in line for line in lines), lines[:5]
+
+
+def test_17_a_worker_task_killed_mid_job_loses_nothing(stack: str, report: Report) -> None:
+    with Step(
+        report, "SIGKILL a worker task mid-job: its job comes back after the lease, none lost"
+    ) as check:
+        ids = _jobs(8, 2.0)
+
+        def running_pod() -> str | None:
+            rows = httpx.get(f"{OPS}/queues", timeout=5).json()["queues"]["sim"]["running_jobs"]
+            return next((r["pod"] for r in rows if r["running_s"] < 1.0), None)
+
+        pod, _ = wait_until("a job running on a worker", running_pod, timeout_s=30, step_s=0.1)
+        containers = task_containers(f"{stack}_worker")
+        run(["docker", "kill", containers[pod]])
+        check.details["killed"] = pod
+        results = _results(ids, 120)
+        assert [r.get("outcome") for r in results] == ["success"] * 8, results
+        attempts = sorted(r["attempts"] for r in results)
+        check.details["attempts"] = attempts
+        assert attempts[-1] == 2 and attempts.count(2) == 1, attempts
+        expired = [
+            line
+            for _, line in service_logs(f"{stack}_proxy-lb")
+            if "expired" in line and "Lease of job" in line
+        ]
+        check.evidence = expired[-2:]
+        assert expired
+        wait_converged(stack, SERVICES, timeout_s=120)  # Swarm replaced the task
