@@ -62,7 +62,7 @@ install: system-deps $(INSTALLED)
 install-dev: system-deps $(INSTALLED_DEV)
 
 run: install
-	$(BIN)/inferno up --models 'llamacpp*2,minilm+efficientnet-lite0'
+	$(BIN)/inferno up --models 'llamacpp*2,minilm+efficientnet-lite0' --queue sim
 
 lint: install-dev
 	$(BIN)/ruff check .
