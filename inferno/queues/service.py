@@ -400,7 +400,8 @@ class QueueService:
             job.result["error"] = error
         queue.pending -= 1
         r = job.result
-        queue.stats.finished(outcome.value, r["wait_s"], r["run_s"], r["total_s"], r["worker"] or r["pod"])
+        who = f"{r['pod']} ({r['worker']})" if r["pod"] else r["worker"]
+        queue.stats.finished(outcome.value, r["wait_s"], r["run_s"], r["total_s"], who)
         if outcome is Outcome.DEAD_LETTERED:
             queue.dead[job.id] = job
             while len(queue.dead) > self.config.max_dead:

@@ -157,7 +157,7 @@ async def test_a_scrape_never_resets_the_window_maxima() -> None:
 
     assert max_run() == 2.5 and max_run() == 2.5
     window = s.queue("q").stats.close_window()
-    assert window.max_run_s == 2.5 and window.longest_worker == "w-1"
+    assert window.max_run_s == 2.5 and window.longest_worker == "p (w-1)"
     assert max_run() == 0.0
 
 
