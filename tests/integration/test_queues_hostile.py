@@ -17,6 +17,8 @@ from inferno.bench.control import start_control
 from inferno.bench.queue import QueueLoad, QueueLoadConfig
 from inferno.bench.queue_main import live_settings
 from inferno.config import QueueConfig, QueueSpec
+from inferno.http.listener import HttpServer
+from inferno.http.server import Request, Responder
 from inferno.proxy.server import ProxyServer
 from tests.conftest import HOST, TEST_TOKEN, proxy_config, wait_for
 from tests.fake_queue import fake_queue
@@ -150,3 +152,45 @@ async def test_the_bench_control_port_refuses_odd_digits_and_escapes_names_in_te
             load.stop(drain=False)
             await asyncio.wait_for(task, 10)
             await control.aclose()
+
+
+async def test_get_queues_needs_no_token_so_it_shows_no_job_id(proxy: Proxy) -> None:
+    job = await proxy.submit(b'{"args":["a"]}')
+    job_id = job.json()["job_id"]
+    assert (await proxy.lease()).status_code == 200
+    listing = await proxy.http.get(f"{proxy.ops}/queues")
+    assert listing.status_code == 200
+    running = listing.json()["queues"]["q"]["running_jobs"]
+    assert len(running) == 1 and running[0]["pod"] == "pod-1"
+    # without API keys the id alone reads and cancels the job: it must not leak here
+    assert job_id not in listing.text
+
+
+class InstantPolls:
+    """A frontend that never holds a poll: every submission and poll is a 202 at once."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+        self.server = HttpServer(self, name="instant-polls")
+
+    async def __call__(self, request: Request, responder: Responder) -> None:
+        if request.method == "GET":
+            self.polls += 1
+        body = b'{"job_id":"j-1","state":"running"}' if request.method != "DELETE" else b"{}"
+        responder.send(
+            202 if request.method != "DELETE" else 200, b"Content-Type: application/json\r\n", body
+        )
+
+
+async def test_the_bench_does_not_busy_loop_on_a_proxy_that_answers_polls_at_once() -> None:
+    fake = InstantPolls()
+    host, port = await fake.server.start(HOST, 0)
+    try:
+        load = QueueLoad(
+            QueueLoadConfig(target=f"{host}:{port}", queue="sim", parallelism=1, requests=1, timeout_s=1.0)
+        )
+        await asyncio.wait_for(load.run(), 10)
+    finally:
+        await fake.server.aclose()
+    assert load.stats.fail_counts() == {"timeout": 1}
+    assert 1 <= fake.polls <= 10, fake.polls  # a poll per FAST_POLL_S, not thousands
