@@ -121,7 +121,7 @@ class QueueControl:
         shape = shape_of(fields)
         value = fields.get("value", "")
         cap = self._load.cfg.max_parallelism
-        if not value.isdigit() or len(value) > 9:
+        if not (value.isascii() and value.isdigit()) or len(value) > 9:  # not "²" nor "٣"
             raise BadRequest(f"value must be an integer from 1 to {cap} (--max-parallelism)", param="value")
         try:
             self._load.set_parallelism(int(value))

@@ -38,6 +38,9 @@ BACKOFF_S = (0.05, 5.0)
 MAX_RESULT_BYTES = 4 << 20
 #: longest single poll of GET /v1/jobs/ID (the proxy caps it at --queue-max-poll-s)
 MAX_POLL_S = 60
+#: a 202 that came back faster than this (a proxy that does not hold the poll) is
+#: followed by a pause of this long before the next poll: never a busy loop
+FAST_POLL_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,12 +217,16 @@ class QueueLoad:
         stats.request_started()
         job_id: str | None = None
         try:
+            sent = began
             response = await self._call(b"POST", self._submit_path, self._body, deadline)
             while response.status == 202:
                 job_id = _job_id(response.body)
                 if job_id is None:
                     stats.failure("bad_body", "a 202 without a job_id", 202)
                     return -1.0
+                if self._clock() - sent < FAST_POLL_S:
+                    await asyncio.sleep(min(FAST_POLL_S, max(0.0, deadline - self._clock())))
+                sent = self._clock()
                 # the proxy's own wait ran out: poll, each poll within what is left
                 left = deadline - self._clock()
                 wait_s = max(1, min(MAX_POLL_S, int(left)))

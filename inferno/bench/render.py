@@ -1,7 +1,9 @@
 """One view, three shapes: plain text tables, JSON, or a small HTML page of tables.
 
 A ``View`` is the data (what JSON shows, unchanged) plus the tables a person reads
-(what plain text and HTML show). Every value in HTML is escaped.
+(what plain text and HTML show). Every value in HTML is escaped, and a cell's control
+characters are shown as escapes: a name that a server sent cannot forge a row or drive
+the terminal that shows the report.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ CONTENT_TYPES: dict[Shape, bytes] = {
     "plain": b"Content-Type: text/plain; charset=utf-8\r\n",
     "json": b"Content-Type: application/json\r\n",
     "html": b"Content-Type: text/html; charset=utf-8\r\n",
+}
+#: C0 and C1 control characters, DEL, and the Unicode line and paragraph separators
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
 }
 
 
@@ -44,7 +51,7 @@ def cell(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return str(value).translate(_CONTROLS)
 
 
 def ms(value: float | None) -> str:

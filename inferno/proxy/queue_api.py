@@ -36,7 +36,10 @@ Send = Callable[[Responder, str, int, bytes, str], None]
 
 
 def _query(request: Request) -> dict[str, list[str]]:
-    return urllib.parse.parse_qs(request.query, max_num_fields=8)
+    try:
+        return urllib.parse.parse_qs(request.query, max_num_fields=8)
+    except ValueError:  # more than 8 fields
+        raise BadRequest("the query has more than 8 fields") from None
 
 
 def _seconds(query: dict[str, list[str]], name: str, default: float, cap: float) -> float:
@@ -232,13 +235,13 @@ class QueueWorkerApi:
             done = parse_obj(Completion, _json(request.body))
             for name in done.next.queues if done.next is not None else ():
                 service.queue(name)  # a bad "next" is refused before the completion counts
+            if done.next is not None and done.next.wait_s > service.config.max_poll_s:
+                raise BadRequest(f"next.wait_s is at most {service.config.max_poll_s:g}", param="next")
             service.complete(lease_id, done)
             if done.next is None:
                 responder.send(200, JSON_HEADERS, b'{"status":"ok","next":null}')
                 return
             nxt = done.next
-            if nxt.wait_s > service.config.max_poll_s:
-                raise BadRequest(f"next.wait_s is at most {service.config.max_poll_s:g}", param="next")
             job = await service.lease(nxt.queues, nxt.worker, nxt.wait_s) if nxt.queues else None
             if job is not None and not responder.client_connected:
                 service.unlease(job)

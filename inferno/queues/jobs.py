@@ -19,6 +19,37 @@ MAX_ARGS = 64
 MAX_ARG_CHARS = 4096
 #: names a worker reports (node, pod, device, id)
 MAX_NAME_CHARS = 128
+#: how deep a job's ``input`` or a result's ``answer`` may nest: the journal and every
+#: answer serialise them with orjson, which refuses more than 254 levels
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deep ``value`` nests (a scalar: 0), counted no further than ``limit + 1``;
+    iterative, so no nesting can exhaust the stack."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            if depth > limit:
+                return depth
+            deepest = max(deepest, depth)
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _printable(value: str) -> str:
+    """Names end up in logs, ``GET /queues``, results and reports: no control characters."""
+    if not value.isprintable():
+        raise ValueError("names are printable characters (no control characters or line breaks)")
+    return value
+
+
+def _shallow(value: Any) -> Any:
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
 
 
 class State(enum.Enum):
@@ -95,6 +126,8 @@ class Submission(_Body):
     priority: str | None = None
     input: Any = None
 
+    _input = field_validator("input")(_shallow)
+
     @field_validator("args")
     @classmethod
     def _args(cls, value: list[str]) -> list[str]:
@@ -109,6 +142,11 @@ class WorkerInfo(_Body):
     node: str = Field("", max_length=MAX_NAME_CHARS)
     pod: str = Field("", max_length=MAX_NAME_CHARS)
     device: str = Field("", max_length=MAX_NAME_CHARS)
+
+    @field_validator("id", "node", "pod", "device")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        return _printable(value)
 
 
 class LeaseRequest(_Body):
@@ -128,6 +166,8 @@ class Completion(_Body):
     device_metrics: dict[str, float] = Field(default_factory=dict, max_length=32)
     next: LeaseRequest | None = None
 
+    _answer = field_validator("answer")(_shallow)
+
     def outcome(self) -> Outcome:
         if self.timed_out:
             return Outcome.TIMEOUT
@@ -138,9 +178,14 @@ class Completion(_Body):
     @field_validator("device_metrics")
     @classmethod
     def _metrics(cls, value: dict[str, float]) -> dict[str, float]:
-        if any(len(k) > 64 for k in value):
-            raise ValueError("device metric names are at most 64 characters")
+        if any(len(k) > 64 or not k.isprintable() for k in value):
+            raise ValueError("device metric names are at most 64 printable characters")
         return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str | None) -> str | None:
+        return value if value is None else _printable(value)
 
 
 class Release(_Body):

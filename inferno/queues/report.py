@@ -64,10 +64,10 @@ def snapshot(queues: dict[str, JobQueue], now: float) -> dict[str, Any]:
                 "longest_worker": s.window.longest_worker,
             },
             "workers": sorted({j.worker.get("id", "") for j in queue.running.values()} - {""}),
-            # the longest-running first, at most RUNNING_SHOWN of them
+            # the longest-running first, at most RUNNING_SHOWN of them; not their ids: this
+            # route needs no token, and without API keys a job id reads or cancels the job
             "running_jobs": [
                 {
-                    "job_id": j.id,
                     "attempt": j.attempts,
                     "running_s": round(now - j.leased_at, 3),
                     "worker": j.worker.get("id", ""),

@@ -349,7 +349,10 @@ async def _read_pipe(fd: int, capture: OutputCapture) -> None:
     try:
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
     except BaseException:
-        pipe.close()
+        # uvloop closes the pipe itself when the connect is cancelled: EBADF here must
+        # not replace the cancellation (a task error nobody retrieves, logged at exit)
+        with contextlib.suppress(OSError):
+            pipe.close()
         raise
     try:
         while chunk := await reader.read(READ_CHUNK):
