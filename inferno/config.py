@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from inferno.errors import ConfigError
 
@@ -340,7 +340,9 @@ class QueueConfig(_Frozen):
     result_retention_s: float = Field(3600.0, gt=0, description="finished results are kept this long")
     max_results: int = Field(10_000, ge=1, le=10_000_000, description="finished results kept per queue")
     max_dead: int = Field(10_000, ge=1, le=1_000_000, description="dead-lettered jobs kept per queue")
-    max_pollers: int = Field(1024, ge=1, le=100_000, description="workers long-polling at once at most")
+    max_pollers: int = Field(
+        96, ge=1, le=100_000, description="workers long-polling at once; at most half the ops connections"
+    )
     stats_interval_s: float = Field(60.0, gt=0, description="period of the stats line and the max window")
     commit_interval_ms: float = Field(2.0, ge=0, le=1000, description="the journal's group commit period")
 
@@ -412,6 +414,16 @@ class ProxyConfig(_Frozen):
             if target in value:
                 raise ValueError(f"alias {alias!r} points at another alias {target!r}")
         return value
+
+    @model_validator(mode="after")
+    def _pollers(self) -> ProxyConfig:
+        # Long polls hold ops connections: registrations and health checks need the rest.
+        if self.queues and self.queue.max_pollers > self.http.max_ops_connections // 2:
+            raise ValueError(
+                f"--queue-max-pollers ({self.queue.max_pollers}) is more than half of "
+                f"--http-max-ops-connections ({self.http.max_ops_connections}): raise that too"
+            )
+        return self
 
     #: model -> the models to try, in order, when none of its backends can answer
     #: (``--fallback A=B,C``)

@@ -74,6 +74,10 @@ class Responder:
         self.started = False
         self.finished = False
 
+    def close_after(self) -> None:
+        """Close the connection after this response (a refusal that must free its slot)."""
+        self._keep_alive = False
+
     @property
     def client_connected(self) -> bool:
         return not self._conn.closed

@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from inferno.errors import BadRequest, NotFound, PayloadTooLarge
+from inferno.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge
 from inferno.http.responses import JSON_HEADERS, dumps
 from inferno.http.router import Router, RouteTable
 from inferno.http.server import Request, Responder
@@ -205,7 +205,11 @@ class QueueWorkerApi:
         cap = self._service.config.max_poll_s
         if body.wait_s > cap:
             raise BadRequest(f"wait_s is at most {cap:g}", param="wait_s")
-        job = await self._service.lease(names, body.worker, body.wait_s)
+        try:
+            job = await self._service.lease(names, body.worker, body.wait_s)
+        except Overloaded:
+            responder.close_after()  # too many pollers: this one frees its connection too
+            raise
         self._send_lease(responder, job)
 
     def _send_lease(self, responder: Responder, job: Job | None) -> None:
@@ -242,7 +246,13 @@ class QueueWorkerApi:
                 responder.send(200, JSON_HEADERS, b'{"status":"ok","next":null}')
                 return
             nxt = done.next
-            job = await service.lease(nxt.queues, nxt.worker, nxt.wait_s) if nxt.queues else None
+            try:
+                job = await service.lease(nxt.queues, nxt.worker, nxt.wait_s) if nxt.queues else None
+            except Overloaded:
+                # The completion counted; the next lease did not: say so, and free the connection.
+                responder.close_after()
+                responder.send(200, JSON_HEADERS, b'{"status":"ok","next":null}')
+                return
             if job is not None and not responder.client_connected:
                 service.unlease(job)
                 return

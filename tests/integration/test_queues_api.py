@@ -356,3 +356,23 @@ async def test_a_worker_that_hangs_up_its_long_poll_is_not_handed_jobs(queues: C
     job_id = (await c.submit()).json()["job_id"]
     work = (await c.lease()).json()
     assert work["job_id"] == job_id and work["attempt"] == 1
+
+
+async def test_pollers_past_the_cap_get_429_and_lose_their_connection(queues: Callable[..., Any]) -> None:
+    from inferno.config import HttpConfig
+
+    c: Cluster = await queues(queue=QueueConfig(max_pollers=2))
+    polls = [asyncio.create_task(c.lease(wait_s=5)) for _ in range(2)]
+    await wait_for(lambda: c.proxy.queues is not None and c.proxy.queues.queues["q"].polling() == 2)
+    refused = await c.lease(wait_s=5)
+    assert refused.status_code == 429 and refused.headers.get("connection") == "close"
+    await c.submit()
+    await c.submit()
+    assert sorted(r.status_code for r in await asyncio.gather(*polls)) == [200, 200]
+    # Long polls hold ops connections: the cap must leave room for registrations and probes.
+    with pytest.raises(ValueError, match="more than half"):
+        proxy_config(
+            queues=(QueueSpec(name="q"),),
+            queue=QueueConfig(max_pollers=200),
+            http=HttpConfig(max_ops_connections=256),
+        )
