@@ -80,8 +80,7 @@ class QueueCluster:
             "--backoff-max-s",
             "0.5",
             *(args if "--queue" in args else ("--queue", "sim", *args)),
-            "--",
-            *workload,
+            *(("--", *workload) if workload else ()),  # none: engine mode
         ]
         proc = self._spawn(argv, f"{pod}-{time.monotonic_ns()}")
         self.workers[pod] = proc
