@@ -19,7 +19,16 @@ from typing import Any, TextIO
 
 import orjson
 
-_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\x1b": "\\x1b", "\x00": "\\x00"})
+#: every C0 and C1 control character, DEL and the Unicode line separators, as escapes
+_ESCAPES = str.maketrans(
+    {
+        **{chr(c): f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) != "\t"},
+        "\n": "\\n",
+        "\r": "\\r",
+        "\u2028": "\\u2028",
+        "\u2029": "\\u2029",
+    }
+)
 
 
 class TextFormatter(logging.Formatter):

@@ -156,7 +156,7 @@ class LeaseRequest(_Body):
 
 
 class Completion(_Body):
-    exit_code: int | None = Field(None, ge=-(2**31), le=2**31)
+    exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
     error: str | None = Field(None, max_length=4096)
     timed_out: bool = False
     output: str | None = None

@@ -105,3 +105,17 @@ def test_throttled_log_writes_the_first_line_then_one_summary_per_interval() -> 
         assert len(lines) == 4 and lines[3] == "Refused POST /registration from 10.0.0.2"  # quiet again
     finally:
         log.removeHandler(handler)
+
+
+def test_the_text_formatter_escapes_every_control_character() -> None:
+    import logging
+
+    from inferno.observability.logging import TextFormatter
+
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "job %s", ("a\nb\x1b[2Jc\x9bd\u2028e\x08f\x7fg\th",), None
+    )
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\x1b" not in line and "\x9b" not in line and "\u2028" not in line
+    assert "\x08" not in line and "\x7f" not in line and "\t" in line
+    assert line.endswith("job a\\nb\\x1b[2Jc\\x9bd\\u2028e\\x08f\\x7fg\th")
