@@ -182,7 +182,7 @@ def spawn(tmp_path: Any) -> Iterator[Callable[..., Proc]]:
         return proc
 
     yield factory
-    for proc in procs:
+    for proc in reversed(procs):  # the last started first: workers and backends before their proxy
         proc.stop(timeout_s=5.0)
 
 

@@ -241,7 +241,9 @@ class QueueWorkerApi:
                 service.queue(name)  # a bad "next" is refused before the completion counts
             if done.next is not None and done.next.wait_s > service.config.max_poll_s:
                 raise BadRequest(f"next.wait_s is at most {service.config.max_poll_s:g}", param="next")
-            service.complete(lease_id, done)
+            if service.complete(lease_id, done) is None:  # a repeat: the first counted
+                responder.send(200, JSON_HEADERS, b'{"status":"ok","repeated":true,"next":null}')
+                return
             if done.next is None:
                 responder.send(200, JSON_HEADERS, b'{"status":"ok","next":null}')
                 return

@@ -13,6 +13,7 @@ most ``max_dead``; long-polling workers at most ``max_pollers``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import logging
@@ -29,6 +30,8 @@ from inferno.queues.report import log_stats
 from inferno.schemas import Priority
 
 logger = logging.getLogger(__name__)
+#: completed leases remembered, so that a worker's repeated completion is not stale
+COMPLETED_KEPT = 4096
 
 
 class QueueService:
@@ -48,6 +51,8 @@ class QueueService:
         self._jobs: dict[str, Job] = {}
         self._idem: dict[tuple[str, str], str] = {}
         self._leases: dict[str, Job] = {}
+        #: the leases that completed their job lately (a repeat is answered, not counted)
+        self._completed: collections.OrderedDict[str, None] = collections.OrderedDict()
         #: (expiry, lease id): lease expiries, stale entries skipped
         self._expiries: list[tuple[float, str]] = []
         self._result_waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -250,12 +255,19 @@ class QueueService:
         self.journal.write(job)
         return job
 
-    def complete(self, lease_id: str, done: Completion) -> Job:
+    def complete(self, lease_id: str, done: Completion) -> Job | None:
+        """Finish the lease's job; None when this lease has completed it already (a worker
+        that sent its completion again, not knowing whether the first counted)."""
+        if lease_id in self._completed:
+            return None
         job = self._valid_lease(lease_id)
         queue = self.queues[job.queue]
         queue.running.pop(lease_id, None)
         self._leases.pop(lease_id, None)
         self._finish(queue, job, done.outcome(), done)
+        self._completed[lease_id] = None
+        if len(self._completed) > COMPLETED_KEPT:
+            self._completed.popitem(last=False)
         return job
 
     def release(self, lease_id: str, reason: str) -> Job:

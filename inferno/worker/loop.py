@@ -16,6 +16,7 @@ call), for ``--concurrency`` jobs at once (docs/queues.md#worker).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -353,7 +354,7 @@ class Worker:
         trims = 0
         while True:
             try:
-                following = await self._client.complete(lease.lease_id, body, next_body)
+                following = await self._report(lease.lease_id, body, next_body)
             except WorkerLeaseLost:
                 self._count("lease_lost")
                 logger.info(
@@ -390,6 +391,28 @@ class Worker:
             next_body = None
             # Stopping waits for this report; only an abort cuts its backoff short.
             await self._failed(f"Completion of job {lease.job_id!r} failed: {failure}", until=self._aborting)
+
+    async def _report(
+        self, lease_id: str, body: dict[str, object], next_body: dict[str, object] | None
+    ) -> Lease | None:
+        """The completion; with ``next_body`` also a long poll for the next job, which a
+        stop cuts short: the completion is then sent again without it (a 409 to that
+        means the first one counted already), so a stopped worker exits at once."""
+        if next_body is None:
+            return await self._client.complete(lease_id, body, None)
+        call = asyncio.ensure_future(self._client.complete(lease_id, body, next_body))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({call, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if call.done():
+            return call.result()
+        call.cancel()  # closes the connection: a job handed over as it closes goes back
+        await asyncio.wait({call})
+        with contextlib.suppress(WorkerLeaseLost):  # the first one counted before its poll was cut
+            await self._client.complete(lease_id, body, None)
+        return None
 
     def _count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1

@@ -103,10 +103,12 @@ async def test_submit_lease_heartbeat_complete_and_fetch(queues: Callable[..., A
     assert result["outcome"] == "success" and result["output"] == "ok" and result["attempts"] == 1
     assert result["node"] == "node-a" and result["pod"] == "pod-1" and result["device"] == "/dev/fake0"
     assert result["run_s"] == 0.25 and result["total_s"] >= result["wait_s"]
-    # a second completion of the same lease is stale: 409, and the result stays
+    # the same lease completing again (a worker unsure the first counted): 200, and nothing changes
     again = await c.act(work["lease_id"], "complete", {"exit_code": 1})
-    assert again.status_code == 409 and again.json()["error"]["code"] == "lease_lost"
+    assert again.status_code == 200 and again.json()["repeated"] is True
     assert (await c.job(job_id)).json()["outcome"] == "success"
+    # its heartbeat, though, is stale: the job is done
+    assert (await c.act(work["lease_id"], "heartbeat")).status_code == 409
     row = await c.snapshot()
     assert row["completed"] == {"success": 1} and row["stale_completions"] == 1
 

@@ -223,3 +223,21 @@ def test_kill_9_of_the_proxy_loses_nothing(spawn: Callable[..., Proc], tmp_path:
     assert len(rows) == 30
     row = c.snapshot("sim")
     assert row["backlog"] == 0 and row["waiting"] == 0 and row["running"] == 0
+
+
+def test_a_stopped_worker_idle_after_a_job_exits_at_once(spawn: Callable[..., Proc], tmp_path: Path) -> None:
+    """After a job its completion long-polls for the next (``next``); SIGTERM cuts that
+    poll short: the worker exits 0 at once, and its result stands."""
+    c = QueueCluster(spawn, tmp_path, "--queue", "sim")
+    worker = c.worker("s-pod")
+    with httpx.Client(timeout=30) as http:
+        r = http.post(f"{c.url}/v1/queues/sim/jobs", json={"args": ["0.1"]}).json()
+        assert r["outcome"] == "success"
+        wait_until(lambda: c.snapshot("sim")["workers_polling"] == 1, 5)  # in the chained long poll
+        started = time.monotonic()
+        worker.popen.send_signal(signal.SIGTERM)
+        assert worker.popen.wait(timeout=10) == 0
+        assert time.monotonic() - started < 3
+        assert http.get(f"{c.url}/v1/jobs/{r['job_id']}").json() == r
+    assert c.metric('inferno_jobqueue_stale_completions_total{queue="sim"}') == 0
+    assert c.metric('inferno_jobqueue_completed_total{outcome="success",queue="sim"}') == 1
