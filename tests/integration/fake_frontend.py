@@ -204,13 +204,7 @@ class FakeFrontend:
 
     async def _complete(self, lease_id: str, body: dict[str, Any]) -> tuple[int, bytes]:
         lease = self._live(lease_id)
-        done = self.leases.get(lease_id)
-        if (
-            lease is None
-            and done is not None
-            and done.job.state == "finished"
-            and done.job.job_id in self.results
-        ):
+        if lease is None and lease_id in self.completed_leases:
             # as the proxy: the lease that completed its job, completing it again
             return 200, b'{"status": "ok", "repeated": true, "next": null}'
         if lease is None:
