@@ -46,6 +46,10 @@ MAX_REPORT_S = 600.0
 RELEASE_TIMEOUT_S = 5.0
 #: a completion refused as too large is sent again with its output cut, this many times
 MAX_TRIMS = 3
+#: the longest wait of the ``next`` lease a completion asks for: that call cannot be
+#: closed on ``stop`` (it carries the result), so a stop (and the job's log line) waits
+#: for it; an idle worker then long-polls with a lease it can close
+NEXT_WAIT_S = 1.0
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -285,7 +289,9 @@ class Worker:
             try:
                 next_device = self._devices.acquire()
                 who = self._who(next_device)
-                next_body = self._client.lease_body(self._rotation.next(), self._wait_s, who)
+                # With exit_when_empty a next of null ends the worker: it waits as a lease does.
+                wait_s = self._wait_s if self._exit_when_empty else min(self._wait_s, NEXT_WAIT_S)
+                next_body = self._client.lease_body(self._rotation.next(), wait_s, who)
             except LookupError:
                 next_device = None
         following = await self._complete(lease, result, next_body)

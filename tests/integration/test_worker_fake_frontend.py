@@ -27,7 +27,7 @@ from inferno.worker import (
     WorkerIdentity,
 )
 from inferno.worker.engine import EngineRunner
-from inferno.worker.loop import ABORTED, DONE, GAVE_UP
+from inferno.worker.loop import ABORTED, DONE, GAVE_UP, NEXT_WAIT_S
 from inferno.worker.runner import Runner
 from inferno.worker.workloads import BuiltinWorkload
 from tests.conftest import wait_for
@@ -184,6 +184,29 @@ async def test_stop_finishes_the_running_job_reports_it_and_leases_no_more(front
     # The completion asked for no next job, and nothing else was leased.
     assert second not in frontend.results and frontend.jobs[second].state == "waiting"
     assert len(frontend.lease_requests) == 1
+
+
+async def test_an_idle_worker_stops_at_once_after_its_last_completion(frontend: FakeFrontend) -> None:
+    # The last completion's ``next`` cannot be closed on stop (it carries the result): its
+    # wait is short, and the worker's own long poll that follows is closed on stop.
+    job = await frontend.push("a", ["0"])
+    worker = make_worker(frontend, sleeper(), poll_wait_s=30.0)
+    task = asyncio.create_task(worker.run())
+    await wait_for(lambda: job in frontend.results)
+    assert frontend.lease_requests[1]["wait_s"] <= NEXT_WAIT_S < 30.0
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    assert await finish(worker, task, timeout_s=5) == DONE
+    assert time.monotonic() - started < NEXT_WAIT_S + 1.0
+    assert worker.outcomes == {"success": 1}
+
+
+async def test_with_exit_when_empty_the_next_lease_waits_the_whole_poll(frontend: FakeFrontend) -> None:
+    await frontend.push("a", ["0"])
+    worker = make_worker(frontend, sleeper(), poll_wait_s=0.3, exit_when_empty=True)
+    assert await asyncio.wait_for(worker.run(), 5) == DONE
+    await worker.aclose()
+    assert [r["wait_s"] for r in frontend.lease_requests] == [0.3, 0.3]
 
 
 async def test_a_second_signal_releases_the_lease_and_kills_the_workload(
