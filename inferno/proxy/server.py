@@ -318,7 +318,7 @@ class ProxyServer:
                 "Pull queues %s (%s)%s",
                 ", ".join(self.queues.queues),
                 "journaled in " + cfg.state_dir if self.queues.journal.durable else "in memory only",
-                f": {loaded} job(s) taken back from the journal" if loaded else "",
+                f": {loaded} job(s) taken back from the journal ({self.queues.census()})" if loaded else "",
             )
         logger.info("Starting proxy server on %s:%d", cfg.listen_host, self.data_address[1])
         logger.info("Ops server on %s:%d (policy %s)", cfg.ops_host, self.ops_address[1], cfg.policy)

@@ -89,6 +89,17 @@ class QueueService:
                 queue.finished[job.id] = job
         return loaded
 
+    def census(self) -> str:
+        """What the queues hold, for the start-up line: ``1 waiting, 0 running, 0 dead, 88 finished``."""
+        qs = self.queues.values()
+        counts = (
+            ("waiting", sum(len(q.waiting) for q in qs)),
+            ("running", sum(len(q.running) for q in qs)),
+            ("dead", sum(len(q.dead) for q in qs)),
+            ("finished", sum(len(q.finished) for q in qs)),
+        )
+        return ", ".join(f"{n} {what}" for what, n in counts)
+
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="queue-sweeper"))
         self._tasks.append(asyncio.create_task(self._stats_loop(), name="queue-stats"))

@@ -131,6 +131,8 @@ async def test_a_restart_keeps_waiting_leased_and_finished_jobs(tmp_path: Path) 
     clock.now += 10
     s2 = service(clock, connect(tmp_path), lease_s=30)
     assert s2.load() == 3
+    # the proxy's start-up line: not 3 jobs to run, but one of each
+    assert s2.census() == "1 waiting, 1 running, 0 dead, 1 finished"
     assert s2.find(done, "").result is not None and s2.find(done, "").result["output"] == "out"  # type: ignore[index]
     assert j2.lease_id is not None
     s2.heartbeat(j2.lease_id)  # wall-clock expiry: the live worker's lease still counts
