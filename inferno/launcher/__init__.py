@@ -336,6 +336,17 @@ def example_photo(cwd: Path | None = None) -> str:
         return str(photo)
 
 
+def deploy_command(cluster: Launcher) -> str:
+    """``inferno deploy`` with what it needs to find this cluster when that is not its
+    default (the ops port 6100, ``.inferno/admin-token``): ``--free-ports``, ``--state-dir``."""
+    words = ["inferno deploy"]
+    if cluster.plan.ops_port != 6100:
+        words.append(f"--proxy-ops {HOST}:{cluster.plan.ops_port}")
+    if cluster.admin_token_file != Path(".inferno") / "admin-token":
+        words.append(f"--admin-token-file {cluster.admin_token_file}")
+    return " ".join(words)
+
+
 def banner(cluster: Launcher, models: dict[str, str]) -> str:
     """What is up and a ready-to-paste example per model kind (``models``: task -> id)."""
     url = cluster.proxy_url
@@ -346,7 +357,7 @@ def banner(cluster: Launcher, models: dict[str, str]) -> str:
         f"  ops         {cluster.ops_url}   (/health /workers /metrics)",
         f"  dashboard   {cluster.ops_url}/dashboard   (log in with the cluster token)",
         f"  token       INFERNO_CLUSTER_TOKEN={cluster.token}   (what another backend needs to join)",
-        f"  deployments inferno deploy list   (admin token in {cluster.admin_token_file})",
+        f"  deployments {deploy_command(cluster)} list   (admin token in {cluster.admin_token_file})",
     ]
     for queue in (q.partition(":")[0] for q in cluster.plan.queues):
         lines.append(

@@ -116,3 +116,26 @@ def test_the_banners_image_example_names_a_photo_that_exists(tmp_path: Path) -> 
     assert example_photo(ROOT) == "tests/data/images/cat.jpg"
     elsewhere = example_photo(tmp_path)  # run from anywhere else: a path that works there
     assert Path(elsewhere).is_absolute() and Path(elsewhere).is_file()
+
+
+def test_the_banners_deploy_command_finds_a_cluster_on_other_ports_or_state(tmp_path: Path) -> None:
+    import dataclasses
+
+    from inferno.launcher import Launcher, deploy_command, make_plan
+
+    # make run's: the default ports (not bound here: the test must not need them free)
+    free = make_plan(0, free_ports=True, engine="fake", policy="round_robin", log_format="text", models=())
+    default = dataclasses.replace(free, proxy_port=8080, ops_port=6100)
+    assert deploy_command(Launcher(default)) == "inferno deploy"
+    plan = make_plan(
+        0,
+        free_ports=True,
+        engine="fake",
+        policy="round_robin",
+        log_format="text",
+        models=(),
+        state_dir=str(tmp_path),
+    )
+    assert deploy_command(Launcher(plan)) == (
+        f"inferno deploy --proxy-ops 127.0.0.1:{plan.ops_port} --admin-token-file {tmp_path / 'admin-token'}"
+    )
