@@ -57,12 +57,13 @@ class BuiltinWorkload(Runner):
             return JobResult(2, f"{self.name}: the first argument must be seconds >= 0", device=device)
         limit = self.settings.limit(job)
         timed_out = limit is not None and seconds > limit
-        await asyncio.sleep(min(seconds, limit) if limit is not None else seconds)
+        slept = min(seconds, limit) if limit is not None else seconds
+        await asyncio.sleep(slept)
         result = JobResult(
             exit_code=None if timed_out else 0,
             error=f"timed out after {limit:g}s" if timed_out else None,
             timed_out=timed_out,
-            output="" if self.settings.discard_output else f"slept {seconds:g}s",
+            output="" if self.settings.discard_output else f"slept {slept:g}s",
             run_s=self._clock() - started,
             device=device,
         )

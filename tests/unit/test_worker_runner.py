@@ -238,6 +238,7 @@ async def test_builtin_sleep_sleeps_and_honours_the_limit() -> None:
     started = time.monotonic()
     late = await builtin("sleep", limit_s=0.1).run(JobSpec("j", args=("10",)))
     assert late.timed_out and late.outcome == "timeout"
+    assert late.output == "slept 0.1s"  # what it did, cut at the limit: not the 10 s asked
     assert time.monotonic() - started < 1.0
     bad = await builtin("sleep").run(JobSpec("j", args=("soon",)))
     assert bad.outcome == "failure" and "seconds" in (bad.error or "")
