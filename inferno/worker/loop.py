@@ -46,9 +46,9 @@ MAX_REPORT_S = 600.0
 RELEASE_TIMEOUT_S = 5.0
 #: a completion refused as too large is sent again with its output cut, this many times
 MAX_TRIMS = 3
-#: the longest wait of the ``next`` lease a completion asks for: that call cannot be
-#: closed on ``stop`` (it carries the result), so a stop (and the job's log line) waits
-#: for it; an idle worker then long-polls with a lease it can close
+#: the longest wait of the ``next`` lease a completion asks for: the job's log line
+#: waits for that call (and a stop cuts it short, sending the completion again); an
+#: idle worker then long-polls with a plain lease
 NEXT_WAIT_S = 1.0
 
 Sleep = Callable[[float], Awaitable[None]]
