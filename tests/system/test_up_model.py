@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -29,7 +30,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     pytest.importorskip("xllamacpp", reason="needs the model runtime (make install)")
     log = Path(tmp_path_factory.mktemp("up")) / "up.log"
     # The cluster `make run` starts (README), on free ports.
-    up = Proc(["up", "--free-ports", "--models", "llamacpp*2,minilm+efficientnet-lite0"], str(log))
+    up = Proc(
+        ["up", "--free-ports", "--models", "llamacpp*2,minilm+efficientnet-lite0", "--queue", "sim"], str(log)
+    )
     deadline = time.monotonic() + 180
     while "INFERNO_READY" not in up.output():
         if time.monotonic() > deadline or up.popen.poll() is not None:
@@ -136,11 +139,53 @@ def _shell_blocks(text: str) -> list[str]:
     return [block.strip() for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
 
 
+QUEUES = "### Pull queues: workers that dial out"
+
+
+def test_the_readmes_pull_queue_section_works_as_written(cluster: dict[str, Any], tmp_path: Path) -> None:
+    """The README's queue walk-through pasted into one shell (it uses job control):
+    two workers, a job, a worker killed mid-job (its job comes back, attempt 2), the
+    test client, and stopping the workers left. Only the ports differ: free ports."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split(QUEUES, 1)[1].split("\n## ", 1)[0]
+    ops = cluster["ops"].removeprefix("http://")
+    script = "\n".join(_shell_blocks(section))
+    for old, new in (
+        ("http://127.0.0.1:8080", cluster["url"]),
+        ("localhost:8080", cluster["url"].removeprefix("http://")),
+        ("127.0.0.1:6100", ops),
+        ("localhost:6100", ops),
+        ("/tmp/inferno-", f"{tmp_path}/inferno-"),
+    ):
+        script = script.replace(old, new)
+    (tmp_path / ".inferno").symlink_to(Path.cwd() / ".inferno")  # where `inferno up` keeps its state
+    bin_dir = str(Path(sys.executable).parent)
+    out = subprocess.run(
+        ["bash", "-c", "set -m -o pipefail\n" + script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"},
+    )
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-2000:])
+    decoder, results = json.JSONDecoder(), []
+    for at in [m.start() for m in re.finditer(r'\{"job_id"', out.stdout)]:  # curl ends no line
+        results.append(decoder.raw_decode(out.stdout, at)[0])
+    assert [r["outcome"] for r in results] == ["success", "success"], out.stdout[-2000:]
+    first, killed = results
+    assert first["pod"] in ("w1", "w2") and first["run_s"] >= 0.5
+    assert killed["attempts"] == 2 and killed["wait_s"] >= 29, killed  # back after the 30 s lease
+    assert "runs on w" in out.stdout and "results 40" in out.stdout and "success     40" in out.stdout
+
+
 def test_the_readme_and_banner_examples_work_as_written(cluster: dict[str, Any], tmp_path: Path) -> None:
     """Every curl example in the README's first ten minutes, and every one the banner
     printed, run by bash exactly as written (only the port differs: free ports here)."""
     readme = (ROOT / "README.md").read_text()
     first_ten = readme.split("## Your first ten minutes", 1)[1].split("\n## ", 1)[0]
+    first_ten = first_ten.split(QUEUES, 1)[0]  # the queues' blocks run in one shell (below)
     port = cluster["url"].rsplit(":", 1)[1]
     ops_port = cluster["ops"].rsplit(":", 1)[1]
     commands = [
