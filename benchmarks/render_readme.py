@@ -22,6 +22,7 @@ def main() -> None:
             "model_kinds",
             "prefix_affinity",
             "deployments",
+            "queues",
             "soak",
         )
         if (HERE / "results" / f"{name}.md").exists()
