@@ -19,6 +19,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from inferno.config import QueueConfig, QueueSpec
 from inferno.errors import Conflict, LeaseLost, NotFound, Overloaded
@@ -29,6 +30,7 @@ from inferno.queues.report import log_stats
 from inferno.schemas import Priority
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class QueueService:
@@ -143,7 +145,18 @@ class QueueService:
         queue.pending += 1
         queue.stats.submitted += 1
         self.journal.write(job)
-        await self.journal.flushed()
+        try:
+            await self.journal.flushed()
+        except asyncio.CancelledError:
+            # The client went away while its job was being committed: as a disconnect
+            # while it waits (below), unless it carries an Idempotency-Key.
+            if job.state is State.WAITING and job.seq == 0:
+                if idem_key is None and not self.closing:
+                    queue.stats.disconnects["waiting"] += 1
+                    self.cancel(job, "the client disconnected")
+                else:
+                    self._dispatch(queue, job)
+            raise
         if job.state is State.WAITING and job.seq == 0:  # not cancelled while committing
             self._dispatch(queue, job)
         return job
@@ -154,15 +167,17 @@ class QueueService:
         is cancelled) the job is cancelled too, unless it carries an Idempotency-Key."""
         if job.state is State.FINISHED:
             return True
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         waiters = self._result_waiters.setdefault(job.id, [])
         waiters.append(future)
         if attached:
             job.attached += 1
+        # One timer handle that resolves the waiter's own future (cheaper than
+        # wait_for + shield, which cost a task wrapper and two callbacks per wait).
+        timer = loop.call_later(timeout_s, _resolve, future, None)
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
-            pass
+            await future
         except asyncio.CancelledError:
             if attached and not job.done and not self.closing:
                 job.attached -= 1
@@ -173,6 +188,7 @@ class QueueService:
                     self.cancel(job, "the client disconnected")
             raise
         finally:
+            timer.cancel()
             if attached:
                 job.attached -= 1
             if future in waiters:
@@ -218,19 +234,23 @@ class QueueService:
         for queue in queues:
             queue.pollers.append(poller)
         self._pollers += 1
+        # The poll's end is one timer handle resolving the future with None; a job
+        # handed over first is the worker's (the dispatcher skips a resolved poller).
+        timer = asyncio.get_running_loop().call_later(
+            min(wait_s, self.config.max_poll_s), _resolve, poller.future, None
+        )
         try:
-            return await asyncio.wait_for(asyncio.shield(poller.future), min(wait_s, self.config.max_poll_s))
-        except TimeoutError:
-            # a job handed over in the same instant is still this worker's
-            done = poller.future.done() and not poller.future.cancelled()
-            return poller.future.result() if done else None
+            return await poller.future
         except asyncio.CancelledError:
             # The worker went away: a job handed to it at the same moment goes back, its
             # attempt not counted.
             if poller.future.done() and not poller.future.cancelled():
-                self.unlease(poller.future.result())
+                job = poller.future.result()
+                if job is not None:
+                    self.unlease(job)
             raise
         finally:
+            timer.cancel()
             if not poller.future.done():
                 poller.future.cancel()
             self._pollers -= 1
@@ -448,3 +468,8 @@ class QueueService:
         while True:
             await asyncio.sleep(self.config.stats_interval_s)
             log_stats(self.queues, self.config)
+
+
+def _resolve(future: asyncio.Future[T], value: T) -> None:
+    if not future.done():
+        future.set_result(value)
