@@ -16,14 +16,13 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from inferno.config import QueueConfig, QueueSpec
 from inferno.errors import Conflict, LeaseLost, NotFound, Overloaded
-from inferno.queues.jobs import Completion, Job, Outcome, State, Submission, WorkerInfo, result_of
+from inferno.queues.jobs import Completion, Job, Outcome, State, Submission, WorkerInfo, result_of, token
 from inferno.queues.journal import MemoryJournal
 from inferno.queues.queue import JobQueue, Poller
 from inferno.queues.report import log_stats
@@ -129,7 +128,7 @@ class QueueService:
             )
         now = self.wall()
         job = Job(
-            id="j-" + secrets.token_urlsafe(16),
+            id="j-" + token(),
             queue=queue.name,
             owner=owner,
             args=tuple(body.args),
@@ -337,7 +336,7 @@ class QueueService:
     def _lease(self, queue: JobQueue, job: Job, worker: WorkerInfo, now: float) -> None:
         job.state = State.RUNNING
         job.attempts += 1
-        job.lease_id = "l-" + secrets.token_urlsafe(16).replace(".", "_") + "." + queue.name
+        job.lease_id = "l-" + token() + "." + queue.name
         job.lease_expiry = now + self.config.lease_s
         job.leased_at = now
         job.worker = {"id": worker.id, "node": worker.node, "pod": worker.pod, "device": worker.device}
