@@ -44,6 +44,7 @@ from benchmarks.common import (
     HOST,
     LOAD_CORE,
     PROXY_CORE,
+    checkout,
     inferno,
     machine,
     median,
@@ -131,9 +132,12 @@ class Bench:
         self.proxies: dict[str, tuple[int, int, Any]] = {}
         self.workers: list[Any] = []
 
-    def proxy(self, mode: str) -> None:
+    def proxy(self, mode: str, code: Path | None = None) -> None:
+        """A proxy for ``mode`` (``durable`` or ``memory``, with a ``-before`` suffix when
+        it runs the ``inferno`` package in ``code``)."""
         port, ops = free_port(), free_port()
-        extra = ["--queue-memory-only"] if mode == "memory" else ["--state-dir", str(self.tmp / "state")]
+        memory = mode.startswith("memory")
+        extra = ["--queue-memory-only"] if memory else ["--state-dir", str(self.tmp / f"state-{mode}")]
         cmd = inferno(
             "proxy",
             "--insecure",
@@ -147,11 +151,15 @@ class Bench:
             "WARNING",
             *extra,
         )
+        env = None
         profile_dir = os.environ.get("INFERNO_BENCH_PROFILE")
         if profile_dir:
             out = Path(profile_dir) / f"proxy-{mode}.prof"
             cmd = [cmd[0], "-m", "cProfile", "-o", str(out), "-m", "inferno", *cmd[3:]]
-        proc = self.p.start(f"proxy-{mode}", cmd, core=PROXY_CORE)
+        if code is not None:  # -P: not the working directory's inferno, the checkout's
+            cmd = [cmd[0], "-P", *cmd[1:]]
+            env = {"PYTHONPATH": str(code)}
+        proc = self.p.start(f"proxy-{mode}", cmd, core=PROXY_CORE, env=env)
         wait_port(port)
         self.proxies[mode] = (port, ops, proc)
 
@@ -204,7 +212,9 @@ class Bench:
         load(port, lanes, min(1.0, seconds), arg)  # warm-up
         cpu0 = cpu_s(proxy.pid)
         wcpu0 = sum(cpu_s(w.pid, children=True) for w in self.workers)
+        ccpu0 = time.process_time()
         samples, wall = load(port, lanes, seconds, arg, per_lane)
+        ccpu = time.process_time() - ccpu0
         cpu = cpu_s(proxy.pid) - cpu0
         wcpu = sum(cpu_s(w.pid, children=True) for w in self.workers) - wcpu0
         n = len(samples)
@@ -218,6 +228,7 @@ class Bench:
             "total_p50_ms": pct([s[0] for s in samples], 0.5) * 1e3,
             "proxy_cpu_us_per_job": cpu / n * 1e6 if n else float("nan"),
             "worker_cpu_us_per_job": wcpu / n * 1e6 if n else float("nan"),
+            "client_cpu_us_per_job": ccpu / n * 1e6 if n else float("nan"),
         }
 
 
@@ -234,11 +245,17 @@ def main() -> None:
     parser.add_argument("--long-jobs-per-lane", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 repeat, 1.5 s runs, one 2 s job per lane")
     parser.add_argument("--label", default="", help="a note shown with the tables (e.g. the change measured)")
+    parser.add_argument(
+        "--baseline", default="", help="a git revision whose proxy runs side by side (no-op runs only)"
+    )
+    parser.add_argument("--skip-long", action="store_true", help="leave out the 2 s jobs and /bin/true")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.duration, args.long_jobs_per_lane = 1, 1.5, 1
     levels = [int(v) for v in args.levels.split(",")]
-    modes = ("durable", "memory")
+    modes: tuple[str, ...] = ("durable", "memory")
+    if args.baseline:
+        modes += ("durable-before", "memory-before")
     os.sched_setaffinity(0, {int(LOAD_CORE)})
     noop: dict[str, dict[int, list[dict[str, Any]]]] = {m: {n: [] for n in levels} for m in modes}
     unloaded: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
@@ -247,8 +264,9 @@ def main() -> None:
     layout: dict[int, str] = {}
     with tempfile.TemporaryDirectory(prefix="inferno-queues-") as name, procs(Path(name) / "logs") as p:
         bench = Bench(p, Path(name))
+        code = checkout(args.baseline, Path(name) / "before") if args.baseline else None
         for mode in modes:
-            bench.proxy(mode)
+            bench.proxy(mode, code if mode.endswith("-before") else None)
         for rnd in range(args.repeats):
             order = modes if rnd % 2 == 0 else modes[::-1]
             for mode in order:
@@ -259,10 +277,12 @@ def main() -> None:
                     layout[n] = bench.start_workers(mode, n, ["sleep"])
                     noop[mode][n].append(bench.measure(mode, 2 * n, args.duration, "0"))
                     print(f"round {rnd + 1} {mode} {n:2} slots: {fmt(noop[mode][n][-1])}", flush=True)
+            if args.skip_long:
+                continue
             bench.start_workers("durable", 1, ["/bin/true"])
             spawn.append(bench.measure("durable", 2, args.duration, "0"))
             print(f"round {rnd + 1} /bin/true: {fmt(spawn[-1])}", flush=True)
-        for n in levels:
+        for n in levels if not args.skip_long else ():
             bench.start_workers("durable", n, ["sleep"])
             long_runs[n].append(
                 bench.measure("durable", n, 1e6, str(args.long_job_s), per_lane=args.long_jobs_per_lane)
@@ -276,8 +296,8 @@ def main() -> None:
         "layout": {str(k): v for k, v in layout.items()},
         "unloaded": {m: med(r) for m, r in unloaded.items()},
         "noop": {m: {str(n): med(r) for n, r in by.items()} for m, by in noop.items()},
-        "long": {str(n): med(r) for n, r in long_runs.items()},
-        "spawn": med(spawn),
+        "long": {str(n): med(r) for n, r in long_runs.items() if r},
+        "spawn": med(spawn) if spawn else None,
         "runs": {"unloaded": unloaded, "noop": noop, "long": long_runs, "spawn": spawn},
     }
     write_result("queues", data, render(data, args, levels))
@@ -287,7 +307,7 @@ def fmt(r: dict[str, Any]) -> str:
     return (
         f"{r['jobs_per_s']:7.0f} jobs/s, overhead p50 {r['overhead_p50_ms']:.2f} ms p99 "
         f"{r['overhead_p99_ms']:.2f} ms, proxy {r['proxy_cpu_us_per_job']:.0f} CPU-us/job, "
-        f"workers {r['worker_cpu_us_per_job']:.0f} CPU-us/job"
+        f"workers {r['worker_cpu_us_per_job']:.0f}, client {r['client_cpu_us_per_job']:.0f} CPU-us/job"
     )
 
 
@@ -333,6 +353,7 @@ def render(data: dict[str, Any], args: Any, levels: list[int]) -> str:
         row(f"overhead p99 at {top} slots, ms", "overhead_p99_ms", at(top), ".2f", ""),
         row(f"proxy CPU-µs per job at {top} slots", "proxy_cpu_us_per_job", at(top), ".0f", "≤ 300"),
         row(f"worker CPU-µs per job at {top} slots", "worker_cpu_us_per_job", at(top), ".0f", ""),
+        row(f"load client CPU-µs per job at {top} slots", "client_cpu_us_per_job", at(top), ".0f", ""),
         "",
         "No-op jobs/s by worker slots (lanes = 2 x slots; target ≥ 1,000 from one proxy, durable ≥ ½ memory):",
         "",
@@ -346,7 +367,31 @@ def render(data: dict[str, Any], args: Any, levels: list[int]) -> str:
             f"| {n} | {d['jobs_per_s']:,.0f} | {m['jobs_per_s']:,.0f} | {d['jobs_per_s'] / m['jobs_per_s']:.2f} | "
             f"{d['overhead_p50_ms']:.2f} / {d['overhead_p99_ms']:.2f} | {d['proxy_cpu_us_per_job']:.0f} |"
         )
-    lines += [
+    if args.baseline:
+        lines += [
+            "",
+            f"Before (`{args.baseline}`) and after, side by side in this run (the same workers and client):",
+            "",
+            "| mode | slots | jobs/s before → after | proxy CPU-µs/job before → after | "
+            "overhead p50 ms before → after |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for mode in ("durable", "memory"):
+            pairs = [("unloaded", unloaded[f"{mode}-before"], unloaded[mode])]
+            pairs += [(str(n), noop[f"{mode}-before"][str(n)], noop[mode][str(n)]) for n in levels]
+            for label, b, a in pairs:
+                lines.append(
+                    f"| {mode} | {label} | {b['jobs_per_s']:,.0f} → {a['jobs_per_s']:,.0f} | "
+                    f"{b['proxy_cpu_us_per_job']:.0f} → {a['proxy_cpu_us_per_job']:.0f} | "
+                    f"{b['overhead_p50_ms']:.2f} → {a['overhead_p50_ms']:.2f} |"
+                )
+    if long_:
+        lines += render_long(long_, spawn, args, levels)
+    return "\n".join([*lines, ""])
+
+
+def render_long(long_: dict[str, Any], spawn: dict[str, Any], args: Any, levels: list[int]) -> list[str]:
+    lines = [
         "",
         f"{args.long_job_s:g} s jobs (durable, lanes = slots, {args.long_jobs_per_lane} job(s) per lane; "
         "the bar: ≥ 1.9x per doubling):",
@@ -366,9 +411,8 @@ def render(data: dict[str, Any], args: Any, levels: list[int]) -> str:
         f"{spawn['jobs_per_s']:,.0f} jobs/s, overhead p50 {spawn['overhead_p50_ms']:.2f} ms "
         f"(the spawn is inside run_s), the worker's CPU with its children "
         f"{spawn['worker_cpu_us_per_job']:,.0f} µs per job, the proxy's {spawn['proxy_cpu_us_per_job']:.0f} µs.",
-        "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":

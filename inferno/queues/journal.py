@@ -7,9 +7,9 @@ that holds every change made so far has committed: a submission is acknowledged
 only then, so nothing acknowledged is lost to a ``kill -9``. A waiter does not sit
 out the interval: its commit runs at the end of the current loop iteration (so the
 submissions that arrived together share it), unless the last commit ended less
-than its own duration ago; then it runs that much later, so that commits never
-take more than about half the loop however busy it is, and under load batches grow
-by themselves. ``MemoryJournal`` (``--queue-memory-only``) keeps nothing.
+than its own duration (at most the interval) ago; then it runs that much later, so
+that commits take at most about half the loop however busy it is, and under load
+batches grow by themselves. ``MemoryJournal`` (``--queue-memory-only``) keeps nothing.
 """
 
 from __future__ import annotations
@@ -143,7 +143,8 @@ class SqliteJournal(MemoryJournal):
                 self.commits += 1
                 self.rows += len(dirty)
                 ended = time.monotonic()
-                self._next_ok = ended + (ended - started)
+                # at most the interval: a slow commit (a checkpoint) must not hold the next back
+                self._next_ok = ended + min(ended - started, self._interval_s)
             except sqlite3.Error as exc:
                 logger.error("Queue journal: could not commit %d change(s): %s", len(dirty), exc)
                 error = exc
