@@ -248,7 +248,11 @@ def main() -> None:
     parser.add_argument(
         "--baseline", default="", help="a git revision whose proxy runs side by side (no-op runs only)"
     )
-    parser.add_argument("--skip-long", action="store_true", help="leave out the 2 s jobs and /bin/true")
+    parser.add_argument(
+        "--only",
+        choices=("noop", "long"),
+        help="only the no-op runs (results/queues.*) or only the 2 s jobs and /bin/true (results/queues_long.*)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.duration, args.long_jobs_per_lane = 1, 1.5, 1
@@ -269,7 +273,7 @@ def main() -> None:
             bench.proxy(mode, code if mode.endswith("-before") else None)
         for rnd in range(args.repeats):
             order = modes if rnd % 2 == 0 else modes[::-1]
-            for mode in order:
+            for mode in order if args.only != "long" else ():
                 layout[1] = bench.start_workers(mode, 1, ["sleep"])
                 unloaded[mode].append(bench.measure(mode, 1, args.duration, "0"))
                 print(f"round {rnd + 1} {mode} unloaded: {fmt(unloaded[mode][-1])}", flush=True)
@@ -277,12 +281,12 @@ def main() -> None:
                     layout[n] = bench.start_workers(mode, n, ["sleep"])
                     noop[mode][n].append(bench.measure(mode, 2 * n, args.duration, "0"))
                     print(f"round {rnd + 1} {mode} {n:2} slots: {fmt(noop[mode][n][-1])}", flush=True)
-            if args.skip_long:
+            if args.only == "noop":
                 continue
             bench.start_workers("durable", 1, ["/bin/true"])
             spawn.append(bench.measure("durable", 2, args.duration, "0"))
             print(f"round {rnd + 1} /bin/true: {fmt(spawn[-1])}", flush=True)
-        for n in levels if not args.skip_long else ():
+        for n in levels if args.only != "noop" else ():
             bench.start_workers("durable", n, ["sleep"])
             long_runs[n].append(
                 bench.measure("durable", n, 1e6, str(args.long_job_s), per_lane=args.long_jobs_per_lane)
@@ -300,7 +304,22 @@ def main() -> None:
         "spawn": med(spawn) if spawn else None,
         "runs": {"unloaded": unloaded, "noop": noop, "long": long_runs, "spawn": spawn},
     }
-    write_result("queues", data, render(data, args, levels))
+    if args.only != "long":
+        write_result("queues", data, render(data, args, levels))
+    if args.only != "noop":
+        head = [
+            "## queues_long",
+            "",
+            f"{data['machine']['cpu']}, {data['machine']['cores']} cores, {data['machine']['date']}. "
+            f"`{data['command']}`. Pinning as in `queues` above; worker slots: "
+            + ", ".join(f"{n}: {layout[n]}" for n in levels if n in layout)
+            + f"; medians of {args.repeats} (the /bin/true runs), one run per slot count (the long jobs).",
+        ]
+        write_result(
+            "queues_long",
+            data,
+            "\n".join([*head, *render_long(data["long"], data["spawn"], args, levels), ""]),
+        )
 
 
 def fmt(r: dict[str, Any]) -> str:
@@ -313,7 +332,7 @@ def fmt(r: dict[str, Any]) -> str:
 
 def render(data: dict[str, Any], args: Any, levels: list[int]) -> str:
     info = data["machine"]
-    noop, unloaded, long_, spawn = data["noop"], data["unloaded"], data["long"], data["spawn"]
+    noop, unloaded = data["noop"], data["unloaded"]
     top = str(levels[-1])
     lines = [
         "## queues",
@@ -385,8 +404,6 @@ def render(data: dict[str, Any], args: Any, levels: list[int]) -> str:
                     f"{b['proxy_cpu_us_per_job']:.0f} → {a['proxy_cpu_us_per_job']:.0f} | "
                     f"{b['overhead_p50_ms']:.2f} → {a['overhead_p50_ms']:.2f} |"
                 )
-    if long_:
-        lines += render_long(long_, spawn, args, levels)
     return "\n".join([*lines, ""])
 
 

@@ -23,6 +23,7 @@ def main() -> None:
             "prefix_affinity",
             "deployments",
             "queues",
+            "queues_long",
             "soak",
         )
         if (HERE / "results" / f"{name}.md").exists()
