@@ -24,6 +24,7 @@ def main() -> None:
             "deployments",
             "queues",
             "queues_long",
+            "queues_before_after",
             "soak",
         )
         if (HERE / "results" / f"{name}.md").exists()
