@@ -177,3 +177,33 @@ async def test_a_job_handed_to_a_poller_that_went_away_goes_back_unspent() -> No
         s.unlease(handed)  # what the route does when it finds the connection gone
     job = await s.lease(["q"], W, 0)
     assert job is not None and job.id == job_id and job.attempts == 1
+
+
+async def test_a_submission_commits_without_sitting_out_the_interval(tmp_path: Path) -> None:
+    # A 10 s group-commit interval: leases and results wait for it, a submission does not.
+    journal = SqliteJournal(connect(tmp_path), 10.0)
+    s = QueueService((QueueSpec(name="q", max_size=4),), QueueConfig(), journal=journal, wall=Clock())
+    await asyncio.wait_for(submit(s, "a"), 5)
+    assert journal.commits == 1
+    job = await s.lease(["q"], W, 0)
+    assert job is not None and journal.commits == 1  # the lease waits for the timer
+    journal.close()
+    assert journal.commits == 2
+
+
+async def test_a_client_gone_while_its_job_commits_cancels_the_job(tmp_path: Path) -> None:
+    s = QueueService(
+        (QueueSpec(name="q", max_size=4),),
+        QueueConfig(),
+        journal=SqliteJournal(connect(tmp_path), 10.0),
+        wall=Clock(),
+    )
+    queue = s.queue("q")
+    task = asyncio.create_task(s.submit(queue, Submission(args=["x"]), "", Priority.NORMAL, None))
+    await asyncio.sleep(0)  # in flushed(), its commit not yet run
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert queue.pending == 0 and len(queue.waiting) == 0
+    assert queue.stats.disconnects["waiting"] == 1
+    assert await s.lease(["q"], W, 0) is None
