@@ -21,7 +21,7 @@ help:
 	@echo "make e2e-multinode  a three-node Swarm on this machine (Docker-in-Docker): placement, drain, node loss"
 	@echo "make swarm-up | swarm-status | deploy-stack | test-failure NODE=worker1 | test-failure-stop NODE=worker1"
 	@echo "     restore-node NODE=worker1 | swarm-down | swarm-clean   (docs/multinode.md)"
-	@echo "make bench      lb_overhead, model_throughput and a 10-minute soak; updates benchmarks/README.md"
+	@echo "make bench      lb_overhead, model_throughput, queues and a 10-minute soak; updates benchmarks/README.md"
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -156,6 +156,7 @@ bench: install-dev bench-deps
 	$(BIN)/python benchmarks/model_kinds.py
 	$(BIN)/python benchmarks/prefix_affinity.py
 	$(BIN)/python benchmarks/deployments.py
+	$(BIN)/python benchmarks/queues.py
 	$(BIN)/python benchmarks/soak.py --duration $(SOAK_S)
 	$(BIN)/python benchmarks/render_readme.py
 
@@ -166,6 +167,7 @@ bench-quick: install-dev bench-deps
 	$(BIN)/python benchmarks/model_throughput.py --duration 4 --levels 1,4
 	$(BIN)/python benchmarks/model_kinds.py --duration 3 --repeats 1
 	$(BIN)/python benchmarks/prefix_affinity.py --duration 8 --repeats 1
+	$(BIN)/python benchmarks/queues.py --quick
 	$(BIN)/python benchmarks/soak.py --duration 60
 	$(BIN)/python benchmarks/render_readme.py
 

@@ -22,6 +22,9 @@ def main() -> None:
             "model_kinds",
             "prefix_affinity",
             "deployments",
+            "queues",
+            "queues_long",
+            "queues_before_after",
             "soak",
         )
         if (HERE / "results" / f"{name}.md").exists()

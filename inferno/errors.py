@@ -182,6 +182,16 @@ class PayloadTooLarge(ClientError):
     code = "payload_too_large"
 
 
+class JournalUnavailable(InfernoError):
+    """The queue journal could not commit a submission: it was not accepted (retry)."""
+
+    status = 503
+    code = "journal_unavailable"
+
+    def headers(self) -> bytes:
+        return b"Retry-After: 1\r\n"
+
+
 class LeaseLost(Conflict):
     """A worker's lease expired, was released, or its job was cancelled or finished:
     stop the workload and drop its result (docs/queues.md)."""

@@ -25,7 +25,7 @@ from inferno.queues.jobs import Completion, Job, LeaseRequest, Release, Submissi
 from inferno.queues.report import snapshot
 from inferno.queues.service import QueueService
 from inferno.schemas import PRIORITIES, Priority
-from inferno.schemas.openai import parse_obj
+from inferno.schemas.openai import decode_json, parse_obj
 from inferno.security import ApiKey, ClusterAuth
 
 _IDEM_KEY = re.compile(rb"[\x21-\x7e]{1,128}")
@@ -35,11 +35,28 @@ DataRoute = Callable[[Request, Responder, str, float, ApiKey | None], Awaitable[
 Send = Callable[[Responder, str, int, bytes, str], None]
 
 
+_PLAIN_QUERY = re.compile(r"[A-Za-z0-9_.=&-]*")
+_MAX_FIELDS = 8
+
+
 def _query(request: Request) -> dict[str, list[str]]:
+    query = request.query
+    if not query:
+        return {}
     try:
-        return urllib.parse.parse_qs(request.query, max_num_fields=8)
+        if _PLAIN_QUERY.fullmatch(query) is None:  # escapes or '+': the library does it
+            return urllib.parse.parse_qs(query, max_num_fields=_MAX_FIELDS)
+        # What parse_qs makes of a query without escapes, without its per-call cost.
+        if query.count("&") >= _MAX_FIELDS:
+            raise ValueError("Max number of fields exceeded")
     except ValueError:  # more than 8 fields
-        raise BadRequest("the query has more than 8 fields") from None
+        raise BadRequest(f"the query has more than {_MAX_FIELDS} fields") from None
+    out: dict[str, list[str]] = {}
+    for field in query.split("&"):
+        name, eq, value = field.partition("=")
+        if eq and value:
+            out.setdefault(name, []).append(value)
+    return out
 
 
 def _seconds(query: dict[str, list[str]], name: str, default: float, cap: float) -> float:
@@ -58,8 +75,6 @@ def _seconds(query: dict[str, list[str]], name: str, default: float, cap: float)
 def _json(body: bytes) -> Any:
     if not body.strip():
         return {}
-    from inferno.schemas.openai import decode_json
-
     return decode_json(body)
 
 

@@ -38,6 +38,7 @@ from inferno.proxy.ops import ProxyOps
 from inferno.proxy.queue_api import QueueWorkerApi
 from inferno.queues.journal import SqliteJournal
 from inferno.queues.metrics import QueueCollector
+from inferno.queues.report import census
 from inferno.queues.service import QueueService
 from inferno.registry.health import HealthChecker
 from inferno.registry.loops import OwnAddresses, normal_ip
@@ -318,7 +319,9 @@ class ProxyServer:
                 "Pull queues %s (%s)%s",
                 ", ".join(self.queues.queues),
                 "journaled in " + cfg.state_dir if self.queues.journal.durable else "in memory only",
-                f": {loaded} job(s) taken back from the journal ({self.queues.census()})" if loaded else "",
+                f": {loaded} job(s) taken back from the journal ({census(self.queues.queues)})"
+                if loaded
+                else "",
             )
         logger.info("Starting proxy server on %s:%d", cfg.listen_host, self.data_address[1])
         logger.info("Ops server on %s:%d (policy %s)", cfg.ops_host, self.ops_address[1], cfg.policy)

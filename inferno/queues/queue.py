@@ -17,7 +17,7 @@ class Poller:
     __slots__ = ("future", "queues", "worker")
 
     def __init__(self, queues: list[JobQueue], worker: WorkerInfo) -> None:
-        self.future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        self.future: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
         self.queues = queues
         self.worker = worker
 

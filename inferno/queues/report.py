@@ -78,3 +78,15 @@ def snapshot(queues: dict[str, JobQueue], now: float) -> dict[str, Any]:
             ],
         }
     return out
+
+
+def census(queues: dict[str, JobQueue]) -> str:
+    """What the queues hold, for the start-up line: ``1 waiting, 0 running, 0 dead, 88 finished``."""
+    qs = queues.values()
+    counts = (
+        ("waiting", sum(len(q.waiting) for q in qs)),
+        ("running", sum(len(q.running) for q in qs)),
+        ("dead", sum(len(q.dead) for q in qs)),
+        ("finished", sum(len(q.finished) for q in qs)),
+    )
+    return ", ".join(f"{n} {what}" for what, n in counts)

@@ -17,13 +17,13 @@ import collections
 import contextlib
 import heapq
 import logging
-import secrets
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from inferno.config import QueueConfig, QueueSpec
-from inferno.errors import Conflict, LeaseLost, NotFound, Overloaded
-from inferno.queues.jobs import Completion, Job, Outcome, State, Submission, WorkerInfo, result_of
+from inferno.errors import Conflict, JournalUnavailable, LeaseLost, NotFound, Overloaded
+from inferno.queues.jobs import Completion, Job, Outcome, State, Submission, WorkerInfo, result_of, token
 from inferno.queues.journal import MemoryJournal
 from inferno.queues.queue import JobQueue, Poller
 from inferno.queues.report import log_stats
@@ -32,6 +32,7 @@ from inferno.schemas import Priority
 logger = logging.getLogger(__name__)
 #: completed leases remembered, so that a worker's repeated completion is not stale
 COMPLETED_KEPT = 4096
+T = TypeVar("T")
 
 
 class QueueService:
@@ -89,17 +90,6 @@ class QueueService:
                 queue.finished[job.id] = job
         return loaded
 
-    def census(self) -> str:
-        """What the queues hold, for the start-up line: ``1 waiting, 0 running, 0 dead, 88 finished``."""
-        qs = self.queues.values()
-        counts = (
-            ("waiting", sum(len(q.waiting) for q in qs)),
-            ("running", sum(len(q.running) for q in qs)),
-            ("dead", sum(len(q.dead) for q in qs)),
-            ("finished", sum(len(q.finished) for q in qs)),
-        )
-        return ", ".join(f"{n} {what}" for what, n in counts)
-
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="queue-sweeper"))
         self._tasks.append(asyncio.create_task(self._stats_loop(), name="queue-stats"))
@@ -145,7 +135,7 @@ class QueueService:
             )
         now = self.wall()
         job = Job(
-            id="j-" + secrets.token_urlsafe(16),
+            id="j-" + token(),
             queue=queue.name,
             owner=owner,
             args=tuple(body.args),
@@ -161,7 +151,27 @@ class QueueService:
         queue.pending += 1
         queue.stats.submitted += 1
         self.journal.write(job)
-        await self.journal.flushed()
+        try:
+            await self.journal.flushed()
+        except asyncio.CancelledError:
+            # The client went away while its job was being committed: as a disconnect
+            # while it waits (below), unless it carries an Idempotency-Key.
+            if job.state is State.WAITING and job.seq == 0:
+                if idem_key is None and not self.closing:
+                    queue.stats.disconnects["waiting"] += 1
+                    self.cancel(job, "the client disconnected")
+                else:
+                    self._dispatch(queue, job)
+            raise
+        except OSError as exc:  # the journal could not commit it: it was never accepted
+            self._jobs.pop(job.id, None)
+            if idem_key is not None and self._idem.get((owner, idem_key)) == job.id:
+                del self._idem[owner, idem_key]
+            queue.pending -= 1
+            queue.stats.submitted -= 1
+            queue.stats.rejected["journal"] += 1
+            self.journal.delete(job.id)
+            raise JournalUnavailable(f"the job was not accepted: {exc}; retry") from None
         if job.state is State.WAITING and job.seq == 0:  # not cancelled while committing
             self._dispatch(queue, job)
         if self.on_submit is not None:
@@ -174,15 +184,17 @@ class QueueService:
         is cancelled) the job is cancelled too, unless it carries an Idempotency-Key."""
         if job.state is State.FINISHED:
             return True
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         waiters = self._result_waiters.setdefault(job.id, [])
         waiters.append(future)
         if attached:
             job.attached += 1
+        # One timer handle that resolves the waiter's own future (cheaper than
+        # wait_for + shield, which cost a task wrapper and two callbacks per wait).
+        timer = loop.call_later(timeout_s, _resolve, future, None)
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
-            pass
+            await future
         except asyncio.CancelledError:
             if attached and not job.done and not self.closing:
                 job.attached -= 1
@@ -193,6 +205,7 @@ class QueueService:
                     self.cancel(job, "the client disconnected")
             raise
         finally:
+            timer.cancel()
             if attached:
                 job.attached -= 1
             if future in waiters:
@@ -238,19 +251,23 @@ class QueueService:
         for queue in queues:
             queue.pollers.append(poller)
         self._pollers += 1
+        # The poll's end is one timer handle resolving the future with None; a job
+        # handed over first is the worker's (the dispatcher skips a resolved poller).
+        timer = asyncio.get_running_loop().call_later(
+            min(wait_s, self.config.max_poll_s), _resolve, poller.future, None
+        )
         try:
-            return await asyncio.wait_for(asyncio.shield(poller.future), min(wait_s, self.config.max_poll_s))
-        except TimeoutError:
-            # a job handed over in the same instant is still this worker's
-            done = poller.future.done() and not poller.future.cancelled()
-            return poller.future.result() if done else None
+            return await poller.future
         except asyncio.CancelledError:
             # The worker went away: a job handed to it at the same moment goes back, its
             # attempt not counted.
             if poller.future.done() and not poller.future.cancelled():
-                self.unlease(poller.future.result())
+                job = poller.future.result()
+                if job is not None:
+                    self.unlease(job)
             raise
         finally:
+            timer.cancel()
             if not poller.future.done():
                 poller.future.cancel()
             self._pollers -= 1
@@ -344,7 +361,7 @@ class QueueService:
     def _lease(self, queue: JobQueue, job: Job, worker: WorkerInfo, now: float) -> None:
         job.state = State.RUNNING
         job.attempts += 1
-        job.lease_id = "l-" + secrets.token_urlsafe(16).replace(".", "_") + "." + queue.name
+        job.lease_id = "l-" + token() + "." + queue.name
         job.lease_expiry = now + self.config.lease_s
         job.leased_at = now
         job.worker = {"id": worker.id, "node": worker.node, "pod": worker.pod, "device": worker.device}
@@ -476,3 +493,8 @@ class QueueService:
         while True:
             await asyncio.sleep(self.config.stats_interval_s)
             log_stats(self.queues, self.config)
+
+
+def _resolve(future: asyncio.Future[T], value: T) -> None:
+    if not future.done():
+        future.set_result(value)

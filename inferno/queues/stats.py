@@ -62,8 +62,8 @@ class QueueStats:
         self.disconnects: dict[str, int] = {"waiting": 0, "running": 0}
         #: "expired" | "released" -> jobs put back
         self.redeliveries: dict[str, int] = {"expired": 0, "released": 0}
-        #: "full" | "too_large" | "invalid" -> submissions refused
-        self.rejected: dict[str, int] = {"full": 0, "too_large": 0, "invalid": 0}
+        #: "full" | "too_large" | "invalid" | "journal" (could not commit) -> submissions refused
+        self.rejected: dict[str, int] = {"full": 0, "too_large": 0, "invalid": 0, "journal": 0}
         self.stale_completions = 0
         self.submitted = 0
         self.window = Window()

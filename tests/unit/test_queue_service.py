@@ -13,6 +13,7 @@ from inferno.errors import LeaseLost, Overloaded
 from inferno.queues.jobs import Completion, Submission, WorkerInfo
 from inferno.queues.journal import SqliteJournal
 from inferno.queues.metrics import QueueCollector
+from inferno.queues.report import census
 from inferno.queues.service import QueueService
 from inferno.schemas import Priority
 from inferno.state import connect
@@ -132,7 +133,7 @@ async def test_a_restart_keeps_waiting_leased_and_finished_jobs(tmp_path: Path) 
     s2 = service(clock, connect(tmp_path), lease_s=30)
     assert s2.load() == 3
     # the proxy's start-up line: not 3 jobs to run, but one of each
-    assert s2.census() == "1 waiting, 1 running, 0 dead, 1 finished"
+    assert census(s2.queues) == "1 waiting, 1 running, 0 dead, 1 finished"
     assert s2.find(done, "").result is not None and s2.find(done, "").result["output"] == "out"  # type: ignore[index]
     assert j2.lease_id is not None
     s2.heartbeat(j2.lease_id)  # wall-clock expiry: the live worker's lease still counts
@@ -179,3 +180,52 @@ async def test_a_job_handed_to_a_poller_that_went_away_goes_back_unspent() -> No
         s.unlease(handed)  # what the route does when it finds the connection gone
     job = await s.lease(["q"], W, 0)
     assert job is not None and job.id == job_id and job.attempts == 1
+
+
+async def test_a_submission_commits_without_sitting_out_the_interval(tmp_path: Path) -> None:
+    # A 10 s group-commit interval: leases and results wait for it, a submission does not.
+    journal = SqliteJournal(connect(tmp_path), 10.0)
+    s = QueueService((QueueSpec(name="q", max_size=4),), QueueConfig(), journal=journal, wall=Clock())
+    await asyncio.wait_for(submit(s, "a"), 5)
+    assert journal.commits == 1
+    job = await s.lease(["q"], W, 0)
+    assert job is not None and journal.commits == 1  # the lease waits for the timer
+    journal.close()
+    assert journal.commits == 2
+
+
+async def test_a_client_gone_while_its_job_commits_cancels_the_job(tmp_path: Path) -> None:
+    s = QueueService(
+        (QueueSpec(name="q", max_size=4),),
+        QueueConfig(),
+        journal=SqliteJournal(connect(tmp_path), 10.0),
+        wall=Clock(),
+    )
+    queue = s.queue("q")
+    task = asyncio.create_task(s.submit(queue, Submission(args=["x"]), "", Priority.NORMAL, None))
+    await asyncio.sleep(0)  # in flushed(), its commit not yet run
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert queue.pending == 0 and len(queue.waiting) == 0
+    assert queue.stats.disconnects["waiting"] == 1
+    assert await s.lease(["q"], W, 0) is None
+
+
+async def test_a_submission_the_journal_cannot_commit_is_refused_and_undone(tmp_path: Path) -> None:
+    from inferno.errors import JournalUnavailable
+    from inferno.state.db import MIGRATIONS
+
+    db = connect(tmp_path)
+    s = service(Clock(), db)
+    await submit(s, "kept")
+    db.execute("DROP TABLE queue_jobs")  # the disk is gone, say
+    queue = s.queue("q")
+    with pytest.raises(JournalUnavailable):
+        await s.submit(queue, Submission(args=["lost"]), "", Priority.NORMAL, "idem-1")
+    assert queue.pending == 1 and queue.stats.submitted == 1 and queue.stats.rejected["journal"] == 1
+    assert await s.lease(["q"], W, 0) is not None and await s.lease(["q"], W, 0) is None  # never queued
+    for statement in filter(str.strip, MIGRATIONS[2].split(";")):
+        db.execute(statement)  # it is back
+    again = await s.submit(queue, Submission(args=["retried"]), "", Priority.NORMAL, "idem-1")
+    assert again.args == ("retried",)  # the key was not taken by the refused one
