@@ -67,40 +67,38 @@ def cluster_token_option(fn: Any) -> Any:
     )(fn)
 
 
-def cluster_token(path: str | None) -> SecretStr | None:
-    """The cluster token from ``--cluster-token-file`` or ``INFERNO_CLUSTER_TOKEN``."""
+def _token(path: str | None, env: str, what: str, flag: str) -> SecretStr | None:
+    """A token from its file (``flag``) or the environment variable ``env``; a bad one is
+    a usage error naming the flag."""
     from inferno.errors import ConfigError
     from inferno.security import read_token
 
     try:
-        token = read_token(path)
+        token = read_token(path, env=env, what=what)
     except ConfigError as exc:
-        raise click.BadParameter(exc.message, param_hint="--cluster-token-file") from None
+        raise click.BadParameter(exc.message, param_hint=flag) from None
     return SecretStr(token) if token else None
+
+
+def cluster_token(path: str | None) -> SecretStr | None:
+    """The cluster token from ``--cluster-token-file`` or ``INFERNO_CLUSTER_TOKEN``."""
+    from inferno.security import TOKEN_ENV
+
+    return _token(path, TOKEN_ENV, "cluster token", "--cluster-token-file")
 
 
 def admin_token(path: str | None) -> SecretStr | None:
     """The admin token from ``--admin-token-file`` or ``INFERNO_ADMIN_TOKEN``."""
-    from inferno.errors import ConfigError
-    from inferno.security import ADMIN_TOKEN_ENV, read_token
+    from inferno.security import ADMIN_TOKEN_ENV
 
-    try:
-        token = read_token(path, env=ADMIN_TOKEN_ENV, what="admin token")
-    except ConfigError as exc:
-        raise click.BadParameter(exc.message, param_hint="--admin-token-file") from None
-    return SecretStr(token) if token else None
+    return _token(path, ADMIN_TOKEN_ENV, "admin token", "--admin-token-file")
 
 
 def worker_token(path: str | None) -> SecretStr | None:
     """The worker token from ``--worker-token-file`` or ``INFERNO_WORKER_TOKEN``."""
-    from inferno.errors import ConfigError
-    from inferno.security import WORKER_TOKEN_ENV, read_token
+    from inferno.security import WORKER_TOKEN_ENV
 
-    try:
-        token = read_token(path, env=WORKER_TOKEN_ENV, what="worker token")
-    except ConfigError as exc:
-        raise click.BadParameter(exc.message, param_hint="--worker-token-file") from None
-    return SecretStr(token) if token else None
+    return _token(path, WORKER_TOKEN_ENV, "worker token", "--worker-token-file")
 
 
 def logging_options(fn: Any) -> Any:

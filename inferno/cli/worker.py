@@ -27,13 +27,13 @@ from inferno.cli.common import (
     model_options,
     section_options,
 )
+from inferno.cli.common import worker_token as common_worker_token
 from inferno.config import RequestLimits
 from inferno.engines import Engine, available_engines
 from inferno.worker.config import WorkerConfig
 
 logger = logging.getLogger(__name__)
 
-WORKER_TOKEN_ENV = "INFERNO_WORKER_TOKEN"
 WORKER_SECTIONS: dict[str, type[BaseModel]] = {"request": RequestLimits}
 DEFAULT_BACKOFF_S = 0.5
 DEFAULT_BACKOFF_MAX_S = 30.0
@@ -45,14 +45,7 @@ def text_engines() -> list[str]:
 
 def worker_token(path: str | None, cluster_file: str | None) -> SecretStr | None:
     """The worker token (``--worker-token-file`` or ``INFERNO_WORKER_TOKEN``), else the cluster token."""
-    from inferno.errors import ConfigError
-    from inferno.security import read_token
-
-    try:
-        token = read_token(path, env=WORKER_TOKEN_ENV, what="worker token")
-    except ConfigError as exc:
-        raise click.BadParameter(exc.message, param_hint="--worker-token-file") from None
-    return SecretStr(token) if token else cluster_token(cluster_file)
+    return common_worker_token(path) or cluster_token(cluster_file)
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
