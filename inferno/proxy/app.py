@@ -81,7 +81,7 @@ class ProxyApp:
         self._openapi_body = dumps(openapi.build())
         self._paths = frozenset((*APIS, "/batch_inference", "/v1/models", "/openapi.json"))
         if queues is not None:
-            QueueClientApi(queues, self._send_queue).install(self._routes)
+            QueueClientApi(queues, self._send_queue, gate).install(self._routes)
 
     async def __call__(self, request: Request, responder: Responder) -> None:
         t0 = self._clock()

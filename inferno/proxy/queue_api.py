@@ -21,6 +21,7 @@ from inferno.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge
 from inferno.http.responses import JSON_HEADERS, dumps
 from inferno.http.router import Router, RouteTable
 from inferno.http.server import Request, Responder
+from inferno.proxy.clients import ClientGate
 from inferno.queues.jobs import Completion, Job, LeaseRequest, Release, Submission
 from inferno.queues.report import snapshot
 from inferno.queues.service import QueueService
@@ -83,9 +84,12 @@ class QueueClientApi:
 
     ROUTE = "/v1/queues"
 
-    def __init__(self, service: QueueService, send: Send) -> None:
+    def __init__(self, service: QueueService, send: Send, gate: ClientGate | None = None) -> None:
         self._service = service
         self._send = send
+        #: API keys (``--require-api-key``): a job is one request of its key, on the
+        #: "model" ``queue:NAME`` (a key limited to models must list it)
+        self._gate = gate
 
     def install(self, routes: RouteTable[DataRoute]) -> None:
         routes.add_prefix("POST", "/v1/queues/", self._submit)
@@ -122,6 +126,9 @@ class QueueClientApi:
             queue.stats.rejected["invalid"] += 1
             raise
         owner = key.id if key is not None else ""
+        if key is not None and self._gate is not None:
+            what = "queue:" + queue.name
+            self._gate.settle(self._gate.admit(key, what), what, 0, 0)  # rpm, and usage's requests
         job = await service.submit(queue, body, owner, priority, idem.decode() if idem else None)
         if wait in ("true", "1"):
             await service.wait(job, wait_s, attached=True)

@@ -378,3 +378,31 @@ async def test_pollers_past_the_cap_get_429_and_lose_their_connection(queues: Ca
             queue=QueueConfig(max_pollers=200),
             http=HttpConfig(max_ops_connections=256),
         )
+
+
+async def test_api_key_budgets_and_model_lists_apply_to_jobs(
+    queues: Callable[..., Any], tmp_path: Path
+) -> None:
+    from inferno.security import KeyStore, connect
+
+    store = KeyStore(connect(tmp_path / "state"))
+    limited, _ = store.create("limited", rpm=2)
+    chat_only, _ = store.create("chat-only", models=("smol",))
+    queue_ok, _ = store.create("queue-ok", models=("queue:q",))
+    c: Cluster = await queues(require_api_key=True)
+
+    def auth(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    assert (await c.submit(headers=auth(limited))).status_code == 202
+    assert (await c.submit(headers=auth(limited))).status_code == 202
+    over = await c.submit(headers=auth(limited))
+    assert over.status_code == 429 and over.json()["error"]["code"] == "rate_limit_exceeded"
+    assert (await c.submit(headers=auth(chat_only))).status_code == 403
+    assert (await c.submit(headers=auth(queue_ok))).status_code == 202
+    assert (await c.submit("other", headers=auth(queue_ok))).status_code == 403
+    usage = (await c.http.get(f"{c.ops}/usage")).json()["usage"]
+    assert {(u["key_name"], u["model"], u["requests"]) for u in usage} >= {
+        ("limited", "queue:q", 2),
+        ("queue-ok", "queue:q", 1),
+    }
