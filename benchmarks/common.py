@@ -75,6 +75,10 @@ class Procs:
     def start(
         self, name: str, cmd: list[str], core: str | None = None, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
+        if env and "PYTHONPATH" in env and cmd[:1] == [sys.executable] and cmd[1:2] != ["-P"]:
+            # -P: the working directory's own ``inferno`` (sys.path[0] under ``-m``) would
+            # shadow the tree PYTHONPATH names, and a side-by-side run would run one tree.
+            cmd = [cmd[0], "-P", *cmd[1:]]
         if core is not None and shutil.which("taskset"):
             cmd = ["taskset", "-c", core, *cmd]
         log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115

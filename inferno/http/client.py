@@ -282,6 +282,38 @@ class UpstreamConnection(asyncio.Protocol):
             self._chunk_waiter = self._loop.create_future()
             await self._wait(self._chunk_waiter, timeout_s, "stream data")
 
+    async def next_chunks(self, timeout_s: float) -> list[bytes] | None:
+        """Every chunk received so far (waiting for one), or None at the end: a relay
+        writes what one read brought in one write, not one per chunk."""
+        while True:
+            chunks = self.take_chunks()
+            if chunks:
+                return chunks
+            if self._complete:
+                return None
+            if self._error is not None:
+                raise self._error
+            self._chunk_waiter = self._loop.create_future()
+            await self._wait(self._chunk_waiter, timeout_s, "stream data")
+
+    def take_chunks(self) -> list[bytes]:
+        """The chunks received so far, without waiting (reading resumes if it paused)."""
+        if not self._chunks:
+            return []
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        self._queued = 0
+        if self._reading_paused:
+            self._reading_paused = False
+            if self._transport is not None:
+                self._transport.resume_reading()
+        return chunks
+
+    @property
+    def drained(self) -> bool:
+        """The whole response arrived and every chunk of it was taken."""
+        return self._complete and not self._chunks and self._error is None
+
     def finish_stream(self) -> None:
         if self._complete and not self._chunks:
             self._release()

@@ -65,7 +65,7 @@ class Responder:
     For a HEAD request the headers (with the GET body's length) go out, the body never.
     """
 
-    __slots__ = ("_conn", "_head", "_keep_alive", "finished", "started")
+    __slots__ = ("_conn", "_ended", "_head", "_held", "_keep_alive", "finished", "started")
 
     def __init__(self, conn: Connection, keep_alive: bool, head: bool = False) -> None:
         self._conn = conn
@@ -73,6 +73,10 @@ class Responder:
         self._head = head
         self.started = False
         self.finished = False
+        #: a stream's status line and headers, held to go out with its first chunk
+        self._held = b""
+        #: the stream's last chunk went out (``write(..., end=True)``)
+        self._ended = False
 
     def close_after(self) -> None:
         """Close the connection after this response (a refusal that must free its slot)."""
@@ -104,20 +108,45 @@ class Responder:
         )
         self._conn.response_done(self._keep_alive)
 
-    def start_stream(self, status: int, headers: list[Header] | bytes) -> None:
-        """Start a chunked response; follow with ``write`` calls and ``end_stream``."""
+    def start_stream(self, status: int, headers: list[Header] | bytes, *, hold: bool = False) -> None:
+        """Start a chunked response; follow with ``write`` calls and ``end_stream``.
+
+        With ``hold`` the head goes out with the first ``write`` (one send, not two):
+        for a caller that writes at once, such as a relay with its first chunk in hand.
+        """
         if self.started:
             raise RuntimeError("response already started")
         self.started = True
         encoded = headers if isinstance(headers, bytes) else _encode_headers(headers)
         conn_hdr = b"" if self._keep_alive else b"Connection: close\r\n"
-        self._conn.write(status_line(status) + encoded + conn_hdr + b"Transfer-Encoding: chunked\r\n\r\n")
+        head = status_line(status) + encoded + conn_hdr + b"Transfer-Encoding: chunked\r\n\r\n"
+        if hold:
+            self._held = head
+        else:
+            self._conn.write(head)
 
-    async def write(self, data: bytes) -> None:
-        """Write one chunk, waiting while the client's socket buffer is full."""
-        if not data or self._head:
+    async def write(self, data: bytes, *, end: bool = False) -> None:
+        """Write one chunk, waiting while the client's socket buffer is full. With
+        ``end`` the stream's terminator goes in the same send (``end_stream`` then only
+        finishes the exchange)."""
+        if self._ended:
+            raise RuntimeError("stream already ended")
+        if self._head:
             return
-        self._conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        if data:
+            size = b"%x\r\n" % len(data)
+            if self._held or end:
+                held, self._held = self._held, b""
+                self._ended = end
+                self._conn.write(b"".join((held, size, data, b"\r\n0\r\n\r\n" if end else b"\r\n")))
+            else:
+                self._conn.write(b"".join((size, data, b"\r\n")))
+        elif self._held or end:
+            held, self._held = self._held, b""
+            self._ended = end
+            self._conn.write(held + b"0\r\n\r\n" if end else held)
+        else:
+            return
         await self._conn.drain()
 
     def end_stream(self) -> None:
@@ -125,7 +154,9 @@ class Responder:
             return
         self.finished = True
         if not self._head:
-            self._conn.write(b"0\r\n\r\n")
+            held, self._held = self._held, b""
+            if not self._ended:
+                self._conn.write(held + b"0\r\n\r\n")
         self._conn.response_done(self._keep_alive)
 
     def abort(self) -> None:

@@ -12,6 +12,13 @@ class BodySource(Protocol):
 
     async def next_chunk(self, timeout_s: float) -> bytes | None: ...
 
+    async def next_chunks(self, timeout_s: float) -> list[bytes] | None: ...
+
+    def take_chunks(self) -> list[bytes]: ...
+
+    @property
+    def drained(self) -> bool: ...
+
     def finish_stream(self) -> None: ...
 
     def abort(self) -> None: ...
@@ -112,6 +119,40 @@ class UpstreamResponse:
             self._conn = None
             conn.finish_stream()
         return chunk
+
+    async def next_chunks(self, timeout_s: float) -> list[bytes] | None:
+        """Every chunk that has arrived (waiting up to ``timeout_s`` for the first), or
+        None at the end; like ``next_chunk``, but one call per read, not per chunk."""
+        peeked = self._peeked
+        conn = self._conn
+        if peeked is not None:
+            self._peeked = None
+            if peeked:
+                more = conn.take_chunks() if conn is not None else []
+                return [peeked, *more] if more else [peeked]
+        if conn is None:
+            return None
+        try:
+            chunks = await conn.next_chunks(timeout_s)
+        except BaseException:
+            self.close()
+            raise
+        if chunks is None:
+            self._conn = None
+            conn.finish_stream()
+        return chunks
+
+    @property
+    def ended(self) -> bool:
+        """Everything was received and taken: the next read would return None."""
+        conn = self._conn
+        return not self._peeked and (conn is None or conn.drained)
+
+    def finish(self) -> None:
+        """The stream was read to its end: the connection goes back to the pool."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.finish_stream()
 
     def close(self) -> None:
         """Abandon a streamed body (closes the connection)."""

@@ -48,7 +48,8 @@ class TextFormatter(logging.Formatter):
         return self._stamp
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = record.message.translate(_ESCAPES)
+        if not record.message.isprintable():
+            record.message = record.message.translate(_ESCAPES)
         return super().formatMessage(record)
 
     def fast_line(
@@ -56,7 +57,9 @@ class TextFormatter(logging.Formatter):
     ) -> str:
         second = int(created)
         millis = int((created - second) * 1000)
-        return f"{self._stamp_of(second)},{millis:03d} {level} {name}: {message.translate(_ESCAPES)}"
+        if not message.isprintable():  # a C-speed scan; translating is per character
+            message = message.translate(_ESCAPES)
+        return f"{self._stamp_of(second)},{millis:03d} {level} {name}: {message}"
 
 
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]

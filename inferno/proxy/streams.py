@@ -106,11 +106,13 @@ class StreamRelay:
             (now - job.t0) * 1000.0,
         )
         content_type = upstream.header(b"content-type") or b"text/event-stream"
+        # Held: the head goes out with the first chunk, in one send.
         responder.start_stream(
             200,
             response_headers(worker, job.ctx, model, content_type, timing)
             + b"Cache-Control: no-cache\r\n"
             + job.extra_headers,
+            hold=True,
         )
         idle = self._up.stream_idle_timeout_s
         used: tuple[int, int] | None = None
@@ -135,16 +137,15 @@ class StreamRelay:
                         if remaining <= 0:
                             raise DeadlineExceeded(PAST_DEADLINE)
                         try:
-                            chunk = await upstream.next_chunk(min(idle, remaining))
+                            # What one read brought goes out in one send: the events
+                            # stay whole, only the HTTP chunks around them are fewer.
+                            batch = await upstream.next_chunks(min(idle, remaining))
                         except UpstreamTimeout as exc:
                             if self._clock() >= job.deadline:
                                 raise DeadlineExceeded(PAST_DEADLINE) from exc
                             raise
-                        if chunk is None:
+                        if batch is None:
                             break
-                        if ERROR_EVENT in chunk:
-                            # Never relayed: the stream goes on elsewhere, or ends with our own.
-                            raise UpstreamProtocolError(f"{worker.address} sent an error event mid-stream")
                         arrived = self._clock()
                         if arrived - last > slow:
                             # Slow but alive: reported, never ejected for it.
@@ -153,21 +154,42 @@ class StreamRelay:
                             )
                             was_slow = True
                         last = arrived
-                        if restamp is not None:
-                            chunk = restamp(chunk)
+                        out: list[bytes] = []
+                        broken: UpstreamError | None = None
+                        for raw in batch:
+                            if ERROR_EVENT in raw:
+                                # Never relayed: the stream goes on elsewhere, or ends with our own.
+                                broken = UpstreamProtocolError(
+                                    f"{worker.address} sent an error event mid-stream"
+                                )
+                                break
+                            chunk = restamp(raw) if restamp is not None else raw
                             if not chunk:
                                 continue
-                        chunks += 1
-                        if tape is not None:
-                            tape.keep(chunk)
-                        if b'"usage"' in chunk and job.on_usage is not None:
-                            used = usage_of(chunk) or used
-                            if job.strip_usage and (b'"choices":[]' in chunk or b'"choices": []' in chunk):
-                                continue  # the usage chunk the client did not ask for
-                        elif chunk != DONE:
-                            relayed += 1
-                        await responder.write(chunk)
-                        at_boundary = chunk.endswith(b"\n\n")
+                            chunks += 1
+                            if tape is not None:
+                                tape.keep(chunk)
+                            if b'"usage"' in chunk and job.on_usage is not None:
+                                used = usage_of(chunk) or used
+                                if job.strip_usage and (
+                                    b'"choices":[]' in chunk or b'"choices": []' in chunk
+                                ):
+                                    continue  # the usage chunk the client did not ask for
+                            elif chunk != DONE:
+                                relayed += 1
+                            out.append(chunk)
+                        # The answer's last bytes carry the terminator in the same send.
+                        end = broken is None and upstream.ended
+                        if out or end:
+                            data = out[0] if len(out) == 1 else b"".join(out)
+                            await responder.write(data, end=end)
+                            if data:
+                                at_boundary = data.endswith(b"\n\n")
+                        if broken is not None:
+                            raise broken
+                        if end:
+                            upstream.finish()
+                            break
                     break
                 except UpstreamError as exc:
                     self._on_failure(worker, exc)
