@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps install install-dev run test test-deps test-fast lint image e2e e2e-fresh e2e-compose \
+.PHONY: help system-deps install install-dev native run test test-deps test-fast lint image e2e e2e-fresh e2e-compose \
 	bench bench-deps bench-quick fuzz clean swarm-up swarm-status deploy-stack test-failure test-failure-stop \
 	restore-node swarm-down swarm-clean e2e-multinode
 
@@ -34,7 +34,7 @@ $(BIN)/python:
 
 # Installing happens once per change of pyproject.toml, recorded by a stamp file in the
 # venv: `make test` and the e2e targets it runs all need it, but install it only once.
-EXTRAS := smollm2,minilm,vision,tracing,swarm,examples
+EXTRAS := smollm2,minilm,vision,tracing,swarm,examples,native
 INSTALLED := $(VENV)/.installed
 INSTALLED_DEV := $(VENV)/.installed-dev
 
@@ -57,9 +57,21 @@ $(INSTALLED_DEV): pyproject.toml | $(BIN)/python
 	$(install_models)
 	@touch $@ $(INSTALLED)
 
+# The compiled hot path, rebuilt whenever a hot module's source changed. A machine
+# without a C compiler or Python's headers keeps the pure-Python proxy (it says so).
+native: | $(BIN)/python
+	@if $(BIN)/python -c 'import sys, inferno.native as n; sys.exit(0 if n.fresh() else 1)' 2>/dev/null; then \
+		echo "==> The compiled hot path is up to date"; \
+	else echo "==> Compiling the proxy's hot path with mypyc (about a minute)"; \
+		$(BIN)/python scripts/build_native.py >$(VENV)/native-build.log 2>&1 \
+		&& tail -n 1 $(VENV)/native-build.log \
+		|| echo "==> mypyc build failed (see $(VENV)/native-build.log): Inferno runs pure Python"; fi
+
 install: system-deps $(INSTALLED)
+	@$(MAKE) --no-print-directory native
 
 install-dev: system-deps $(INSTALLED_DEV)
+	@$(MAKE) --no-print-directory native
 
 run: install
 	$(BIN)/inferno up --models 'llamacpp*2,minilm+efficientnet-lite0' --queue sim
@@ -81,7 +93,7 @@ test-deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus chromium)
 
 test: lint test-deps
-	INFERNO_REQUIRE_BROWSER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	INFERNO_REQUIRE_BROWSER=1 INFERNO_REQUIRE_NATIVE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 	@if [ "$${INFERNO_SKIP_E2E:-0}" = "1" ]; then echo "INFERNO_SKIP_E2E=1: end-to-end stage skipped"; \
 	else $(MAKE) --no-print-directory e2e-fresh && $(MAKE) --no-print-directory e2e-multinode; fi
 

@@ -16,6 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
+# The suite runs the pure-Python reference (it subclasses and patches classes the
+# compiled build would seal); tests/system/test_native.py runs the compiled proxy.
+# Set before the first ``import inferno``, which decides (inferno.native).
+os.environ.setdefault("INFERNO_PURE_PYTHON", "1")
+
 from inferno.backend.server import BackendServer
 from inferno.config import (
     BackendConfig,

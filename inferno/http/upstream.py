@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -78,23 +77,6 @@ class UpstreamResponse:
             if key == name:
                 return value
         return None
-
-    async def iter_chunks(self, read_timeout_s: float) -> AsyncIterator[bytes]:
-        """Yield body chunks as they arrive. Closing early closes the socket."""
-        conn = self._conn
-        if conn is None:
-            if self.body:
-                yield self.body
-            return
-        try:
-            while True:
-                chunk = await conn.next_chunk(read_timeout_s)
-                if chunk is None:
-                    break
-                yield chunk
-        finally:
-            self._conn = None
-            conn.finish_stream()
 
     async def next_chunk(self, timeout_s: float) -> bytes | None:
         """The next body chunk of a streamed response, or None at its end.

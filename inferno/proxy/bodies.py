@@ -83,13 +83,17 @@ def served_model(worker: WorkerInfo, ctx: RequestContext) -> str:
 
 async def read_bounded(upstream: UpstreamResponse, idle_s: float, max_bytes: int) -> bytes:
     """A short non-200 answer to a stream request, read whole but never past the cap."""
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in upstream.iter_chunks(idle_s):
-        size += len(chunk)
-        if size > max_bytes:
-            raise UpstreamProtocolError("a backend's error answer is over the proxy's limit")
-        parts.append(chunk)
+    parts: list[bytes] = [upstream.body] if upstream.body else []
+    size = len(upstream.body)
+    try:
+        while (chunk := await upstream.next_chunk(idle_s)) is not None:
+            size += len(chunk)
+            if size > max_bytes:
+                raise UpstreamProtocolError("a backend's error answer is over the proxy's limit")
+            parts.append(chunk)
+    except BaseException:
+        upstream.close()
+        raise
     return b"".join(parts)
 
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from inferno import native
 from inferno.api.vetting import BodyVetter
 from inferno.config import ProxyConfig
 from inferno.deployments.drivers import Driver, ExternalDriver, InProcessDriver
@@ -325,6 +326,7 @@ class ProxyServer:
             )
         logger.info("Starting proxy server on %s:%d", cfg.listen_host, self.data_address[1])
         logger.info("Ops server on %s:%d (policy %s)", cfg.ops_host, self.ops_address[1], cfg.policy)
+        logger.info("Hot path: %s", "compiled (mypyc)" if native.active() else "pure Python")
         if not self.auth.enabled:
             logger.warning(
                 "No cluster token: anyone who reaches the ops port (%s:%d) can register a backend "

@@ -16,6 +16,7 @@ PACKAGE = Path(inferno.__file__).parent
 #: lower layers never import higher ones (docs/architecture.md draws this)
 LAYERS: dict[str, int] = {
     "errors": 0,
+    "native": 0,
     "config": 0,
     "schemas": 0,
     "http": 0,
