@@ -47,6 +47,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         #: between writing a request and handing the connection back to the pool
         self._exchanging = False
+        # The stream-data timer (``_wait_data``): armed at most once at a time.
+        self._data_timer: asyncio.TimerHandle | None = None
+        self._data_timer_at = 0.0
+        self._data_deadline = 0.0
+        self._data_timeout = 0.0
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -232,6 +237,38 @@ class UpstreamConnection(asyncio.Protocol):
         finally:
             handle.cancel()
 
+    async def _wait_data(self, fut: asyncio.Future[None], timeout_s: float) -> None:
+        """``_wait`` for the next chunks of a stream, with one lazily re-armed timer per
+        connection instead of a timer armed and cancelled per chunk."""
+        if fut.done():
+            fut.result()
+            return
+        deadline = self._loop.time() + timeout_s
+        self._data_deadline = deadline
+        self._data_timeout = timeout_s
+        if self._data_timer is None or self._data_timer_at > deadline:
+            if self._data_timer is not None:
+                self._data_timer.cancel()
+            self._data_timer = self._loop.call_at(deadline, self._on_data_timer)
+            self._data_timer_at = deadline
+        try:
+            await fut
+        finally:
+            self._data_deadline = 0.0
+
+    def _on_data_timer(self) -> None:
+        self._data_timer = None
+        deadline = self._data_deadline
+        if not deadline or self.closed:
+            return  # nobody waits: the next wait arms it again
+        if self._loop.time() < deadline:
+            self._data_timer = self._loop.call_at(deadline, self._on_data_timer)
+            self._data_timer_at = deadline
+            return
+        waiter = self._chunk_waiter
+        if waiter is not None:
+            self._expire(waiter, "stream data", self._data_timeout)
+
     def _expire(self, fut: asyncio.Future[None], what: str, timeout_s: float) -> None:
         if not fut.done():
             fut.set_exception(UpstreamTimeout(f"{self.address}: no {what} within {timeout_s:.3g}s"))
@@ -280,7 +317,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self._error is not None:
                 raise self._error
             self._chunk_waiter = self._loop.create_future()
-            await self._wait(self._chunk_waiter, timeout_s, "stream data")
+            await self._wait_data(self._chunk_waiter, timeout_s)
 
     async def next_chunks(self, timeout_s: float) -> list[bytes] | None:
         """Every chunk received so far (waiting for one), or None at the end: a relay
@@ -294,7 +331,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self._error is not None:
                 raise self._error
             self._chunk_waiter = self._loop.create_future()
-            await self._wait(self._chunk_waiter, timeout_s, "stream data")
+            await self._wait_data(self._chunk_waiter, timeout_s)
 
     def take_chunks(self) -> list[bytes]:
         """The chunks received so far, without waiting (reading resumes if it paused)."""
