@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from inferno import native
 from inferno.api.vetting import BodyVetter
 from inferno.config import ProxyConfig
 from inferno.deployments.drivers import Driver, ExternalDriver, InProcessDriver
@@ -21,6 +20,7 @@ from inferno.errors import ConfigError
 from inferno.http.client import ResponseLimits, UpstreamPool
 from inferno.http.listener import HttpServer
 from inferno.http.server import fit_to_fd_limit, limits_from
+from inferno.native import active as native_active
 from inferno.observability.metrics import ProxyStats, new_registry
 from inferno.observability.tracing import Tracing
 from inferno.orchestrators.base import InstanceInfo, Orchestrator, OrchestratorContext
@@ -326,7 +326,7 @@ class ProxyServer:
             )
         logger.info("Starting proxy server on %s:%d", cfg.listen_host, self.data_address[1])
         logger.info("Ops server on %s:%d (policy %s)", cfg.ops_host, self.ops_address[1], cfg.policy)
-        logger.info("Hot path: %s", "compiled (mypyc)" if native.active() else "pure Python")
+        logger.info("Hot path: %s", "compiled (mypyc)" if native_active() else "pure Python")
         if not self.auth.enabled:
             logger.warning(
                 "No cluster token: anyone who reaches the ops port (%s:%d) can register a backend "
