@@ -65,11 +65,9 @@ class LazyGroup(click.Group):
         limit = formatter.width - 6 - max(len(name) for name in names)
         rows = []
         for name in names:
-            if name in self.commands:
-                text = self.commands[name].get_short_help_str(limit)
-            else:
-                text = click.utils.make_default_short_help(COMMANDS[name][1], limit)
-            rows.append((name, text))
+            # a stand-in that carries the table's help shortens it as the command would
+            command = self.commands.get(name) or click.Command(name, help=COMMANDS[name][1])
+            rows.append((name, command.get_short_help_str(limit)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
