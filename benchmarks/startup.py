@@ -119,6 +119,7 @@ def main() -> None:
     if args.baseline:
         trees[f"inferno@{args.baseline}"] = checkout(args.baseline, logdir / "baseline")
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
+    load_before = os.getloadavg()[0]
     with procs(logdir) as p:
         backends = []
         for i in range(2):
@@ -132,8 +133,15 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, tree in trees.items():
                 runs[name].append(one_start(tree, backends, logdir / f"{name.replace('@', '-')}.log"))
+    load = (load_before, os.getloadavg()[0])
     rows = []
-    data: dict[str, Any] = {"machine": machine(), "command": sys.argv, "poll_s": POLL_S, "runs": runs}
+    data: dict[str, Any] = {
+        "machine": machine(),
+        "command": sys.argv,
+        "poll_s": POLL_S,
+        "load_average_1m": load,
+        "runs": runs,
+    }
     for name, samples in runs.items():
         walls = [w for w, _ in samples]
         cpus = [c for _, c in samples]
@@ -150,7 +158,8 @@ def main() -> None:
             f"Spawn of `inferno proxy --backend-servers B1,B2` (two fake backends up) to the first 200 of "
             f"`POST /v1/chat/completions`, polled every {POLL_S * 1000:.0f} ms; {args.repeats} rounds, "
             f"trees alternated; CPU = the proxy's user+system time by then (clock ticks of "
-            f"{1000 / CLK_TCK:.0f} ms).",
+            f"{1000 / CLK_TCK:.0f} ms). Load average (1 min) {load[0]:.1f} before, {load[1]:.1f} after: "
+            "a busy machine stretches the wall time more than the CPU time.",
             "",
             "| proxy | median ms | range ms | CPU ms |",
             "| --- | ---: | ---: | ---: |",
