@@ -25,6 +25,7 @@ def main() -> None:
             "queues",
             "queues_long",
             "queues_before_after",
+            "startup",
             "soak",
         )
         if (HERE / "results" / f"{name}.md").exists()

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inferno.config import RequestLimits
 from inferno.errors import BadRequest, ParserUnavailable
 from inferno.schemas.bounds import may_exceed
 from inferno.schemas.openai import decode_json
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,11 @@ class BodyVetter:
         max_values = self._limits.max_json_values
         if not may_exceed(body, max_values):
             return decode_json(body, max_values)
+        # multiprocessing is imported with the first such body: not on a process's start-up path
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
         if self._pool is None:
             # spawn, not fork: this process has threads (the resolver's, the executor's)
             context = multiprocessing.get_context("spawn")

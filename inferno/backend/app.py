@@ -52,6 +52,8 @@ def health(service: InferenceService, node_id: str, chaos: Chaos | None) -> tupl
         "node_id": node_id,
         "model": service.engine.model_id,
         "models": list(service.engines),
+        # a proxy that lists this backend statically learns its capacity from this
+        "slots": service.slots,
     }
     return (200 if status == "ok" else 503), dumps(body)
 

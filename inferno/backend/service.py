@@ -155,6 +155,11 @@ class InferenceService:
         self.tokens.add(tokens)
         self.latency.observe(duration_s)
 
+    @property
+    def slots(self) -> int:
+        """Requests run at once, over every engine: what heartbeats and /health advertise."""
+        return sum(e.slots for e in self.engines.values())
+
     def vitals(self) -> NodeVitals:
         with self._process.oneshot():
             cpu = self._process.cpu_percent(None)
@@ -166,7 +171,7 @@ class InferenceService:
             tokens_per_s=round(self.tokens.rate(), 2),
             cpu_percent=cpu,
             rss_bytes=rss,
-            slots=sum(e.slots for e in self.engines.values()),
+            slots=self.slots,
             decode_tokens_per_s=round(self.decode_tokens_per_s, 2),
         )
 

@@ -17,6 +17,7 @@ from inferno.cli.common import (
     build_sections,
     cluster_token,
     cluster_token_option,
+    env_rules,
     hostport,
     logging_options,
     model_options,
@@ -64,6 +65,7 @@ TUNABLES = (
 )
 
 
+@env_rules
 @click.command()
 @click.option("--listen-addr", default="0.0.0.0:3000", show_default=True, help="Data port.")
 @click.option(

@@ -9,9 +9,10 @@ from typing import Any, cast
 import click
 from click.core import ParameterSource
 
-from inferno.cli.common import hostport, run_loop
+from inferno.cli.common import env_rules, hostport, run_loop
 
 
+@env_rules
 @click.command()
 @click.argument("url")
 @click.option(

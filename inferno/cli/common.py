@@ -19,6 +19,7 @@ __all__ = [
     "LOG_FORMATS",
     "build",
     "build_sections",
+    "env_rules",
     "hostport",
     "logging_options",
     "model_options",
@@ -30,6 +31,27 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LOG_FORMATS = click.Choice(["text", "json"])
+
+
+def env_rules(command: click.Command) -> click.Command:
+    """Apply the environment-variable rule to a command's options (a decorator).
+
+    Every option's help shows the environment variable that sets it, and an option
+    with aliases (INFERNO_LISTEN_ADDR, OTEL_EXPORTER_OTLP_ENDPOINT) still answers to
+    the rule's name, ``INFERNO_<COMMAND>_<FLAG>``, first. Done where the command is
+    defined, so it holds however the command is reached (``inferno.cli`` loads each
+    subcommand's module only when that subcommand runs).
+    """
+    for param in command.params:
+        if not isinstance(param, click.Option):
+            continue
+        param.show_envvar = True
+        if param.envvar:
+            flag = next(o for o in param.opts if o.startswith("--"))
+            rule = f"INFERNO_{command.name}_{flag[2:]}".upper().replace("-", "_")
+            aliases = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
+            param.envvar = [rule, *(a for a in aliases if a != rule)]
+    return command
 
 
 def serve(run: Callable[[], Coroutine[Any, Any, None]], log_level: str, log_format: str, what: str) -> None:

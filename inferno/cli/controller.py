@@ -14,7 +14,7 @@ import click
 from pydantic import SecretStr
 
 from inferno.cli.common import admin_token as read_admin_token
-from inferno.cli.common import build, cluster_token, cluster_token_option, hostport, serve
+from inferno.cli.common import build, cluster_token, cluster_token_option, env_rules, hostport, serve
 
 
 def admin_token(path: str | None) -> SecretStr:
@@ -44,6 +44,7 @@ def _orchestrators() -> list[str]:
     return Orchestrator.names()
 
 
+@env_rules
 @click.command()
 @click.option("--proxy-ops", required=True, help="The proxy's ops address (host:port).")
 @click.option(

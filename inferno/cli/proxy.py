@@ -14,6 +14,7 @@ from inferno.cli.common import (
     build_sections,
     cluster_token,
     cluster_token_option,
+    env_rules,
     hostport,
     logging_options,
     section_options,
@@ -60,6 +61,7 @@ PROXY_SECTIONS: dict[str, type[BaseModel]] = {
 }
 
 
+@env_rules
 @click.command()
 @click.option(
     "--listen-addr",

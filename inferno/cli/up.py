@@ -8,11 +8,12 @@ from typing import Any
 
 import click
 
-from inferno.cli.common import LOG_FORMATS
+from inferno.cli.common import LOG_FORMATS, env_rules
 from inferno.engines import available_engines
 from inferno.policies import available_policies
 
 
+@env_rules
 @click.command()
 @click.option(
     "--backends",

@@ -23,6 +23,7 @@ from inferno.cli.common import (
     build_sections,
     cluster_token,
     cluster_token_option,
+    env_rules,
     hostport,
     model_options,
     section_options,
@@ -48,6 +49,7 @@ def worker_token(path: str | None, cluster_file: str | None) -> SecretStr | None
     return common_worker_token(path) or cluster_token(cluster_file)
 
 
+@env_rules
 @click.command(context_settings={"allow_interspersed_args": False})
 @click.option("--discovery-lb", required=True, help="The proxy's ops address (host:port): the worker routes.")
 @click.option(

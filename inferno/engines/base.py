@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -84,6 +84,26 @@ class Prediction:
     index: int = -1
 
 
+#: imports the built-in engines; set by the ``inferno.engines`` package (always imported
+#: before this module), run on the registry's first use: a process that needs only the
+#: request and result types here (the proxy) never imports an engine's module
+_load_builtins: Callable[[], None] | None = None
+
+
+def set_builtin_loader(load: Callable[[], None]) -> None:
+    global _load_builtins
+    _load_builtins = load
+
+
+def _registered() -> dict[str, type[Engine]]:
+    """The registry, with the built-in engines in it."""
+    global _load_builtins
+    load, _load_builtins = _load_builtins, None
+    if load is not None:
+        load()
+    return Engine._registry
+
+
 class Engine(ABC):
     """A model runtime, registered by name (and aliases) for ``Engine.create``."""
 
@@ -124,10 +144,11 @@ class Engine(ABC):
     @classmethod
     def create(cls, name: str, options: Mapping[str, Any] | None = None) -> Engine:
         """The engine registered as ``name``, its options validated by its own model."""
+        registry = _registered()
         try:
-            engine_cls = cls._registry[name]
+            engine_cls = registry[name]
         except KeyError:
-            raise ConfigError(f"unknown engine {name!r}; choose from {sorted(cls._registry)}") from None
+            raise ConfigError(f"unknown engine {name!r}; choose from {sorted(registry)}") from None
         try:
             validated = engine_cls.Options.model_validate(dict(options or {}))
         except ValidationError as exc:
@@ -136,16 +157,16 @@ class Engine(ABC):
 
     @classmethod
     def names(cls) -> list[str]:
-        return sorted(cls._registry)
+        return sorted(_registered())
 
     @classmethod
     def lookup_task(cls, name: str) -> Task:
         """The task of the engine registered as ``name`` (without creating it)."""
-        return cls._registry[name].task
+        return _registered()[name].task
 
     @classmethod
     def options_models(cls) -> dict[str, type[EngineOptions]]:
-        return {name: engine.Options for name, engine in sorted(cls._registry.items())}
+        return {name: engine.Options for name, engine in sorted(_registered().items())}
 
 
 class TextGenerationEngine(Engine):

@@ -6,12 +6,12 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from inferno.api import API, APIS, INFERENCE, ParsedText, openapi
 from inferno.api.base import TextAPI
 from inferno.api.vetting import BodyVetter
 from inferno.config import ProxyConfig
-from inferno.deployments.manager import DeploymentManager
 from inferno.errors import BadRequest, InfernoError, LoopDetected, Overloaded, RateLimited
 from inferno.http.request_id import RequestIdFactory
 from inferno.http.responses import JSON_HEADERS, dumps, error_body
@@ -23,11 +23,15 @@ from inferno.proxy.batch import BatchRunner
 from inferno.proxy.bodies import with_model, with_usage_requested
 from inferno.proxy.clients import ClientGate
 from inferno.proxy.forward import Forwarder, Job
-from inferno.proxy.queue_api import QueueClientApi
-from inferno.queues.service import QueueService
+from inferno.queues import CLIENT_ROUTE
 from inferno.registry.registry import WorkerRegistry
 from inferno.schemas import PRIORITIES, Priority, RequestContext, check_max_tokens
 from inferno.security import ApiKey
+
+if TYPE_CHECKING:
+    # imported only when configured (server.py): not on a plain proxy's start-up path
+    from inferno.deployments.manager import DeploymentManager
+    from inferno.queues.service import QueueService
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +85,8 @@ class ProxyApp:
         self._openapi_body = dumps(openapi.build())
         self._paths = frozenset((*APIS, "/batch_inference", "/v1/models", "/openapi.json"))
         if queues is not None:
+            from inferno.proxy.queue_api import QueueClientApi
+
             QueueClientApi(queues, self._send_queue, gate).install(self._routes)
 
     async def __call__(self, request: Request, responder: Responder) -> None:
@@ -240,7 +246,7 @@ class ProxyApp:
         if path in self._paths:
             return path
         if path.startswith(("/v1/queues/", "/v1/jobs/")):
-            return QueueClientApi.ROUTE
+            return CLIENT_ROUTE
         return "other"
 
     def _send_queue(self, responder: Responder, rid: str, status: int, body: bytes, route: str) -> None:

@@ -17,11 +17,8 @@ able to deploy. Without an admin token the routes refuse everything.
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from inferno.deployments.drivers import MAX_WAIT_S, ExternalDriver, Report
-from inferno.deployments.manager import DeploymentManager
-from inferno.deployments.spec import parse_spec
 from inferno.errors import BadRequest, Conflict, NotFound, Unauthorized
 from inferno.http.responses import JSON_HEADERS, dumps
 from inferno.http.router import Router
@@ -29,6 +26,13 @@ from inferno.http.server import Request, Responder
 from inferno.schemas import parse_body
 from inferno.schemas.openai import decode_json
 from inferno.security import ClusterAuth
+
+if TYPE_CHECKING:
+    from inferno.deployments.drivers import ExternalDriver
+    from inferno.deployments.manager import DeploymentManager
+
+# The deployments modules are imported past _admin() only, which needs a manager: they are
+# loaded already when deployments are on, and never on a plain proxy's start-up path.
 
 PREFIX = "/v1/deployments/"
 
@@ -79,6 +83,8 @@ class DeploymentsApi:
 
     async def _create(self, request: Request, responder: Responder) -> None:
         manager = self._admin(request)
+        from inferno.deployments.spec import parse_spec
+
         spec = parse_spec(decode_json(request.body), model_dir=self._model_dir)
         record = manager.create(spec)
         responder.send(201, JSON_HEADERS, dumps(manager.view(record)))
@@ -122,6 +128,8 @@ class DeploymentsApi:
     # -- the controller's feed -----------------------------------------------------------
     def _external(self, request: Request) -> ExternalDriver:
         manager = self._admin(request)
+        from inferno.deployments.drivers import ExternalDriver
+
         if not isinstance(manager.driver, ExternalDriver):
             raise Conflict(
                 f"this proxy runs its orchestrator itself ({manager.driver.name}); "
@@ -131,6 +139,8 @@ class DeploymentsApi:
 
     async def _desired(self, request: Request, responder: Responder) -> None:
         driver = self._external(request)
+        from inferno.deployments.drivers import MAX_WAIT_S
+
         query = urllib.parse.parse_qs(request.query)
         after = _number(query, "after", -1, 1 << 53)
         wait_s = _number(query, "wait_s", 0, MAX_WAIT_S)
@@ -139,6 +149,8 @@ class DeploymentsApi:
 
     async def _report(self, request: Request, responder: Responder) -> None:
         driver = self._external(request)
+        from inferno.deployments.drivers import Report
+
         driver.report(parse_body(Report, request.body))
         responder.send(204, [], b"")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -12,12 +13,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from inferno.deployments.manager import DeploymentManager
 from inferno.observability.metrics import ProxyStats
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.clients import ClientGate
 from inferno.registry.breaker import BreakerState
 from inferno.registry.registry import WorkerRegistry
+
+if TYPE_CHECKING:
+    from inferno.deployments.manager import DeploymentManager
 
 
 class ProxyCollector(Collector):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
@@ -17,13 +18,15 @@ from inferno.proxy.admission import AdmissionController
 from inferno.proxy.clients import ClientGate
 from inferno.proxy.dashboard.routes import Dashboard
 from inferno.proxy.deploy_api import DeploymentsApi
-from inferno.proxy.queue_api import QueueWorkerApi
 from inferno.registry.loops import OwnAddresses
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.resolver import Resolver
 from inferno.schemas import parse_body
 from inferno.schemas.registration import RegistrationPayload, check_address
 from inferno.security import ClusterAuth
+
+if TYPE_CHECKING:
+    from inferno.proxy.queue_api import QueueWorkerApi  # imported with pull queues only
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from inferno.http.responses import JSON_HEADERS, dumps
 from inferno.http.router import Router, RouteTable
 from inferno.http.server import Request, Responder
 from inferno.proxy.clients import ClientGate
+from inferno.queues import CLIENT_ROUTE
 from inferno.queues.jobs import Completion, Job, LeaseRequest, Release, Submission
 from inferno.queues.report import snapshot
 from inferno.queues.service import QueueService
@@ -82,7 +83,7 @@ def _json(body: bytes) -> Any:
 class QueueClientApi:
     """The data-port routes."""
 
-    ROUTE = "/v1/queues"
+    ROUTE = CLIENT_ROUTE
 
     def __init__(self, service: QueueService, send: Send, gate: ClientGate | None = None) -> None:
         self._service = service

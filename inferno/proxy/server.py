@@ -10,12 +10,10 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inferno.api.vetting import BodyVetter
 from inferno.config import ProxyConfig
-from inferno.deployments.drivers import Driver, ExternalDriver, InProcessDriver
-from inferno.deployments.manager import DeploymentManager
-from inferno.deployments.store import DeploymentStore
 from inferno.errors import ConfigError
 from inferno.http.client import ResponseLimits, UpstreamPool
 from inferno.http.listener import HttpServer
@@ -23,7 +21,6 @@ from inferno.http.server import fit_to_fd_limit, limits_from
 from inferno.native import active as native_active
 from inferno.observability.metrics import ProxyStats, new_registry
 from inferno.observability.tracing import Tracing
-from inferno.orchestrators.base import InstanceInfo, Orchestrator, OrchestratorContext
 from inferno.policies.base import LoadBalancingPolicy
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.app import ProxyApp
@@ -36,16 +33,21 @@ from inferno.proxy.deploy_api import DeploymentsApi
 from inferno.proxy.forward import Forwarder
 from inferno.proxy.metrics import ProxyCollector
 from inferno.proxy.ops import ProxyOps
-from inferno.proxy.queue_api import QueueWorkerApi
-from inferno.queues.journal import SqliteJournal
-from inferno.queues.metrics import QueueCollector
-from inferno.queues.report import census
-from inferno.queues.service import QueueService
 from inferno.registry.health import HealthChecker
 from inferno.registry.loops import OwnAddresses, normal_ip
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.resolver import Resolver
 from inferno.security import ClusterAuth, KeyStore, UsageLedger, connect
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
+    # Deployments, orchestrators and pull queues are imported only when configured:
+    # a proxy with static backends answers its first request sooner without them.
+    from inferno.deployments.manager import DeploymentManager
+    from inferno.orchestrators.base import InstanceInfo
+    from inferno.proxy.queue_api import QueueWorkerApi
+    from inferno.queues.service import QueueService
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +139,13 @@ class ProxyServer:
         )
         self.queues: QueueService | None = None
         queue_api: QueueWorkerApi | None = None
+        collectors: list[Collector] = []
         if config.queues:
+            from inferno.proxy.queue_api import QueueWorkerApi
+            from inferno.queues.journal import SqliteJournal
+            from inferno.queues.metrics import QueueCollector
+            from inferno.queues.service import QueueService
+
             journal = (
                 SqliteJournal(db, config.queue.commit_interval_ms / 1000) if db and durable_queues else None
             )
@@ -149,8 +157,9 @@ class ProxyServer:
             queue_api = QueueWorkerApi(
                 self.queues, self._worker_auth(token), self._dead_letter_auth(), cluster=self.auth
             )
+            collectors.append(QueueCollector(self.queues))
         metrics = new_registry(
-            *([QueueCollector(self.queues)] if self.queues is not None else []),
+            *collectors,
             ProxyCollector(
                 self.stats,
                 self.registry,
@@ -235,6 +244,11 @@ class ProxyServer:
     def _deployments(self, db: object, clock: Callable[[], float]) -> DeploymentManager:
         import sqlite3
 
+        from inferno.deployments.drivers import Driver, ExternalDriver, InProcessDriver
+        from inferno.deployments.manager import DeploymentManager
+        from inferno.deployments.store import DeploymentStore
+        from inferno.orchestrators.base import Orchestrator
+
         assert isinstance(db, sqlite3.Connection)
         driver: Driver
         if self.config.orchestrator == "external":
@@ -276,6 +290,9 @@ class ProxyServer:
         manager = self.deployments
         if manager is None:
             return
+        from inferno.deployments.drivers import InProcessDriver
+        from inferno.orchestrators.base import OrchestratorContext
+
         if isinstance(manager.driver, InProcessDriver):
             cfg = self.config
             token = cfg.cluster_token.get_secret_value() if cfg.cluster_token else None
@@ -314,6 +331,8 @@ class ProxyServer:
             self.gate.start()
         await self._start_deployments()
         if self.queues is not None:
+            from inferno.queues.report import census
+
             loaded = self.queues.load()
             self.queues.start()
             logger.info(

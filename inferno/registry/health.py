@@ -1,4 +1,10 @@
-"""Active health checks and heartbeat expiry, as one component with start()/aclose()."""
+"""Active health checks and heartbeat expiry, as one component with start()/aclose().
+
+A probe's answer also tells a static backend's capacity: an Inferno backend's
+``/health`` carries ``slots`` (how many requests it runs at once), which becomes
+the worker's ``vitals.slots`` and so the proxy's in-flight limit for it. The answer
+is untrusted input: read only when small, and only a whole number in range counts.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,17 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from inferno.config import HealthCheckConfig, RegistryConfig
-from inferno.errors import UpstreamConnectError, UpstreamError
+from inferno.errors import InfernoError, UpstreamConnectError, UpstreamError
 from inferno.http.client import Timeouts, UpstreamPool, build_request
 from inferno.registry.registry import WorkerRegistry
 from inferno.registry.worker import WorkerStatus
+from inferno.schemas.openai import decode_json
+from inferno.schemas.registration import MAX_SLOTS
+
+#: a /health answer larger than this is not read for its slot count
+MAX_HEALTH_BODY_BYTES = 64 * 1024
+#: nor one of more JSON values (a backend's models are listed in it)
+MAX_HEALTH_JSON_VALUES = 4096
 
 logger = logging.getLogger(__name__)
 
@@ -73,17 +86,33 @@ class HealthChecker:
             task.cancel()
             self._registry.record_probe(tasks[task], False, detail="probe timed out")
         for task in done:
-            ok, refused, detail = task.result()
-            self._registry.record_probe(tasks[task], ok, refused=refused, detail=detail)
+            ok, refused, detail, slots = task.result()
+            self._registry.record_probe(tasks[task], ok, refused=refused, detail=detail, slots=slots)
 
-    async def _probe(self, address: str) -> tuple[bool, bool, str]:
+    async def _probe(self, address: str) -> tuple[bool, bool, str, int | None]:
         request = build_request(b"GET", b"/health", address.encode(), b"", b"")
         try:
             response = await self._pool.request(address, request, timeouts=self._timeouts)
         except UpstreamConnectError as exc:
-            return False, exc.refused, exc.message
+            return False, exc.refused, exc.message, None
         except UpstreamError as exc:
-            return False, False, exc.message
+            return False, False, exc.message, None
         if response.status == 200:
-            return True, False, ""
-        return False, False, f"status {response.status}"
+            return True, False, "", advertised_slots(response.body)
+        return False, False, f"status {response.status}", None
+
+
+def advertised_slots(body: bytes) -> int | None:
+    """The ``slots`` a ``/health`` answer advertises (clamped to 1..MAX_SLOTS), or None
+    when it names none usable: not a small JSON object, no such field, not a whole
+    number above zero (a non-Inferno backend, or garbage)."""
+    if len(body) > MAX_HEALTH_BODY_BYTES:
+        return None
+    try:
+        data = decode_json(body, max_values=MAX_HEALTH_JSON_VALUES)
+    except InfernoError:
+        return None
+    slots = data.get("slots") if isinstance(data, dict) else None
+    if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
+        return None
+    return min(slots, MAX_SLOTS)

@@ -277,11 +277,22 @@ class WorkerRegistry:
         logger.warning("Backend unhealthy: %s (connection refused)", address)
         self._set_status(worker, WorkerStatus.UNHEALTHY, "connection_refused")
 
-    def record_probe(self, address: str, ok: bool, *, refused: bool = False, detail: str = "") -> None:
-        """Apply one active health-check result, with K-fail / M-pass thresholds."""
+    def record_probe(
+        self, address: str, ok: bool, *, refused: bool = False, detail: str = "", slots: int | None = None
+    ) -> None:
+        """Apply one active health-check result, with K-fail / M-pass thresholds.
+
+        ``slots`` is what a good probe's answer advertised (None: nothing usable). It
+        sets a static backend's capacity (0, the default limit, when it advertises
+        none); a registered backend reports its own in every heartbeat.
+        """
         worker = self._workers.get(address)
         if worker is None:
             return
+        if ok and worker.source == "static" and worker.vitals.slots != (slots or 0):
+            logger.info("Backend %s advertises %s slot(s)", address, slots or "no")
+            worker.vitals = worker.vitals.model_copy(update={"slots": slots or 0})
+            self._changed()  # more room: waiters may go now
         if ok:
             worker.consecutive_failures = 0
             worker.consecutive_successes += 1

@@ -17,6 +17,8 @@ DEFAULT_TASK: Task = "text-generation"
 
 #: the largest count a vital may carry (2**53: exact in JSON doubles)
 _MAX_COUNT = 1 << 53
+#: the most slots (requests at once) a backend may advertise
+MAX_SLOTS = 4096
 
 
 class NodeVitals(BaseModel):
@@ -31,7 +33,7 @@ class NodeVitals(BaseModel):
     tokens_per_s: float = Field(0.0, ge=0, le=1e9)
     cpu_percent: float = Field(0.0, ge=0, le=1e6)
     rss_bytes: int = Field(0, ge=0, le=_MAX_COUNT)
-    slots: int = Field(0, ge=0, le=4096)
+    slots: int = Field(0, ge=0, le=MAX_SLOTS)
     #: recent per-request generation speed (tokens/s of one generation), 0 if unknown
     decode_tokens_per_s: float = Field(0.0, ge=0, le=1e9)
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from inferno.bench.report import html_page, nice_ticks
 from inferno.bench.stats import Sample, summarize
-from inferno.cli import main
+from inferno.cli import load, main
 from inferno.launcher.children import RestartPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,7 +109,10 @@ def test_html_report_has_labelled_axes_and_is_responsive() -> None:
 
 def _commands(group: click.Group, path: str = "inferno") -> list[tuple[str, click.Command]]:
     found: list[tuple[str, click.Command]] = []
-    for name, command in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         if isinstance(command, click.Group):
             found += _commands(command, f"{path} {name}")
         else:
@@ -132,7 +135,7 @@ def test_every_option_of_every_command_has_help() -> None:
 @pytest.mark.parametrize("command", ["proxy", "backend", "worker", "up", "bench"])
 def test_every_flag_answers_to_inferno_command_flag(command: str) -> None:
     """docs/configuration.md's rule: INFERNO_<COMMAND>_<FLAG>, upper case, dashes as underscores."""
-    cmd = main.commands[command]
+    cmd = load(command)
     wrong = []
     for param in cmd.params:
         if not isinstance(param, click.Option):
@@ -152,7 +155,7 @@ def test_bench_reads_its_flags_from_the_rules_variables(tmp_path: Any) -> None:
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "hi"}\n')
     seen: dict[str, Any] = {}
-    bench_cmd = main.commands["bench"]
+    bench_cmd = load("bench")
     original = bench_cmd.callback
     assert original is not None
     bench_cmd.callback = lambda **opts: seen.update(opts)

@@ -6,6 +6,7 @@ import pytest
 
 from inferno.config import HealthCheckConfig, RegistryConfig
 from inferno.errors import ConfigError
+from inferno.registry.health import advertised_slots
 from inferno.registry.registry import WorkerRegistry, parse_static_backend
 from inferno.registry.worker import WorkerStatus
 from inferno.schemas.registration import RegistrationPayload
@@ -183,3 +184,45 @@ def test_routable_snapshot_per_model() -> None:
     assert [w.address for w in reg.routable_for(None, "embeddings")] == ["s:1", "b:1"]
     assert [w.address for w in reg.routable_for(None, "image-classification")] == ["s:1"]
     assert reg.get("b:1").tasks == {"m2": "embeddings"}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("body", "slots"),
+    [
+        (b'{"status": "ok", "slots": 3}', 3),
+        (b'{"status": "ok", "slots": 1}', 1),
+        (b'{"status": "ok", "slots": 100000}', 4096),  # clamped to MAX_SLOTS
+        (b'{"status": "ok"}', None),  # not an Inferno backend
+        (b'{"status": "ok", "slots": 0}', None),
+        (b'{"status": "ok", "slots": -2}', None),
+        (b'{"status": "ok", "slots": 2.5}', None),
+        (b'{"status": "ok", "slots": "3"}', None),
+        (b'{"status": "ok", "slots": true}', None),
+        (b'{"status": "ok", "slots": null}', None),
+        (b"[3]", None),
+        (b"ok", None),
+        (b"", None),
+        (b'{"slots": 3, "pad": "' + b"x" * (64 * 1024) + b'"}', None),  # too large to read
+        (b'{"slots": 3, "many": [' + b"0," * 5000 + b"0]}", None),  # too many JSON values
+    ],
+)
+def test_probe_answer_slots_are_read_only_when_sane(body: bytes, slots: int | None) -> None:
+    assert advertised_slots(body) == slots
+
+
+def test_good_probe_sets_a_static_backends_slots_and_a_registered_ones_stay_its_own() -> None:
+    reg = make(FakeClock())
+    static = reg.add_static("10.0.0.9:3000")
+    changes: list[int] = []
+    reg.on_change(lambda: changes.append(static.vitals.slots))
+    reg.record_probe(static.address, True, slots=3)
+    assert static.vitals.slots == 3 and changes == [3]  # waiters are told of the room
+    reg.record_probe(static.address, True, slots=3)
+    assert changes == [3]  # no change, no wake-up
+    reg.record_probe(static.address, False, slots=None)
+    assert static.vitals.slots == 3  # a failed probe tells nothing
+    reg.record_probe(static.address, True, slots=None)
+    assert static.vitals.slots == 0  # advertises none now: the default limit again
+    registered = reg.register(payload(vitals={"slots": 2}))
+    reg.record_probe(registered.address, True, slots=7)
+    assert registered.vitals.slots == 2  # its heartbeats say, not the probe

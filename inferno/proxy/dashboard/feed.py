@@ -18,15 +18,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from inferno.config import DashboardConfig
 from inferno.http.responses import dumps
 from inferno.observability.metrics import LATENCY_BUCKETS_S, ProxyStats
 from inferno.proxy.admission import AdmissionController
 from inferno.proxy.clients import ClientGate
-from inferno.queues.report import snapshot
-from inferno.queues.service import QueueService
 from inferno.registry.registry import WorkerRegistry
+
+if TYPE_CHECKING:
+    from inferno.queues.service import QueueService
 
 logger = logging.getLogger(__name__)
 
@@ -241,6 +243,8 @@ class DashboardFeed:
         """One row per pull queue: what waits, runs, finished and died."""
         if self._queues is None:
             return []
+        from inferno.queues.report import snapshot  # with queues only: not on start-up's path
+
         rows = snapshot(self._queues.queues, self._wall())
         keys = ("waiting", "running", "dead", "workers_polling", "oldest_wait_s", "completed", "redeliveries")
         return [{"name": name, **{k: row[k] for k in keys}} for name, row in rows.items()]
