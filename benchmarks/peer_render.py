@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Callable
 from typing import Any
 
-from benchmarks.common import LOAD_CORE, PROXY_CORE
+from benchmarks.common import LOAD_CORE, PROXY_CORE, ROOT
 from benchmarks.peer_targets import GATEWAYS, PEERS
 
 COLUMNS = [("chat-0", "chat, 0 ms"), ("streamed-0", "streamed, 0 ms"), ("chat-20", "chat, 20 ms")]
@@ -39,43 +38,40 @@ def gateway_order(data: dict[str, Any]) -> list[str]:
     return [g for g in GATEWAYS if g in names] + [g for g in names if g not in GATEWAYS]
 
 
-def best_peer(
-    data: dict[str, Any], cell: str, conc: int, key: str, better: Callable[[float, float], bool]
-) -> tuple[str, float] | None:
+def best_peer(data: dict[str, Any], cell: str, conc: int, key: str, lower: bool) -> tuple[str, float] | None:
+    """The peer with the best ``key`` in this cell (cells with errors left out), and its value."""
     best: tuple[str, float] | None = None
     for g in PEERS:
         c = find(data, g, cell, conc)
-        if c is None or c.get(key) is None or c["errors"]:
+        if c is None or not c.get(key) or c["errors"]:
             continue
-        if best is None or better(c[key], best[1]):
+        if best is None or (c[key] < best[1] if lower else c[key] > best[1]):
             best = (g, c[key])
     return best
 
 
-def ratio_rows(
-    data: dict[str, Any], columns: list[tuple[str, str]], key: str, lower_is_better: bool
-) -> list[str]:
+def ratio(data: dict[str, Any], cell: str, conc: int, key: str, lower: bool, to: str | None) -> str:
+    """Inferno's ``key`` over gateway ``to``'s (None: the best peer's, named after the ratio)."""
+    mine = find(data, "inferno", cell, conc)
+    if mine is None or mine.get(key) is None:
+        return "-"
+    if to is None:
+        best = best_peer(data, cell, conc, key, lower)
+        return f"{mine[key] / best[1]:.2f} ({best[0]})" if best else "-"
+    other = find(data, to, cell, conc)
+    return f"{mine[key] / other[key]:.2f}" if other and other.get(key) else "-"
+
+
+def ratio_rows(data: dict[str, Any], cells: list[str], key: str, lower: bool) -> list[str]:
+    """The "Inferno / best peer" and "Inferno / nginx" rows under a table, one column per cell."""
     concs = data["args"]["concurrency"]
-    better = (lambda a, b: a < b) if lower_is_better else (lambda a, b: a > b)
-    ratio, names, vs_nginx = ["Inferno / best peer"], ["best peer"], ["Inferno / nginx"]
-    for cell, _ in columns:
-        r, n, x = [], [], []
-        for conc in concs:
-            mine = find(data, "inferno", cell, conc)
-            best = best_peer(data, cell, conc, key, better)
-            ngx = find(data, "nginx", cell, conc)
-            ok = mine is not None and mine.get(key) is not None
-            r.append(f"{mine[key] / best[1]:.2f}" if ok and best and best[1] else "-")  # type: ignore[index]
-            n.append(best[0] if best else "-")
-            has_ngx = ok and ngx is not None and ngx.get(key)
-            x.append(f"{mine[key] / ngx[key]:.2f}" if has_ngx else "-")  # type: ignore[index]
-        ratio.append(" / ".join(r))
-        names.append(" / ".join(n))
-        vs_nginx.append(" / ".join(x))
-    return [
-        "| " + " | ".join(f"**{v}**" if i == 0 else v for i, v in enumerate(row)) + " |"
-        for row in (ratio, names, vs_nginx)
-    ]
+    if not any(c["gateway"] == "inferno" for c in data["cells"]):
+        return []
+    rows = []
+    for label, to in (("Inferno / best peer", None), ("Inferno / nginx", "nginx")):
+        values = [" / ".join(ratio(data, cell, conc, key, lower, to) for conc in concs) for cell in cells]
+        rows.append(f"| **{label}** | " + " | ".join(values) + " |")
+    return rows
 
 
 def metric_table(
@@ -106,13 +102,8 @@ def metric_table(
         if all(set(v.replace(" ", "")) <= {"-", "/"} for v in row):
             continue
         lines.append(f"| {g} | " + " | ".join(row) + " |")
-    if find_any(data, "inferno"):
-        lines += ratio_rows(data, columns, key, lower_is_better)
+    lines += ratio_rows(data, [cell for cell, _ in columns], key, lower_is_better)
     return [*lines, ""]
-
-
-def find_any(data: dict[str, Any], gateway: str) -> bool:
-    return any(c["gateway"] == gateway for c in data["cells"])
 
 
 def long_table(data: dict[str, Any]) -> list[str]:
@@ -134,23 +125,10 @@ def long_table(data: dict[str, Any]) -> list[str]:
             continue
         row = [" / ".join(value_of(find(data, g, "long", conc), k, d) for conc in concs) for k, d in keys]
         lines.append(f"| {g} | " + " | ".join(row) + " |")
-    if find_any(data, "inferno"):
-        ratio, vs_nginx = ["**Inferno / best peer**"], ["**Inferno / nginx**"]
-        for key, _ in keys:
-            low = key != "rps"
-            r, x = [], []
-            for conc in concs:
-                mine = find(data, "inferno", "long", conc)
-                best = best_peer(
-                    data, "long", conc, key, (lambda a, b: a < b) if low else (lambda a, b: a > b)
-                )
-                ngx = find(data, "nginx", "long", conc)
-                ok = mine is not None and mine.get(key) is not None
-                r.append(f"{mine[key] / best[1]:.2f} ({best[0]})" if ok and best and best[1] else "-")  # type: ignore[index]
-                x.append(f"{mine[key] / ngx[key]:.2f}" if ok and ngx and ngx.get(key) else "-")  # type: ignore[index]
-            ratio.append(" / ".join(r))
-            vs_nginx.append(" / ".join(x))
-        lines += ["| " + " | ".join(ratio) + " |", "| " + " | ".join(vs_nginx) + " |"]
+    if any(c["gateway"] == "inferno" for c in data["cells"]):
+        for label, to in (("Inferno / best peer", None), ("Inferno / nginx", "nginx")):
+            values = [" / ".join(ratio(data, "long", c, k, k != "rps", to) for c in concs) for k, _ in keys]
+            lines.append(f"| **{label}** | " + " | ".join(values) + " |")
     return [*lines, ""]
 
 
@@ -159,12 +137,13 @@ def kill_table(data: dict[str, Any]) -> list[str]:
         return []
     k = data["kill_config"]
     lines = [
-        f"### A backend SIGKILLed under load: {k['duration_s']:g} s closed loop at concurrency {k['concurrency']} "
+        f"### A backend SIGKILLed under load: {k.get('repeats', 1)} run(s) per gateway, each with fresh backends: "
+        f"{k['duration_s']:g} s closed loop at concurrency {k['concurrency']} "
         f"(half the lanes streamed), max_tokens {k['max_tokens']}, backends at {k['delay_ms']:g} ms + "
         f"{k['tokens_per_s']:g} tokens/s, one killed at {k['kill_at_s']:g} s; a failure is a non-200, an error "
         "or a stream without its `[DONE]`",
         "",
-        "| gateway | requests | failed | chat / streamed | failures from .. to (s after the kill) | reasons |",
+        "| gateway | requests | failed (per run) | chat / streamed | failures from .. to (s after the kill) | reasons |",
         "| --- | ---: | ---: | ---: | --- | --- |",
     ]
     order = gateway_order(data)
@@ -178,10 +157,16 @@ def kill_table(data: dict[str, Any]) -> list[str]:
             )
         reasons = "; ".join(f"{why or '?'} x{n}" for why, n in r["reasons"].items())
         lines.append(
-            f"| {r['gateway']} | {r['requests']} | {r['failed']} | {r['failed_chat']} / {r['failed_streamed']} | "
+            f"| {r['gateway']} | {r['requests']} | {r['failed']}{per_run(r)} | "
+            f"{r['failed_chat']} / {r['failed_streamed']} | "
             f"{span} | {reasons or '-'} |"
         )
     return [*lines, ""]
+
+
+def per_run(r: dict[str, Any]) -> str:
+    runs = r.get("runs", [])
+    return f" ({', '.join(str(x['failed']) for x in runs)})" if len(runs) > 1 else ""
 
 
 def startup_table(data: dict[str, Any]) -> list[str]:
@@ -222,11 +207,17 @@ def problems(data: dict[str, Any]) -> list[str]:
     return ["### Errors", "", *lines, ""] if lines else []
 
 
+def short(cmd: list[str], data: dict[str, Any]) -> str:
+    """A command line with this tree as ``.`` and the run's temporary folder as ``$TMP``."""
+    text = shlex.join(cmd).replace(str(ROOT) + "/", "./")
+    return text.replace(data.get("tmp", "$TMP"), "$TMP") if data.get("tmp") else text
+
+
 def commands(data: dict[str, Any]) -> list[str]:
     lines = ["### Commands and versions", ""]
     versions = data["versions"]
     lines.append(
-        f"- **inferno** ({versions.get('inferno')}): `{shlex.join(data['commands'].get('inferno', {}).get('cmd', []))}`"
+        f"- **inferno** ({versions.get('inferno')}): `{short(data['commands'].get('inferno', {}).get('cmd', []), data)}`"
     )
     for g in gateway_order(data):
         if g in ("direct", "inferno") or g not in data["commands"]:
@@ -235,12 +226,13 @@ def commands(data: dict[str, Any]) -> list[str]:
         ver = "; ".join(x for x in (v.get("pip"), v.get("version")) if x)
         env = data["commands"][g].get("env") or {}
         env_s = " ".join(f"{k}={v}" for k, v in env.items() if k != "PYTHONPATH")
-        cmd = shlex.join(data["commands"][g]["cmd"])
+        cmd = short(data["commands"][g]["cmd"], data)
         lines.append(f"- **{g}** ({ver}): `{(env_s + ' ') if env_s else ''}{cmd}`")
     lines.append(
         "- backends: `python -m inferno backend --engine fake --fake-tokens-per-s 1e9 --fake-latency-ms D "
         "--n-parallel 1024 --log-level WARNING` x2 (long streams: `--fake-tokens-per-s 1000`); ports and "
-        "config files (their text is in peers.json) differ per run"
+        "config files (`$TMP/*.yaml`, `$TMP/nginx-N/nginx.conf`: their text is in peers.json, `commands`) "
+        "differ per run"
     )
     return [*lines, ""]
 

@@ -115,7 +115,8 @@ def peer_version(gateway: str) -> dict[str, str]:
     program["envoy"] = program["envoy-retries"] = ["envoy", "--version"]
     if gateway in program:
         cmd = program[gateway]
-        out["version"] = version([str(bindir / cmd[0]), *cmd[1:]])
+        # envoy prints its own path first: "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+        out["version"] = version([str(bindir / cmd[0]), *cmd[1:]]).split("version: ")[-1]
     return out
 
 

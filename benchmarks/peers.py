@@ -77,7 +77,7 @@ LONG_TOKENS = 256
 LONG_RATE = 1000.0  # tokens/s of the long-stream backends
 # LiteLLM answers ~100x fewer requests per CPU second: only the whole-answer cells, shorter.
 LITELLM_CELLS = {"chat-0", "chat-20"}
-KILL = {"duration_s": 6.0, "kill_at_s": 2.0, "concurrency": 16, "delay_ms": 20.0, "tokens_per_s": 1000.0}
+KILL = {"duration_s": 5.0, "kill_at_s": 2.0, "concurrency": 16, "delay_ms": 20.0, "tokens_per_s": 1000.0}
 KILL_MAX_TOKENS = 16
 
 
@@ -266,25 +266,44 @@ async def load_with_kill(port: int, kill: Any, cfg: dict[str, float]) -> dict[st
     }
 
 
-def kill_under_load(name: str, tmp: Path, opts: Options, out: dict[str, Any]) -> None:
-    cfg = KILL
-    with procs(tmp / f"logs-kill-{name}") as p:
-        backends = start_backends(p, cfg["delay_ms"], cfg["tokens_per_s"])
+def kill_once(name: str, tmp: Path, opts: Options, run: int) -> dict[str, Any]:
+    """Fresh backends and gateway, the loaded run with one backend SIGKILLed, everything stopped."""
+    with procs(tmp / f"logs-kill-{name}-{run}") as p:
+        backends = start_backends(p, KILL["delay_ms"], KILL["tokens_per_s"])
         gw = spawn(name, p, tmp, [b.port for b in backends], opts)
-        try:
-            wait_ready(gw)
-            result = asyncio.run(load_with_kill(gw.port, backends[0].kill, cfg))
-            result["killed_backend_returncode"] = backends[0].wait(timeout=5)
-        except Exception as exc:
-            print(f"!! kill {name}: {exc}", flush=True)
-            out["failures"].append({"gateway": name, "cells": ["kill"], "error": repr(exc)})
-            return
-    result["gateway"] = name
+        wait_ready(gw)
+        result = asyncio.run(load_with_kill(gw.port, backends[0].kill, KILL))
+        result["killed_backend_returncode"] = backends[0].wait(timeout=5)
+        return result
+
+
+def kill_under_load(name: str, tmp: Path, opts: Options, repeats: int, out: dict[str, Any]) -> None:
+    """``repeats`` kill runs (one kill is a small sample of what is in flight); sums and extremes."""
+    try:
+        runs = [kill_once(name, tmp, opts, i) for i in range(repeats)]
+    except Exception as exc:
+        print(f"!! kill {name}: {exc}", flush=True)
+        out["failures"].append({"gateway": name, "cells": ["kill"], "error": repr(exc)})
+        return
+    result: dict[str, Any] = {"gateway": name, "runs": runs}
+    for key in ("requests", "failed", "failed_chat", "failed_streamed", "requests_after_kill"):
+        result[key] = sum(r[key] for r in runs)
+    firsts = [r["first_failure_s"] for r in runs if r["first_failure_s"] is not None]
+    lasts = [r["last_failure_s"] for r in runs if r["last_failure_s"] is not None]
+    result["first_failure_s"] = min(firsts) if firsts else None
+    result["last_failure_s"] = max(lasts) if lasts else None
+    result["run_left_after_kill_s"] = min(r["run_left_after_kill_s"] for r in runs)
+    reasons: dict[str, int] = {}
+    for r in runs:
+        for why, n in r["reasons"].items():
+            reasons[why] = reasons.get(why, 0) + n
+    result["reasons"] = dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
     out["kill"].append(result)
     print(
-        f"{name:14} kill: {result['failed']}/{result['requests']} failed "
-        f"(chat {result['failed_chat']}, streamed {result['failed_streamed']}), "
-        f"failures {result['first_failure_s']} .. {result['last_failure_s']} s after the kill; {result['reasons']}",
+        f"{name:14} kill: {result['failed']}/{result['requests']} failed over {repeats} runs "
+        f"({', '.join(str(r['failed']) for r in runs)}; chat {result['failed_chat']}, streamed "
+        f"{result['failed_streamed']}), failures {result['first_failure_s']} .. {result['last_failure_s']} s "
+        f"after the kill; {result['reasons']}",
         flush=True,
     )
 
@@ -353,9 +372,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--inferno-pythonpath", default=None, help="run the Inferno target from this tree")
     parser.add_argument("--inferno-rev", default=None, help="run the Inferno target as of this git revision")
     parser.add_argument("--startup-repeats", type=int, default=3)
+    parser.add_argument("--kill-repeats", type=int, default=3, help="kill-under-load runs per gateway")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.repeats, args.litellm_duration, args.startup_repeats = 2.0, 1, 4.0, 1
+        args.kill_repeats = 1
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     return args
 
@@ -421,7 +442,7 @@ def main() -> None:
         if "kill" in cells:
             for name in gateways:
                 if name != "direct":
-                    kill_under_load(name, tmp, opts, out)
+                    kill_under_load(name, tmp, opts, args.kill_repeats, out)
         if "startup" in cells:
             startups(gateways, tmp, opts, args.startup_repeats, out)
         elapsed = time.monotonic() - started
@@ -432,11 +453,12 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "elapsed_s": round(elapsed, 1),
         "gateways": gateways,
+        "tmp": tmpname,
         "versions": {
             "inferno": inferno_ver,
             **{g: peer_version(g) for g in gateways if g not in ("direct", "inferno", "inferno-info")},
         },
-        "kill_config": {**KILL, "max_tokens": KILL_MAX_TOKENS},
+        "kill_config": {**KILL, "max_tokens": KILL_MAX_TOKENS, "repeats": args.kill_repeats},
         **out,
     }
     markdown = peer_render.render(data)
