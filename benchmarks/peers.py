@@ -312,12 +312,19 @@ def kill_under_load(name: str, tmp: Path, opts: Options, repeats: int, out: dict
 
 
 def startup_once(
-    name: str, p: Procs, tmp: Path, ports: list[int], opts: Options, timeout_s: float = 120.0
+    name: str,
+    p: Procs,
+    tmp: Path,
+    ports: list[int],
+    opts: Options,
+    out: dict[str, Any],
+    timeout_s: float = 120.0,
 ) -> float:
     """Seconds from spawning ``name`` to its first 200 chat answer, polling every 10 ms."""
     count = len(p.started)
     start = time.monotonic()
     gw = spawn(name, p, tmp, ports, opts)
+    out["commands"].setdefault(name, gw.describe())
     url = f"http://{HOST}:{gw.port}{PATH}"
     try:
         with httpx.Client(timeout=2, trust_env=False) as client:
@@ -343,7 +350,7 @@ def startups(gateways: list[str], tmp: Path, opts: Options, repeats: int, out: d
             if name == "direct":
                 continue
             try:
-                runs = [startup_once(name, p, tmp, ports, opts) for _ in range(repeats)]
+                runs = [startup_once(name, p, tmp, ports, opts, out) for _ in range(repeats)]
             except Exception as exc:
                 print(f"!! startup {name}: {exc}", flush=True)
                 out["failures"].append({"gateway": name, "cells": ["startup"], "error": repr(exc)})
