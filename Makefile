@@ -21,7 +21,7 @@ help:
 	@echo "make e2e-multinode  a three-node Swarm on this machine (Docker-in-Docker): placement, drain, node loss"
 	@echo "make swarm-up | swarm-status | deploy-stack | test-failure NODE=worker1 | test-failure-stop NODE=worker1"
 	@echo "     restore-node NODE=worker1 | swarm-down | swarm-clean   (docs/multinode.md)"
-	@echo "make bench      lb_overhead, model_throughput, queues and a 10-minute soak; updates benchmarks/README.md"
+	@echo "make bench      lb_overhead, peers, model_throughput, queues and a 10-minute soak; updates benchmarks/README.md"
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -161,6 +161,7 @@ bench-deps:
 
 bench: install-dev bench-deps
 	$(BIN)/python benchmarks/lb_overhead.py $(if $(BASELINE),--baseline $(BASELINE))
+	$(BIN)/python benchmarks/peers.py
 	$(if $(BASELINE),$(BIN)/python benchmarks/baseline_overhead.py --baseline $(BASELINE))
 	$(BIN)/python benchmarks/keys_overhead.py
 	$(BIN)/python benchmarks/dashboard_overhead.py
@@ -174,6 +175,7 @@ bench: install-dev bench-deps
 
 bench-quick: install-dev bench-deps
 	$(BIN)/python benchmarks/lb_overhead.py --quick
+	$(BIN)/python benchmarks/peers.py --quick
 	$(BIN)/python benchmarks/keys_overhead.py --rounds 2 --duration 2
 	$(BIN)/python benchmarks/dashboard_overhead.py --rounds 2 --duration 2
 	$(BIN)/python benchmarks/model_throughput.py --duration 4 --levels 1,4

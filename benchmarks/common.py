@@ -143,7 +143,10 @@ def proxy_cmd(port: int, ops_port: int, backends: list[int] | None = None, *extr
     return cmd
 
 
-def fake_backend(port: int, ops_port: int, latency_ms: float, node: str) -> list[str]:
+def fake_backend(
+    port: int, ops_port: int, latency_ms: float, node: str, tokens_per_s: float = 1e9
+) -> list[str]:
+    """A fake-engine backend; ``tokens_per_s`` paces its streams (1e9: as fast as it can)."""
     return inferno(
         "backend",
         "--listen-addr",
@@ -153,7 +156,7 @@ def fake_backend(port: int, ops_port: int, latency_ms: float, node: str) -> list
         "--engine",
         "fake",
         "--fake-tokens-per-s",
-        "1e9",
+        f"{tokens_per_s:g}",
         "--fake-latency-ms",
         str(latency_ms),
         "--n-parallel",
@@ -219,11 +222,24 @@ def wrk_script(path: Path, body: str) -> Path:
     return path
 
 
-def wrk_output(port: int, script: Path, seconds: float, concurrency: int, *, latency: bool = False) -> str:
-    """Run wrk (one thread, pinned to the load core) with a Lua ``script`` on ``/inference``."""
+def wrk_output(
+    port: int,
+    script: Path,
+    seconds: float,
+    concurrency: int,
+    *,
+    latency: bool = False,
+    path: str = "/inference",
+    timeout_s: float | None = None,
+) -> str:
+    """Run wrk (one thread, pinned to the load core) with a Lua ``script`` on ``path``.
+
+    ``timeout_s``: wrk's per-request timeout (its default: 2 s; a slower answer counts as a socket error).
+    """
     cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s"]
     cmd += ["--latency"] if latency else []
-    cmd += ["-s", str(script), f"http://{HOST}:{port}/inference"]
+    cmd += [f"--timeout={timeout_s:g}s"] if timeout_s else []
+    cmd += ["-s", str(script), f"http://{HOST}:{port}{path}"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
 
 

@@ -15,6 +15,7 @@ def main() -> None:
         (HERE / "results" / f"{name}.md").read_text().strip()
         for name in (
             "lb_overhead",
+            "peers",
             "baseline_overhead",
             "keys_overhead",
             "dashboard_overhead",
