@@ -220,7 +220,7 @@ def commands(data: dict[str, Any]) -> list[str]:
         f"- **inferno** ({versions.get('inferno')}): `{short(data['commands'].get('inferno', {}).get('cmd', []), data)}`"
     )
     for g in gateway_order(data):
-        if g in ("direct", "inferno") or g not in data["commands"]:
+        if g in ("direct", "inferno", "inferno-pure") or g not in data["commands"]:
             continue
         v = versions.get(g, {})
         ver = "; ".join(x for x in (v.get("pip"), v.get("version")) if x)

@@ -51,6 +51,7 @@ INSTALL_OF = {
 GATEWAYS = [
     "direct",
     "inferno",
+    "inferno-pure",
     "smg",
     "vllm-router",
     "sglang-router",
@@ -60,6 +61,8 @@ GATEWAYS = [
     "nginx",
 ]
 PEERS = ["smg", "vllm-router", "sglang-router", "litellm", "envoy", "envoy-retries"]
+# "inferno" runs the compiled hot path when `make native` built it (the proxy's log says
+# which), "inferno-pure" the pure-Python one (INFERNO_PURE_PYTHON=1).
 # Not in the default run: Inferno at its default log level (two INFO lines per request).
 EXTRA_GATEWAYS = ["inferno-info"]
 
@@ -311,10 +314,13 @@ def gateway_command(
 ) -> tuple[list[str], dict[str, str], str | None]:
     """(command line, extra environment, config file text) of gateway ``name``."""
     opts.seq += 1
-    if name in ("inferno", "inferno-info"):
-        level = ["--log-level", "WARNING"] if name == "inferno" else []
+    if name in ("inferno", "inferno-pure", "inferno-info"):
+        level = [] if name == "inferno-info" else ["--log-level", "WARNING"]
         cmd = proxy_cmd(port, free_port(), backends, "--admission-max-in-flight-per-backend", "4096", *level)
-        return cmd, {"PYTHONPATH": str(opts.inferno_tree)}, None
+        env = {"PYTHONPATH": str(opts.inferno_tree)}
+        if name == "inferno-pure":
+            env["INFERNO_PURE_PYTHON"] = "1"
+        return cmd, env, None
     if name in ("smg", "vllm-router", "sglang-router"):
         return rust_router(name, port, backends), {}, None
     if name == "litellm":

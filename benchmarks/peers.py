@@ -418,6 +418,10 @@ def main() -> None:
             tree = checkout(args.inferno_rev, tmp / "inferno-rev")
         opts = Options(inferno_tree=tree)
         inferno_ver = f"rev {args.inferno_rev}" if args.inferno_rev else inferno_tree_version(tree)
+        if not args.inferno_rev and (tree / "inferno" / "_native.stamp").exists():
+            inferno_ver += (
+                "; `inferno`: the compiled hot path (`make native`), `inferno-pure`: INFERNO_PURE_PYTHON=1"
+            )
         started = time.monotonic()
         for delay in (0.0, 20.0):
             wanted = [c for c in cells if c in MATRIX_CELLS and c.endswith(f"-{delay:g}")]
@@ -463,7 +467,7 @@ def main() -> None:
         "tmp": tmpname,
         "versions": {
             "inferno": inferno_ver,
-            **{g: peer_version(g) for g in gateways if g not in ("direct", "inferno", "inferno-info")},
+            **{g: peer_version(g) for g in gateways if not g.startswith(("direct", "inferno"))},
         },
         "kill_config": {**KILL, "max_tokens": KILL_MAX_TOKENS, "repeats": args.kill_repeats},
         **out,

@@ -25,16 +25,21 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
-#: the HTTP layer on the path of every request and every streamed chunk. More of the
-#: proxy compiles too (forward, streams, app, admission: 20 % fewer instructions per
-#: request instead of 13 %), but with them the unit suite crashed in the garbage
-#: collector (benchmarks/README.md, "Compiled hot path"): they stay Python until that
-#: is understood.
+#: the modules on the path of every request and every streamed chunk: the HTTP layer,
+#: the request route, admission, forwarding and the stream relay. Three more compile
+#: too (``observability.logging``, ``proxy.job``, ``proxy.bodies``), but with them the
+#: unit suite crashed now and then in the garbage collector (a set of weak references
+#: holding a freed one; benchmarks/README.md, "Compiled hot path"): they stay Python.
 HOT_MODULES: tuple[str, ...] = (
     "inferno.http.messages",
     "inferno.http.upstream",
     "inferno.http.client",
     "inferno.http.server",
+    "inferno.proxy.requestlog",
+    "inferno.proxy.admission",
+    "inferno.proxy.streams",
+    "inferno.proxy.forward",
+    "inferno.proxy.app",
 )
 #: the group's shared library (``mypycify(group_name=...)`` adds ``__mypyc``)
 GROUP = "inferno._native"
