@@ -21,7 +21,7 @@ help:
 	@echo "make e2e-multinode  a three-node Swarm on this machine (Docker-in-Docker): placement, drain, node loss"
 	@echo "make swarm-up | swarm-status | deploy-stack | test-failure NODE=worker1 | test-failure-stop NODE=worker1"
 	@echo "     restore-node NODE=worker1 | swarm-down | swarm-clean   (docs/multinode.md)"
-	@echo "make bench      lb_overhead, peers, model_throughput, queues and a 10-minute soak; updates benchmarks/README.md"
+	@echo "make bench      lb_overhead, peers, instructions, startup, model_throughput, queues and a 10-minute soak; updates benchmarks/README.md"
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -158,10 +158,14 @@ BASELINE ?=
 bench-deps:
 	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx haproxy)
+	@command -v valgrind >/dev/null && command -v strace >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind strace)
 
 bench: install-dev bench-deps
 	$(BIN)/python benchmarks/lb_overhead.py $(if $(BASELINE),--baseline $(BASELINE))
 	$(BIN)/python benchmarks/peers.py
+	$(BIN)/python benchmarks/instructions.py $(if $(BASELINE),--baseline $(BASELINE))
+	$(BIN)/python benchmarks/startup.py $(if $(BASELINE),--baseline $(BASELINE))
 	$(if $(BASELINE),$(BIN)/python benchmarks/baseline_overhead.py --baseline $(BASELINE))
 	$(BIN)/python benchmarks/keys_overhead.py
 	$(BIN)/python benchmarks/dashboard_overhead.py

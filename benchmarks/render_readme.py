@@ -16,6 +16,8 @@ def main() -> None:
         for name in (
             "lb_overhead",
             "peers",
+            "instructions",
+            "startup",
             "baseline_overhead",
             "keys_overhead",
             "dashboard_overhead",
@@ -26,7 +28,6 @@ def main() -> None:
             "queues",
             "queues_long",
             "queues_before_after",
-            "startup",
             "soak",
         )
         if (HERE / "results" / f"{name}.md").exists()
