@@ -80,6 +80,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._stray = False
         #: the X-Request-ID sent: an answer echoing another one is refused
         self._request_id: bytes | None = None
+        #: a buffered body's cap for this exchange (the pool's, or the caller's smaller one)
+        self._max_body = self._limits.max_body_bytes
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -180,7 +182,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._push(body)
         else:
             self._body_size += size
-            if self._body_size > self._limits.max_body_bytes:
+            if self._body_size > self._max_body:
                 self._too_large("the response body")
                 return
             self._body.append(body)
@@ -275,11 +277,19 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- API used by the pool ------------------------------------------------------------
     async def exchange(
-        self, data: bytes, *, stream: bool, timeouts: Timeouts, request_id: bytes | None = None
+        self,
+        data: bytes,
+        *,
+        stream: bool,
+        timeouts: Timeouts,
+        request_id: bytes | None = None,
+        max_body_bytes: int | None = None,
     ) -> UpstreamResponse:
         assert self._transport is not None
         self._reset_state()
         self._request_id = request_id
+        if max_body_bytes is not None:
+            self._max_body = min(max_body_bytes, self._max_body)
         self._exchanging = True
         self._streaming = stream
         # One future per exchange: the headers for a stream, the whole message otherwise
@@ -402,6 +412,7 @@ class UpstreamPool:
         timeouts: Timeouts,
         request_id: bytes | None = None,
         retry_idle: bool = True,
+        max_body_bytes: int | None = None,
     ) -> UpstreamResponse:
         """Send raw request bytes to ``address`` and read the response (an answer whose
         ``X-Request-ID`` is not ``request_id`` fails: it was meant for another request).
@@ -410,17 +421,27 @@ class UpstreamPool:
         is retried once on a fresh connection: nothing was processed there. A caller
         whose request must never be sent twice (a job submission without an
         idempotency key: the peer may have closed *after* taking it) passes
-        ``retry_idle=False`` and gets the error instead.
+        ``retry_idle=False`` and gets the error instead. ``max_body_bytes`` caps a
+        buffered answer below the pool's limit (a health probe's, say): past it the
+        socket is closed mid-read, never buffered further.
         """
         conn = self._take_idle(address)
         if conn is not None:
             try:
-                return await conn.exchange(data, stream=stream, timeouts=timeouts, request_id=request_id)
+                return await conn.exchange(
+                    data,
+                    stream=stream,
+                    timeouts=timeouts,
+                    request_id=request_id,
+                    max_body_bytes=max_body_bytes,
+                )
             except UpstreamProtocolError:
                 if not conn.failed_before_response or not retry_idle:
                     raise
         conn = await self._connect(address, timeouts.connect_s)
-        return await conn.exchange(data, stream=stream, timeouts=timeouts, request_id=request_id)
+        return await conn.exchange(
+            data, stream=stream, timeouts=timeouts, request_id=request_id, max_body_bytes=max_body_bytes
+        )
 
     def _take_idle(self, address: str) -> UpstreamConnection | None:
         idle = self._idle.get(address)

@@ -129,6 +129,8 @@ class StreamRelay:
         migrations = 0
         #: what went out last ended an SSE event
         at_boundary = True
+        #: the stream's ``[DONE]`` went out: the client's answer is complete
+        done = False
         try:
             while True:
                 try:
@@ -178,8 +180,11 @@ class StreamRelay:
                             elif chunk != DONE:
                                 relayed += 1
                             out.append(chunk)
+                            if chunk.endswith(DONE):
+                                done = True  # the last event: nothing after it is relayed
+                                break
                         # The answer's last bytes carry the terminator in the same send.
-                        end = broken is None and upstream.ended
+                        end = broken is None and (done or upstream.ended)
                         if out or end:
                             data = out[0] if len(out) == 1 else b"".join(out)
                             await responder.write(data, end=end)
@@ -188,7 +193,7 @@ class StreamRelay:
                         if broken is not None:
                             raise broken
                         if end:
-                            upstream.finish()
+                            await self._settle(upstream, done, idle)
                             break
                     break
                 except UpstreamError as exc:
@@ -234,6 +239,21 @@ class StreamRelay:
                 job.charge(model, used)
         responder.end_stream()
         return worker
+
+    @staticmethod
+    async def _settle(upstream: UpstreamResponse, done: bool, idle_s: float) -> None:
+        """After the client's answer ended: the connection goes back to the pool if the
+        backend's answer ended too. After ``[DONE]`` its end may still be on the way; a
+        backend that sends more, or nothing, within a second is cut off instead."""
+        if not upstream.ended and done:
+            try:
+                if await upstream.next_chunks(min(1.0, idle_s)) is None:
+                    return  # it ended: pooled again
+            except UpstreamError:
+                pass
+            upstream.close()
+            return
+        upstream.finish()
 
     async def _migrate(
         self,

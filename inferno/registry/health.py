@@ -92,7 +92,10 @@ class HealthChecker:
     async def _probe(self, address: str) -> tuple[bool, bool, str, int | None]:
         request = build_request(b"GET", b"/health", address.encode(), b"", b"")
         try:
-            response = await self._pool.request(address, request, timeouts=self._timeouts)
+            # Read no more than a health answer may be: a backend's answer is untrusted.
+            response = await self._pool.request(
+                address, request, timeouts=self._timeouts, max_body_bytes=MAX_HEALTH_BODY_BYTES
+            )
         except UpstreamConnectError as exc:
             return False, exc.refused, exc.message, None
         except UpstreamError as exc:
@@ -103,9 +106,9 @@ class HealthChecker:
 
 
 def advertised_slots(body: bytes) -> int | None:
-    """The ``slots`` a ``/health`` answer advertises (clamped to 1..MAX_SLOTS), or None
-    when it names none usable: not a small JSON object, no such field, not a whole
-    number above zero (a non-Inferno backend, or garbage)."""
+    """The ``slots`` a ``/health`` answer advertises (capped at MAX_SLOTS), or None when
+    it names none usable: not a small JSON object, no such field, not a whole number
+    above zero, or one too long to parse (a non-Inferno backend, or garbage)."""
     if len(body) > MAX_HEALTH_BODY_BYTES:
         return None
     try:

@@ -304,3 +304,72 @@ def test_an_error_event_anywhere_in_a_chunk_is_never_relayed(spawn: Any, scripte
     rogue = scripted(lambda rid, _: chunked_stream([part]))
     _streams_read_whole(_cluster(spawn, rogue), prompt, full, "secret")
     assert rogue.served >= 1
+
+
+def test_nothing_after_done_is_relayed_and_the_answer_ends_at_once(spawn: Any, scripted: Any) -> None:
+    # The rogue sends [DONE], then more events, and never ends its chunked body: the
+    # client's answer ends at [DONE], at once, not when the idle timeout (30 s) fires.
+    def script(rid: str, _: bytes) -> list[bytes]:
+        event = b'data: {"text": "echo:%s"}\n\n' % rid.encode()
+        done = b"data: [DONE]\n\n"
+        leak = b"data: LEAKED-AFTER-DONE\n\n"
+        return [
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n%x\r\n%s\r\n" % (len(event), event, len(done), done),
+            b"%x\r\n%s\r\n" % (len(leak), leak),
+        ]
+
+    rogue = scripted(script)
+    cluster = _cluster(spawn, rogue)
+    with httpx.Client(timeout=10) as http:
+        for i in range(6):
+            rid = f"done-{i}"
+            started = time.monotonic()
+            body = {"prompt": "x", "max_tokens": 1, "stream": True}
+            r = http.post(f"{cluster.url}/inference", json=body, headers={"X-Request-ID": rid})
+            assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n"), r.text[:300]
+            assert "LEAKED" not in r.text and "error" not in r.text, r.text[:300]
+            assert time.monotonic() - started < 5.0
+    assert rogue.served >= 2
+    assert "ended early" not in cluster.proxy.output()
+
+
+class BigHealth(ThreadedServer):
+    """A static 'backend' whose /health answer is 8 MiB: how much of it the proxy read."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        super().__init__()
+
+    def _connection(self, conn: socket.socket) -> None:
+        body = b"x" * (8 << 20)
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(5)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            for offset in range(0, len(body), 16384):
+                conn.sendall(body[offset : offset + 16384])
+                self.sent += 16384
+
+
+def test_a_health_answer_is_read_no_further_than_its_limit(spawn: Any) -> None:
+    # A backend's /health is untrusted: the probe stops reading at 64 KiB and fails,
+    # instead of buffering the answer up to the proxy's 64 MiB response limit.
+    rogue = BigHealth()
+    try:
+        cluster = start_process_cluster(
+            spawn,
+            1,
+            proxy_args=("--backend-servers", f"{HOST}:{rogue.port}", "--health-interval-s", "0.3"),
+            expect_healthy=1,
+        )
+        deadline = time.monotonic() + 15
+        while "over the proxy's limit" not in cluster.proxy.output():
+            assert time.monotonic() < deadline, cluster.proxy.output()[-2000:]
+            time.sleep(0.1)
+        assert cluster.workers()[f"{HOST}:{rogue.port}"]["status"] == "unhealthy"
+        # Each probe's socket was closed early: far less than the 8 MiB offered was sent.
+        assert rogue.sent < 4 << 20, rogue.sent
+    finally:
+        rogue.close()
