@@ -22,7 +22,13 @@ from inferno.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from inferno.http.upstream import MAX_INTERIM_RESPONSES, ResponseLimits, Timeouts, UpstreamResponse
+from inferno.http.upstream import (
+    MAX_INTERIM_RESPONSES,
+    ResponseLimits,
+    Timeouts,
+    UpstreamResponse,
+    build_request,
+)
 
 __all__ = [
     "ResponseLimits",
@@ -491,22 +497,3 @@ class UpstreamPool:
             self.drop_address(address)
         with contextlib.suppress(Exception):
             await asyncio.sleep(0)
-
-
-def build_request(method: bytes, path: bytes, host: bytes, headers: bytes, body: bytes) -> bytes:
-    """Serialise a request. ``headers`` are pre-encoded ``Name: value\\r\\n`` lines."""
-    return b"".join(
-        (
-            method,
-            b" ",
-            path,
-            b" HTTP/1.1\r\nHost: ",
-            host,
-            b"\r\n",
-            headers,
-            b"Content-Length: ",
-            str(len(body)).encode(),
-            b"\r\n\r\n",
-            body,
-        )
-    )

@@ -141,3 +141,22 @@ class UpstreamResponse:
         if self._conn is not None:
             self._conn.abort()
             self._conn = None
+
+
+def build_request(method: bytes, path: bytes, host: bytes, headers: bytes, body: bytes) -> bytes:
+    """Serialise a request. ``headers`` are pre-encoded ``Name: value\\r\\n`` lines."""
+    return b"".join(
+        (
+            method,
+            b" ",
+            path,
+            b" HTTP/1.1\r\nHost: ",
+            host,
+            b"\r\n",
+            headers,
+            b"Content-Length: ",
+            str(len(body)).encode(),
+            b"\r\n\r\n",
+            body,
+        )
+    )
